@@ -1,0 +1,1 @@
+"""One module per command; each imports only light modules at the top."""

@@ -1,0 +1,237 @@
+"""cache_config.json: the schema, where it is found, and where foundry keeps user data."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from foundry.errors import ConfigError
+
+CONFIG_FILENAME = "cache_config.json"
+TEMPLATE_FILENAME = "orchestrator_prompt.txt"
+SCHEMA_VERSION = 1
+
+Ttl = Literal["5m", "1h"]
+BackendName = Literal["auto", "anthropic", "mlx"]
+
+
+class _Section(BaseModel):
+    # Unknown keys are an error: a typo in a config silently ignored is a cache that never hits.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class CachingConfig(_Section):
+    enabled: bool = True
+    ttl: Ttl = "5m"
+    boundary_marker: str = "<<CACHE_BOUNDARY>>"
+    # Refresh a 5m cache with a minimal request when a build sits idle (e.g. a long test run).
+    keepalive: bool = False
+    keepalive_after_s: float = 270.0
+
+    @field_validator("boundary_marker")
+    @classmethod
+    def _marker_is_one_line(cls, value: str) -> str:
+        if not value.strip() or "\n" in value:
+            raise ValueError("must be a non-empty single line")
+        return value
+
+
+class BackendConfig(_Section):
+    # "auto": Claude when ANTHROPIC_API_KEY is set, else the local model.
+    default: BackendName = "auto"
+    anthropic_model: str = "claude-sonnet-4-6"
+    mlx_model: str = "smollm2-135m"
+
+
+class AnthropicConfig(_Section):
+    base_url: str | None = None
+    timeout_s: float = 600.0
+    max_retries: int = Field(default=4, ge=0, le=20)
+    retry_budget_s: float = Field(default=120.0, gt=0)
+    max_tokens: int = Field(default=8192, gt=0)
+
+
+class ModelOverride(_Section):
+    """Per-model settings: prices in USD per million tokens, and the minimum cacheable prefix."""
+
+    input: float | None = Field(default=None, ge=0)
+    output: float | None = Field(default=None, ge=0)
+    cache_write_5m: float | None = Field(default=None, ge=0)
+    cache_write_1h: float | None = Field(default=None, ge=0)
+    cache_read: float | None = Field(default=None, ge=0)
+    min_cache_tokens: int | None = Field(default=None, ge=0)
+    context_window: int | None = Field(default=None, gt=0)
+
+
+class LedgerConfig(_Section):
+    path: str | None = None
+
+
+class BudgetsConfig(_Section):
+    daily_usd: float | None = Field(default=None, gt=0)
+    monthly_usd: float | None = Field(default=None, gt=0)
+
+
+class PrefixCacheConfig(_Section):
+    enabled: bool = True
+    dir: str | None = None
+    max_bytes: int = Field(default=4 * 1024**3, gt=0)
+    ttl_days: float = Field(default=30.0, gt=0)
+    # A saved cache larger than this is not loaded (a miss with the reason), never an OOM.
+    memory_budget_mb: int = Field(default=4096, gt=0)
+
+
+class MlxConfig(_Section):
+    max_kv_size: int | None = Field(default=None, gt=0)
+    kv_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    max_tokens: int = Field(default=1024, gt=0)
+    temperature: float = Field(default=0.0, ge=0)
+
+
+class BuildConfig(_Section):
+    max_test_iterations: int = Field(default=3, ge=1)
+    max_turns_per_phase: int = Field(default=30, ge=1)
+    command_timeout_s: float = Field(default=300.0, gt=0)
+    output_limit_chars: int = Field(default=20_000, gt=0)
+
+
+class FoundryConfig(_Section):
+    version: int = SCHEMA_VERSION
+    caching: CachingConfig = Field(default_factory=CachingConfig)
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+    anthropic: AnthropicConfig = Field(default_factory=AnthropicConfig)
+    mlx: MlxConfig = Field(default_factory=MlxConfig)
+    models: dict[str, ModelOverride] = Field(default_factory=dict)
+    ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)
+    prefix_cache: PrefixCacheConfig = Field(default_factory=PrefixCacheConfig)
+    build: BuildConfig = Field(default_factory=BuildConfig)
+
+    # Where this config came from, for messages; not part of the file.
+    source: str = Field(default="<defaults>", exclude=True)
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value != SCHEMA_VERSION:
+            raise ValueError(f"unsupported version {value}; this foundry reads version {SCHEMA_VERSION}")
+        return value
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the key at `loc`, to suggest the nearest valid key."""
+    model: type[BaseModel] = FoundryConfig
+    for part in loc[:-1]:
+        if model is FoundryConfig and part == "models":
+            return None if len(loc) == 2 else ModelOverride
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = tuple(error["loc"])
+    where = ".".join(str(p) for p in loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        owner = _model_at(loc)
+        valid = [n for n in owner.model_fields if n != "source"] if owner else []
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+        suggestion = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"unknown key '{where}'{suggestion}"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"'{where}': {message}"
+
+
+def parse_config(data: Any, source: str) -> FoundryConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a JSON object", "see the README")
+    try:
+        config = FoundryConfig.model_validate(data)
+    except ValidationError as exc:
+        first = _describe(exc.errors()[0])
+        more = len(exc.errors()) - 1
+        extra = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+        raise ConfigError(
+            f"{source}: {first}{extra}", "fix the file; the README lists every key"
+        ) from None
+    config.source = source
+    return config
+
+
+def load_config(path: Path | str | None = None) -> FoundryConfig:
+    """--config PATH, else ./cache_config.json, else the packaged default."""
+    candidate = Path(path) if path is not None else Path.cwd() / CONFIG_FILENAME
+    if path is None and not candidate.is_file():
+        text = resources.files("foundry.data").joinpath(CONFIG_FILENAME).read_text("utf-8")
+        return parse_config(json.loads(text), f"<packaged {CONFIG_FILENAME}>")
+    try:
+        text = candidate.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {candidate}", "check the --config path") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{candidate} is not UTF-8 text", "save it as UTF-8 JSON") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {candidate}: {exc.strerror}", "check its permissions") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{candidate}:{exc.lineno}:{exc.colno}: invalid JSON ({exc.msg})", "fix the JSON syntax"
+        ) from None
+    return parse_config(data, str(candidate))
+
+
+def foundry_home() -> Path:
+    """Where foundry keeps user data: $FOUNDRY_HOME, else the platform's user data dir."""
+    env = os.environ.get("FOUNDRY_HOME")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("foundry", appauthor=False))
+
+
+def ledger_path(config: FoundryConfig | None = None, override: str | Path | None = None) -> Path:
+    """--db PATH, else $FOUNDRY_DB, else the config's ledger.path, else $FOUNDRY_HOME/foundry.db."""
+    if override:
+        return Path(override).expanduser()
+    if os.environ.get("FOUNDRY_DB"):
+        return Path(os.environ["FOUNDRY_DB"]).expanduser()
+    if config is not None and config.ledger.path:
+        return Path(config.ledger.path).expanduser()
+    return foundry_home() / "foundry.db"
+
+
+def models_dir() -> Path:
+    return foundry_home() / "models"
+
+
+def prefix_cache_dir(config: FoundryConfig | None = None) -> Path:
+    if config is not None and config.prefix_cache.dir:
+        return Path(config.prefix_cache.dir).expanduser()
+    return foundry_home() / "prefix-cache"
+
+
+def resolve_backend(config: FoundryConfig, requested: str | None = None) -> str:
+    """The backend a command will use: --backend, else the config; "auto" picks by API key."""
+    name = requested or config.backend.default
+    if name == "auto":
+        return "anthropic" if os.environ.get("ANTHROPIC_API_KEY") else "mlx"
+    if name not in ("anthropic", "mlx"):
+        from foundry.errors import UsageError
+
+        raise UsageError(f"unknown backend '{name}'", "use one of: anthropic, mlx, auto")
+    return name
+
+
+def default_model(config: FoundryConfig, backend: str) -> str:
+    return config.backend.anthropic_model if backend == "anthropic" else config.backend.mlx_model

@@ -1,0 +1,31 @@
+"""Where output goes: results on stdout, progress, warnings and errors on stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.text import Text
+
+stdout = Console(soft_wrap=True)
+stderr = Console(stderr=True, soft_wrap=True)
+
+
+def error(message: str) -> None:
+    stderr.print(Text.assemble(("error: ", "bold red"), (message, "red")))
+
+
+def warning(message: str) -> None:
+    stderr.print(Text.assemble(("warning: ", "bold yellow"), message))
+
+
+def info(message: str) -> None:
+    stderr.print(Text(message, style="dim"))
+
+
+def emit_json(payload: Any) -> None:
+    """One JSON document on stdout, numbers as numbers, no rich markup or wrapping."""
+    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,35 @@
+"""Shared test set-up: no test touches the network, the developer's home or a real API key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """FOUNDRY_HOME in a temp dir, no API keys, and a clean working directory."""
+    home = tmp_path_factory.mktemp("foundry-home")
+    workdir = tmp_path_factory.mktemp("cwd")
+    monkeypatch.setenv("FOUNDRY_HOME", str(home))
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "FOUNDRY_DB", "FOUNDRY_DEBUG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(workdir)
+    return home
+
+
+@pytest.fixture
+def cli():
+    """Run the foundry CLI in-process; returns click's Result (stdout, stderr, exit_code)."""
+    from foundry.cli import app
+
+    runner = CliRunner()
+
+    def invoke(*args: str, input: str | None = None, env: dict[str, str] | None = None):
+        return runner.invoke(app, list(args), input=input, env=env, catch_exceptions=False)
+
+    return invoke
