@@ -120,7 +120,9 @@ class FoundryConfig(_Section):
     @classmethod
     def _known_version(cls, value: int) -> int:
         if value != SCHEMA_VERSION:
-            raise ValueError(f"unsupported version {value}; this foundry reads version {SCHEMA_VERSION}")
+            raise ValueError(
+                f"unsupported version {value}; this foundry reads version {SCHEMA_VERSION}"
+            )
         return value
 
 
@@ -176,11 +178,15 @@ def load_config(path: Path | str | None = None) -> FoundryConfig:
     try:
         text = candidate.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {candidate}", "check the --config path") from None
+        raise ConfigError(
+            f"config file not found: {candidate}", "check the --config path"
+        ) from None
     except UnicodeDecodeError:
         raise ConfigError(f"{candidate} is not UTF-8 text", "save it as UTF-8 JSON") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read {candidate}: {exc.strerror}", "check its permissions") from None
+        raise ConfigError(
+            f"cannot read {candidate}: {exc.strerror}", "check its permissions"
+        ) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -37,7 +37,11 @@ class ModelPrice:
     @property
     def priced(self) -> bool:
         return None not in (
-            self.input, self.output, self.cache_write_5m, self.cache_write_1h, self.cache_read
+            self.input,
+            self.output,
+            self.cache_write_5m,
+            self.cache_write_1h,
+            self.cache_read,
         )
 
 
@@ -106,7 +110,9 @@ class PricingTable:
             min_cache_tokens=row.get("min_cache_tokens"),
         )
 
-    def _apply_override(self, model_id: str, values: dict[str, Any], mult: dict[str, Decimal]) -> None:
+    def _apply_override(
+        self, model_id: str, values: dict[str, Any], mult: dict[str, Decimal]
+    ) -> None:
         canonical = self.resolve(model_id) or model_id
         current = self._prices.get(canonical)
         row: dict[str, Any] = {}
