@@ -7,6 +7,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+# The local Anthropic test server (real HTTP on 127.0.0.1) and its `anthropic_server` fixture.
+pytest_plugins = ["tests.anthropic_server"]
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
