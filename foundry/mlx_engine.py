@@ -1,0 +1,175 @@
+"""mlx-lm in-process: load a model with its identity, prefill a KV cache, generate tokens.
+
+Kept separate from the backend so the correctness tests can drive prefill directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from foundry.errors import LocalModelError
+from foundry.kvcache import PrefixIdentity
+from foundry.mlx_runtime import import_mlx, import_mlx_lm, versions
+
+PREFILL_STEP = 512
+IDENTITY_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
+)
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any  # mlx_lm TokenizerWrapper
+    path: Path
+    name: str
+    config: dict[str, Any]
+    kv_dtype: str
+    max_kv_size: int | None
+
+    def make_cache(self) -> list[Any]:
+        from mlx_lm.models.cache import make_prompt_cache
+
+        return make_prompt_cache(self.model, max_kv_size=self.max_kv_size)
+
+
+def load_model(path: Path, name: str, *, kv_dtype: str, max_kv_size: int | None) -> LoadedModel:
+    mx = import_mlx()
+    mlx_lm = import_mlx_lm()
+    try:
+        model, tokenizer, config = mlx_lm.load(str(path), return_config=True)
+    except Exception as exc:  # mlx-lm raises ValueError/FileNotFoundError/KeyError
+        raise LocalModelError(
+            f"cannot load the local model at {path}: {exc}", "re-import or re-pull the model"
+        ) from None
+    if kv_dtype != "auto":
+        # The KV values are computed in the model's dtype, so the KV dtype is set through it.
+        model.set_dtype(getattr(mx, kv_dtype))
+    dtype = kv_dtype if kv_dtype != "auto" else str(model.layers[0].input_layernorm.weight.dtype)
+    return LoadedModel(
+        model, tokenizer, path, name, config, dtype.removeprefix("mlx.core."), max_kv_size
+    )
+
+
+def _file_sha256(path: Path, memo: dict[str, Any]) -> str:
+    stat = path.stat()
+    stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
+    cached = memo.get(str(path))
+    if cached and cached.get("stamp") == stamp:
+        return cached["sha256"]
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(8 * 1024 * 1024):
+            digest.update(chunk)
+    memo[str(path)] = {"stamp": stamp, "sha256": digest.hexdigest()}
+    return digest.hexdigest()
+
+
+def model_identity(loaded: LoadedModel, memo_file: Path | None = None) -> PrefixIdentity:
+    """Everything that shapes the KV values; weight hashes are memoised by size + mtime."""
+    memo: dict[str, Any] = {}
+    if memo_file is not None:
+        try:
+            memo = json.loads(memo_file.read_text("utf-8"))
+        except (OSError, ValueError):
+            memo = {}
+    files = sorted(loaded.path.glob("*.safetensors")) + [
+        loaded.path / n for n in IDENTITY_FILES if (loaded.path / n).is_file()
+    ]
+    fields: dict[str, Any] = {
+        "files": {f.name: _file_sha256(f, memo) for f in files},
+        "chat_template": hashlib.sha256(
+            str(getattr(loaded.tokenizer, "chat_template", "") or "").encode()
+        ).hexdigest(),
+        "quantization": loaded.config.get("quantization"),
+        "kv_dtype": loaded.kv_dtype,
+        "max_kv_size": loaded.max_kv_size,
+        **versions(),
+    }
+    if memo_file is not None:
+        try:
+            temp = memo_file.with_name(f".{memo_file.name}.{os.getpid()}.tmp")
+            temp.write_text(json.dumps(memo), "utf-8")
+            os.replace(temp, memo_file)
+        except OSError:
+            pass  # only a speed-up
+    return PrefixIdentity(fields=fields, model=loaded.name)
+
+
+def prefill(model: Any, cache: list[Any], tokens: list[int], step: int = PREFILL_STEP) -> Any:
+    """Run `tokens` through the model into `cache`; returns the last position's logits."""
+    mx = import_mlx()
+    if not tokens:
+        raise ValueError("prefill needs at least one token")
+    logits = None
+    for start in range(0, len(tokens), step):
+        chunk = mx.array(tokens[start : start + step])[None]
+        logits = model(chunk, cache=cache)[:, -1, :]
+        mx.eval(logits, [layer.state for layer in cache])
+    return logits
+
+
+def sample(logits: Any, temperature: float) -> int:
+    mx = import_mlx()
+    if temperature <= 0:
+        return int(mx.argmax(logits, axis=-1).item())
+    return int(mx.random.categorical(logits * (1.0 / temperature)).item())
+
+
+@dataclass
+class StepTimes:
+    prefill_s: float = 0.0
+    first_token_s: float = 0.0
+    generate_s: float = 0.0
+    generated: int = 0
+
+
+def generate_tokens(
+    loaded: LoadedModel,
+    cache: list[Any],
+    new_tokens: list[int],
+    *,
+    max_tokens: int,
+    temperature: float,
+    times: StepTimes,
+    fed: Callable[[int], None],
+) -> Iterator[int]:
+    """Prefill `new_tokens`, then yield sampled tokens until EOS or max_tokens.
+
+    `fed(token)` is called for every token that enters the KV cache, so the caller always
+    knows exactly which tokens the cache holds.
+    """
+    mx = import_mlx()
+    eos = set(loaded.tokenizer.eos_token_ids)
+    started = time.perf_counter()
+    logits = prefill(loaded.model, cache, new_tokens)
+    for token in new_tokens:
+        fed(token)
+    times.prefill_s = time.perf_counter() - started
+    token = sample(logits, temperature)
+    times.first_token_s = time.perf_counter() - started
+    gen_started = time.perf_counter()
+    for count in range(max_tokens):
+        times.generated = count + 1
+        if token in eos:
+            break
+        yield token
+        if count + 1 == max_tokens:
+            break
+        logits = loaded.model(mx.array([[token]]), cache=cache)[:, -1, :]
+        fed(token)
+        token = sample(logits, temperature)
+    times.generate_s = time.perf_counter() - gen_started

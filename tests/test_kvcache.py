@@ -1,0 +1,186 @@
+"""The prefix-cache store: a loaded prefix gives the cold computation's logits, or is a miss."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+
+import pytest
+
+from foundry.kvcache import PrefixCacheStore, PrefixIdentity, cache_key
+from foundry.mlx_engine import load_model, model_identity, prefill
+from tests.tiny_model import build_tiny_model
+
+pytestmark = pytest.mark.mlx
+TOKENS = [(i * 37 + 11) % 300 + 3 for i in range(64)]
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory):
+    path = build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+    return load_model(path, "tiny", kv_dtype="auto", max_kv_size=None)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return PrefixCacheStore(tmp_path / "store")
+
+
+@pytest.fixture
+def identity(loaded, tmp_path):
+    return model_identity(loaded, tmp_path / "hashes.json")
+
+
+def _prefix_cache(loaded, tokens):
+    cache = loaded.make_cache()
+    prefill(loaded.model, cache, tokens)
+    return cache
+
+
+@pytest.mark.parametrize("split", [1, 7, 31, 63])
+def test_loaded_prefix_gives_the_cold_logits(loaded, store, identity, split) -> None:
+    import numpy as np
+
+    cold = prefill(loaded.model, loaded.make_cache(), TOKENS)
+    assert store.save(identity, TOKENS[:split], _prefix_cache(loaded, TOKENS[:split])) > 0
+    lookup = store.load(identity, TOKENS[:split])
+    assert lookup.hit, lookup.reason
+    warm = prefill(loaded.model, lookup.cache, TOKENS[split:])
+    np.testing.assert_allclose(np.array(warm), np.array(cold), atol=1e-4, rtol=1e-4)
+    assert int(np.argmax(np.array(warm))) == int(np.argmax(np.array(cold)))
+
+
+def test_identity_includes_what_shapes_kv_values(loaded, identity, tmp_path) -> None:
+    fields = identity.fields
+    assert {
+        "files",
+        "chat_template",
+        "quantization",
+        "kv_dtype",
+        "max_kv_size",
+        "mlx",
+        "mlx_lm",
+    } <= set(fields)
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= set(fields["files"])
+    assert model_identity(loaded, tmp_path / "hashes.json").digest == identity.digest  # memoised
+
+
+def test_identity_or_token_mismatch_is_a_miss_with_a_reason(loaded, store, identity) -> None:
+    prefix = TOKENS[:20]
+    store.save(identity, prefix, _prefix_cache(loaded, prefix))
+    other = PrefixIdentity({**identity.fields, "kv_dtype": "float16"}, model="tiny")
+    miss = store.load(other, prefix)
+    assert not miss.hit and "kv_dtype" in miss.reason
+    assert not store.load(identity, TOKENS[:19]).hit
+    assert not store.load(identity, TOKENS[1:21]).hit
+    # A file under the right key whose contents are for other tokens or identity is refused.
+    os.replace(
+        store.path_for(cache_key(identity, prefix)), store.path_for(cache_key(other, prefix))
+    )
+    miss = store.load(other, prefix)
+    assert not miss.hit and "model identity differs (kv_dtype)" in miss.reason
+    store.save(identity, prefix, _prefix_cache(loaded, prefix))
+    wrong_tokens = TOKENS[30:50]
+    os.replace(
+        store.path_for(cache_key(identity, prefix)),
+        store.path_for(cache_key(identity, wrong_tokens)),
+    )
+    miss = store.load(identity, wrong_tokens)
+    assert not miss.hit and "token ids differ" in miss.reason
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_corrupt_files_are_misses_and_are_removed(loaded, store, identity, damage) -> None:
+    prefix = TOKENS[:24]
+    store.save(identity, prefix, _prefix_cache(loaded, prefix))
+    path = store.path_for(cache_key(identity, prefix))
+    data = path.read_bytes()
+    damaged = {"truncate": data[: len(data) // 2], "garbage": os.urandom(len(data)), "empty": b""}
+    path.write_bytes(damaged[damage])
+    lookup = store.load(identity, prefix)
+    assert not lookup.hit and "corrupt" in lookup.reason
+    assert not path.exists() and store.entries() == []
+
+
+def test_over_the_memory_budget_is_a_miss(loaded, identity, tmp_path) -> None:
+    store = PrefixCacheStore(tmp_path / "s", memory_budget_mb=1)
+    prefix = TOKENS[:16]
+    assert store.save(identity, prefix, _prefix_cache(loaded, prefix)) > 0
+    store.memory_budget_bytes = 1000  # as if the cache had grown past the configured budget
+    lookup = store.load(identity, prefix)
+    assert not lookup.hit and "memory_budget_mb" in lookup.reason
+    assert store.path_for(lookup.key).exists()  # too big is not corrupt: the file stays
+
+
+def test_manifest_counts_hits_and_the_stored_file_is_never_changed(loaded, store, identity) -> None:
+    prefix = TOKENS[:32]
+    store.save(identity, prefix, _prefix_cache(loaded, prefix))
+    path = store.path_for(cache_key(identity, prefix))
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    for _ in range(2):
+        lookup = store.load(identity, prefix)
+        prefill(loaded.model, lookup.cache, TOKENS[32:])  # extends the in-memory copy only
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+    (entry,) = store.entries()
+    assert entry["hits"] == 2 and entry["n_tokens"] == 32 and entry["model"] == "tiny"
+    assert entry["size_bytes"] == path.stat().st_size
+    assert store.stats()["hits"] == 2 and store.stats()["entries"] == 1
+
+
+def test_lru_cap_and_ttl(loaded, identity, tmp_path) -> None:
+    store = PrefixCacheStore(tmp_path / "s")
+    sizes = []
+    for n in (8, 9, 10):
+        sizes.append(store.save(identity, TOKENS[:n], _prefix_cache(loaded, TOKENS[:n])))
+        time.sleep(0.002)
+    store.load(identity, TOKENS[:8])  # the oldest becomes the most recently used
+    store.max_bytes = sizes[0] + sizes[2] + 10
+    removed = store.enforce_limits()
+    assert [r["n_tokens"] for r in removed] == [9]
+    assert sorted(r["n_tokens"] for r in store.entries()) == [8, 10]
+    result = store.prune(now=time.time() + 31 * 86400)
+    assert sorted(r["n_tokens"] for r in result["removed"]) == [8, 10]
+    assert store.entries() == [] and not list(store.dir.glob("*.safetensors"))
+
+
+def test_prune_removes_stale_temp_files_and_unknown_files(store) -> None:
+    stale = store.dir / ".tmp-abc-999999999-deadbeef.safetensors"  # no such pid
+    stale.write_bytes(b"partial")
+    mine = store.dir / f".tmp-abc-{os.getpid()}-cafe.safetensors"  # a save in progress
+    mine.write_bytes(b"partial")
+    unknown = store.dir / "f00d.safetensors"
+    unknown.write_bytes(b"x")
+    os.utime(unknown, (time.time() - 120, time.time() - 120))
+    result = store.prune()
+    assert result["temp_files"] == [stale.name] and result["unknown_files"] == [unknown.name]
+    assert mine.exists() and not stale.exists() and not unknown.exists()
+
+
+def test_clear_by_pattern(loaded, store, identity) -> None:
+    store.save(identity, TOKENS[:8], _prefix_cache(loaded, TOKENS[:8]))
+    other = PrefixIdentity({**identity.fields, "max_kv_size": 64}, model="other-model")
+    store.save(other, TOKENS[:8], _prefix_cache(loaded, TOKENS[:8]))
+    assert [r["model"] for r in store.clear("other-*")] == ["other-model"]
+    assert [r["model"] for r in store.entries()] == ["tiny"]
+    assert len(store.clear()) == 1 and store.entries() == []
+
+
+def test_per_key_lock_serialises_builds(store) -> None:
+    order: list[str] = []
+    inside = threading.Event()
+
+    def first() -> None:
+        with store.lock("k"):
+            inside.set()
+            time.sleep(0.2)
+            order.append("first done")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    inside.wait()
+    with store.lock("k"):
+        order.append("second in")
+    thread.join()
+    assert order == ["first done", "second in"]

