@@ -1,0 +1,208 @@
+"""The queries behind `foundry costs`: one aggregate per view, done entirely in SQL.
+
+Reports read `request_rollup` (sums per UTC quarter hour, kept exact by triggers), so a
+million requests cost a few thousand rows to read. A period is a [start, end) UTC interval
+between local midnights computed with tzdata; if one ever falls off a quarter hour (a
+historic zone offset), the same query runs on the raw `requests` rows instead.
+Rows are grouped by the view's key and by whether the backend is local, because local rows
+report tokens reused and prefill time saved rather than dollars.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from foundry.ledger.periods import Zone, bucket_days, day_start
+from foundry.ledger.schema import ROLLUP_SUMS
+from foundry.ledger.timestamps import format_utc
+from foundry.pricing import LOCAL_BACKENDS
+
+VIEWS = ("day", "week", "month", "build", "model", "phase")
+PERIOD_VIEWS = ("day", "week", "month")
+_ROLLUP = "request_rollup r"
+_ROLLUP_FORMAT = "%Y-%m-%dT%H:%M"
+# The raw rows shaped like rollup rows; SQLite flattens this, so started_at's index serves.
+_RAW = (
+    "(SELECT started_at AS bucket, backend, model, COALESCE(phase, '') AS phase,"
+    " COALESCE(build_id, '') AS build_id, 1 AS requests, input_tokens, output_tokens,"
+    " cache_read_tokens, cache_write_5m_tokens, cache_write_1h_tokens,"
+    " COALESCE(cost_usd, 0) AS cost_usd, COALESCE(uncached_cost_usd, 0) AS uncached_cost_usd,"
+    " cost_usd IS NULL AS unpriced_requests, COALESCE(prefill_saved_ms, 0) AS prefill_saved_ms"
+    " FROM requests) r"
+)
+_SUMS = "SUM(r.requests), " + ", ".join(
+    f"TOTAL(r.{c})" if c in ("cost_usd", "uncached_cost_usd", "prefill_saved_ms") else f"SUM(r.{c})"
+    for c in ROLLUP_SUMS
+)
+_LOCAL = f"r.backend IN ({', '.join(repr(b) for b in sorted(LOCAL_BACKENDS))})"
+
+
+@dataclass
+class Filters:
+    since: datetime | None = None  # inclusive, UTC
+    until: datetime | None = None  # exclusive, UTC
+    build: str | None = None  # a build's name or id
+    models: list[str] | None = None
+    backend: str | None = None
+
+    def clauses(self, fmt: str) -> tuple[list[str], list[Any]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if self.since:
+            clauses.append("r.bucket >= ?")
+            params.append(_stamp(self.since, fmt))
+        if self.until:
+            clauses.append("r.bucket < ?")
+            params.append(_stamp(self.until, fmt))
+        if self.build:
+            clauses.append("r.build_id IN (SELECT id FROM builds WHERE name = ? OR id = ?)")
+            params += [self.build, self.build]
+        if self.models is not None:
+            clauses.append(f"r.model IN ({', '.join('?' * len(self.models)) or 'NULL'})")
+            params += self.models
+        if self.backend:
+            clauses.append("r.backend = ?")
+            params.append(self.backend)
+        return clauses, params
+
+
+@dataclass
+class ReportRow:
+    key: str | None
+    local: bool
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_5m_tokens: int
+    cache_write_1h_tokens: int
+    cost_usd: float
+    uncached_cost_usd: float
+    unpriced_requests: int
+    prefill_saved_ms: float
+    build: dict[str, Any] = field(default_factory=dict)
+
+
+def _stamp(moment: datetime, fmt: str) -> str:
+    return format_utc(moment) if fmt == "raw" else moment.astimezone(UTC).strftime(fmt)
+
+
+def _on_quarter_hour(moment: datetime) -> bool:
+    moment = moment.astimezone(UTC)
+    return moment.minute % 15 == 0 and moment.second == 0 and moment.microsecond == 0
+
+
+def _source(moments: list[datetime]) -> tuple[str, str]:
+    if all(_on_quarter_hour(m) for m in moments):
+        return _ROLLUP, _ROLLUP_FORMAT
+    return _RAW, "raw"
+
+
+def has_requests(conn: sqlite3.Connection) -> bool:
+    return bool(conn.execute("SELECT EXISTS (SELECT 1 FROM requests)").fetchone()[0])
+
+
+def time_span(conn: sqlite3.Connection) -> tuple[datetime, datetime] | None:
+    """The first and last quarter hour holding a request."""
+    low, high = conn.execute("SELECT MIN(bucket), MAX(bucket) FROM request_rollup").fetchone()
+    if low is None:
+        return None
+    return (
+        datetime.fromisoformat(low).replace(tzinfo=UTC),
+        datetime.fromisoformat(high).replace(tzinfo=UTC),
+    )
+
+
+def distinct_models(conn: sqlite3.Connection) -> list[str]:
+    return [row[0] for row in conn.execute("SELECT DISTINCT model FROM request_rollup")]
+
+
+def aggregate(conn: sqlite3.Connection, by: str, zone: Zone, filters: Filters) -> list[ReportRow]:
+    """One row per (key, local?) for the view `by`, in the view's natural order."""
+    if by not in VIEWS:
+        raise ValueError(f"unknown view {by!r}")
+    bounds = [m for m in (filters.since, filters.until) if m is not None]
+    if by in PERIOD_VIEWS:
+        periods = _periods(conn, by, zone, filters)
+        if not periods:
+            return []
+        source, fmt = _source(bounds + [m for p in periods for m in p[1:]])
+        conn.execute("DROP TABLE IF EXISTS temp.report_periods")
+        conn.execute("CREATE TEMP TABLE report_periods (key TEXT PRIMARY KEY, lo TEXT, hi TEXT)")
+        conn.executemany(
+            "INSERT INTO temp.report_periods VALUES (?, ?, ?)",
+            [(key, _stamp(lo, fmt), _stamp(hi, fmt)) for key, lo, hi in periods],
+        )
+        clauses, params = filters.clauses(fmt)
+        where = "".join(f" AND {c}" for c in clauses)
+        sql = (
+            f"SELECT p.key, {_LOCAL} AS local, {_SUMS} FROM temp.report_periods p"
+            f" JOIN {source} ON r.bucket >= p.lo AND r.bucket < p.hi{where}"
+            " GROUP BY p.key, local"
+        )
+    else:
+        source, fmt = _source(bounds)
+        clauses, params = filters.clauses(fmt)
+        where = " WHERE " + " AND ".join(clauses) if clauses else ""
+        column = {"build": "build_id", "model": "model", "phase": "phase"}[by]
+        sql = (
+            f"SELECT NULLIF(r.{column}, '') AS key, {_LOCAL} AS local, {_SUMS}"
+            f" FROM {source}{where} GROUP BY key, local"
+        )
+    rows = [ReportRow(row[0], bool(row[1]), *row[2:]) for row in conn.execute(sql, params)]
+    if by == "build":
+        _attach_builds(conn, rows)
+        rows.sort(key=lambda r: (r.build.get("started_at") or "", r.key or "", r.local))
+    elif by in PERIOD_VIEWS:
+        rows.sort(key=lambda r: (r.key or "", r.local))
+    else:
+        rows.sort(key=lambda r: (r.local, -r.cost_usd, r.key is None, r.key or ""))
+    return rows
+
+
+def _periods(
+    conn: sqlite3.Connection, by: str, zone: Zone, filters: Filters
+) -> list[tuple[str, datetime, datetime]]:
+    span = time_span(conn)
+    if span is None:
+        return []
+    low = max([span[0]] + ([filters.since] if filters.since else []))
+    high = min([span[1]] + ([filters.until] if filters.until else []))
+    if low > high:
+        return []
+    first, last = low.astimezone(zone.tz).date(), high.astimezone(zone.tz).date()
+    return [
+        (key, day_start(start, zone), day_start(end, zone))
+        for key, start, end in bucket_days(by, first, last)
+    ]
+
+
+def _attach_builds(conn: sqlite3.Connection, rows: list[ReportRow]) -> None:
+    ids = [row.key for row in rows if row.key is not None]
+    found: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        cursor = conn.execute(
+            "SELECT id, name, status, started_at, finished_at, backend, model FROM builds"
+            f" WHERE id IN ({', '.join('?' * len(chunk))})",
+            chunk,
+        )
+        names = [c[0] for c in cursor.description]
+        for values in cursor:
+            found[values[0]] = dict(zip(names, values, strict=True))
+    for row in rows:
+        row.build = found.get(row.key or "", {})
+
+
+def spend_between(conn: sqlite3.Connection, start: datetime, end: datetime) -> tuple[float, int]:
+    """Money spent in [start, end) and the number of requests whose cost is unknown."""
+    source, fmt = _source([start, end])
+    row = conn.execute(
+        f"SELECT TOTAL(r.cost_usd), TOTAL(r.unpriced_requests) FROM {source}"
+        " WHERE r.bucket >= ? AND r.bucket < ?",
+        [_stamp(start, fmt), _stamp(end, fmt)],
+    ).fetchone()
+    return row[0], int(row[1])

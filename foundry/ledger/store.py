@@ -1,0 +1,351 @@
+"""The ledger file: opening it safely, migrating it, and recording builds and requests.
+
+Several builds may run at once in separate processes, so every write is one short
+`BEGIN IMMEDIATE` transaction (it takes the write lock up front, which WAL readers never
+block), SQLite's busy timeout waits for the lock, and a retry loop with jitter covers the
+rest. A file that is not our ledger is inspected read-only and never written to.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from foundry.errors import LedgerError
+from foundry.ledger.files import REQUEST_COLUMNS, classify, connect, unreadable
+from foundry.ledger.timestamps import format_utc, normalize_timestamp, utc_now
+
+if TYPE_CHECKING:
+    from foundry.backends.base import Usage
+    from foundry.pricing import Cost, PricingTable
+
+BUILD_STATUSES = frozenset(
+    {"running", "completed", "tests_failed", "failed", "interrupted", "budget_exceeded"}
+)
+# Total time a write keeps retrying past the busy timeout before giving up with an error.
+WRITE_DEADLINE_S = 120.0
+_T = TypeVar("_T")
+# Models already warned about in this process: one warning per model, not one per request.
+_warned_models: set[str] = set()
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    id: int
+    cost: Cost
+
+    @property
+    def warning(self) -> str | None:
+        return self.cost.warning
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+class Ledger:
+    """One connection to the ledger file. Safe to share between threads of one process."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, pricing: PricingTable | None):
+        self.path = path
+        self.conn = conn
+        self._pricing = pricing
+        self._lock = threading.RLock()
+
+    # ---- opening -------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path, pricing: PricingTable | None = None) -> Ledger:
+        """Open (creating parent directories and the file if needed) and migrate."""
+        path = Path(path)
+        if path.is_dir():
+            raise LedgerError(f"ledger path {path} is a directory", "give the path of a file")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LedgerError(
+                f"cannot create the ledger's directory {path.parent}: {exc.strerror}",
+                "check the path and its permissions",
+            ) from None
+        ledger = cls(path, connect(path), pricing)
+        try:
+            ledger._prepare(classify(ledger.conn, path))
+        except BaseException:
+            ledger.close()
+            raise
+        return ledger
+
+    @classmethod
+    def open_existing(cls, path: Path, pricing: PricingTable | None = None) -> Ledger | None:
+        """For readers: None when there is no ledger yet (missing file, or a file with no
+        tables), and nothing is created; a foundry ledger is migrated if it is older."""
+        path = Path(path)
+        if not path.exists():
+            return None
+        if path.is_dir():
+            raise LedgerError(f"ledger path {path} is a directory", "give the path of a file")
+        conn = connect(path)
+        try:
+            state = classify(conn, path)
+        except BaseException:
+            conn.close()
+            raise
+        if state == "blank":
+            conn.close()
+            return None
+        ledger = cls(path, conn, pricing)
+        try:
+            ledger._prepare(state)
+        except BaseException:
+            ledger.close()
+            raise
+        return ledger
+
+    def _prepare(self, state: str) -> None:
+        # WAL lets reports read while builds write; it is persistent, so this is set once.
+        mode = self._retrying(lambda: self.conn.execute("PRAGMA journal_mode").fetchone()[0])
+        if mode != "wal":
+            self._retrying(lambda: self.conn.execute("PRAGMA journal_mode = WAL").fetchone())
+        if state != "current":
+            self._write(self._migrate)
+
+    def _migrate(self) -> None:
+        # Runs inside BEGIN IMMEDIATE: a process that raced us here re-checks under the lock
+        # and finds nothing pending, so a blank ledger is created exactly once.
+        if classify(self.conn, self.path) == "current":
+            return
+        from sqlite_utils import Database
+
+        from foundry.ledger.schema import build_migrations
+
+        build_migrations().apply(Database(self.conn, execute_plugins=False))
+
+    # ---- writing -------------------------------------------------------------------------
+
+    def _retrying(self, action: Callable[[], _T]) -> _T:
+        deadline = time.monotonic() + WRITE_DEADLINE_S
+        delay = 0.01
+        while True:
+            try:
+                return action()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() > deadline:
+                    raise LedgerError(
+                        f"cannot write to the ledger {self.path}: {exc}",
+                        "another process holds it locked; retry when it has finished",
+                    ) from None
+            except sqlite3.IntegrityError:
+                raise
+            except sqlite3.DatabaseError as exc:
+                raise unreadable(self.path, exc) from None
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.5)
+
+    def _write(self, body: Callable[[], _T]) -> _T:
+        """Run `body` in one BEGIN IMMEDIATE transaction, retrying while the file is busy."""
+
+        def attempt() -> _T:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = body()
+                self.conn.execute("COMMIT")
+                return result
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+
+        with self._lock:
+            return self._retrying(attempt)
+
+    def start_build(
+        self,
+        *,
+        name: str,
+        task: str,
+        backend: str,
+        model: str,
+        workdir: str,
+        template_sha256: str,
+        static_sha256: str,
+    ) -> str:
+        build_id = uuid.uuid4().hex
+        row = [
+            build_id,
+            name,
+            task,
+            backend,
+            model,
+            str(workdir),
+            template_sha256,
+            static_sha256,
+            utc_now(),
+        ]
+        self._write(
+            lambda: self.conn.execute(
+                "INSERT INTO builds (id, name, task, backend, model, workdir, template_sha256,"
+                " static_sha256, started_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running')",
+                row,
+            )
+        )
+        return build_id
+
+    def finish_build(
+        self,
+        build_id: str,
+        *,
+        status: str,
+        summary: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:
+        if status not in BUILD_STATUSES:
+            raise ValueError(f"unknown build status {status!r}")
+        summary_json = None if summary is None else json.dumps(summary, default=str)
+        values = [utc_now(), status, summary_json, error, build_id]
+
+        def body() -> int:
+            return self.conn.execute(
+                "UPDATE builds SET finished_at = ?, status = ?, summary_json = ?, error = ?"
+                " WHERE id = ?",
+                values,
+            ).rowcount
+
+        if self._write(body) != 1:
+            raise LedgerError(f"no build with id {build_id} in {self.path}")
+
+    def record_request(
+        self,
+        *,
+        build_id: str | None,
+        phase: str | None,
+        turn: int | None,
+        backend: str,
+        model: str,
+        usage: Usage,
+        started_at: str,
+        status: str = "ok",
+        error_class: str | None = None,
+        stop_reason: str | None = None,
+        provider_request_id: str | None = None,
+        purpose: str = "turn",
+    ) -> RecordedRequest:
+        """Store one model request with its cost, computed now and never rewritten."""
+        cost = self.pricing.cost(usage, model, backend)
+        if cost.warning and model not in _warned_models:
+            _warned_models.add(model)
+            from foundry import console
+
+            console.warning(cost.warning)
+        row = [
+            build_id,
+            phase,
+            turn,
+            purpose,
+            backend,
+            model,
+            normalize_timestamp(started_at),
+            usage.duration_ms,
+            usage.ttft_ms,
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cache_read_tokens,
+            usage.cache_write_5m_tokens,
+            usage.cache_write_1h_tokens,
+            cost.cost_usd,
+            cost.uncached_cost_usd,
+            cost.pricing_version,
+            cost.warning,
+            status,
+            error_class,
+            stop_reason,
+            provider_request_id,
+            usage.prefill_saved_ms,
+            usage.prefill_tokens_per_s,
+            usage.generation_tokens_per_s,
+            usage.peak_memory_mb,
+        ]
+
+        def body() -> int:
+            cursor = self.conn.execute(
+                f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)})"
+                f" VALUES ({', '.join('?' * len(REQUEST_COLUMNS))})",
+                row,
+            )
+            return int(cursor.lastrowid or 0)
+
+        try:
+            request_id = self._write(body)
+        except sqlite3.IntegrityError:
+            raise LedgerError(
+                f"cannot record a request for build {build_id}: no such build in {self.path}",
+                "start the build with Ledger.start_build first",
+            ) from None
+        return RecordedRequest(request_id, cost)
+
+    @property
+    def pricing(self) -> PricingTable:
+        if self._pricing is None:
+            from foundry.pricing import PricingTable
+
+            self._pricing = PricingTable()
+        return self._pricing
+
+    # ---- reading -------------------------------------------------------------------------
+
+    def build_totals(self, build_id: str) -> dict[str, Any]:
+        row = self.conn.execute(
+            "SELECT COUNT(*), TOTAL(input_tokens), TOTAL(output_tokens), TOTAL(cache_read_tokens),"
+            " TOTAL(cache_write_5m_tokens), TOTAL(cache_write_1h_tokens), TOTAL(cost_usd),"
+            " TOTAL(uncached_cost_usd), COUNT(*) - COUNT(cost_usd), TOTAL(prefill_saved_ms)"
+            " FROM requests WHERE build_id = ?",
+            [build_id],
+        ).fetchone()
+        return {
+            "requests": row[0],
+            "input_tokens": int(row[1]),
+            "output_tokens": int(row[2]),
+            "cache_read_tokens": int(row[3]),
+            "cache_write_5m_tokens": int(row[4]),
+            "cache_write_1h_tokens": int(row[5]),
+            "cost_usd": row[6],
+            "uncached_cost_usd": row[7],
+            # Requests whose model had no price: their cost is NULL, not counted above.
+            "unpriced_requests": row[8],
+            "prefill_saved_ms": row[9],
+        }
+
+    def build(self, build_id: str) -> dict[str, Any] | None:
+        cursor = self.conn.execute("SELECT * FROM builds WHERE id = ?", [build_id])
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        return dict(zip([c[0] for c in cursor.description], row, strict=True))
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = [
+    "BUILD_STATUSES",
+    "REQUEST_COLUMNS",
+    "Ledger",
+    "RecordedRequest",
+    "format_utc",
+    "utc_now",
+]
