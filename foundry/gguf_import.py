@@ -44,6 +44,16 @@ def _scalar(meta: dict[str, Any], key: str, default: Any = None) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
+def _required(meta: dict[str, Any], key: str) -> Any:
+    value = _scalar(meta, key)
+    if value is None:
+        raise LocalModelError(
+            f"the GGUF file has no '{key}' metadata",
+            "re-export it with a recent llama.cpp convert script, or use another GGUF",
+        )
+    return value
+
+
 def mlx_name(gguf_name: str) -> str:
     if match := _BLOCK_RE.match(gguf_name):
         layer, part, kind = match.groups()
@@ -105,9 +115,9 @@ def _convert_weights(tensors: dict[str, Any], dtype: str) -> tuple[dict[str, Any
 
 def _model_config(meta: dict[str, Any], weights: dict[str, Any], bits: int | None) -> dict:
     arch = "llama"
-    heads = int(_scalar(meta, f"{arch}.attention.head_count"))
-    hidden = int(_scalar(meta, f"{arch}.embedding_length"))
-    vocab = _scalar(meta, f"{arch}.vocab_size") or len(meta["tokenizer.ggml.tokens"])
+    heads = int(_required(meta, f"{arch}.attention.head_count"))
+    hidden = int(_required(meta, f"{arch}.embedding_length"))
+    vocab = _scalar(meta, f"{arch}.vocab_size") or len(_required(meta, "tokenizer.ggml.tokens"))
     scaling = _scalar(meta, f"{arch}.rope.scaling.type")
     if scaling not in (None, "none"):
         raise LocalModelError(f"RoPE scaling '{scaling}' is not supported", "use a plain llama")
@@ -115,9 +125,9 @@ def _model_config(meta: dict[str, Any], weights: dict[str, Any], bits: int | Non
         "model_type": "llama",
         "architectures": ["LlamaForCausalLM"],
         "hidden_size": hidden,
-        "intermediate_size": int(_scalar(meta, f"{arch}.feed_forward_length")),
+        "intermediate_size": int(_required(meta, f"{arch}.feed_forward_length")),
         "num_attention_heads": heads,
-        "num_hidden_layers": int(_scalar(meta, f"{arch}.block_count")),
+        "num_hidden_layers": int(_required(meta, f"{arch}.block_count")),
         "num_key_value_heads": int(_scalar(meta, f"{arch}.attention.head_count_kv", heads)),
         "head_dim": int(_scalar(meta, f"{arch}.rope.dimension_count", hidden // heads)),
         "rms_norm_eps": float(_scalar(meta, f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
@@ -145,7 +155,7 @@ def _write_tokenizer(meta: dict[str, Any], directory: Path) -> None:
             f"tokenizer type '{kind}' is not supported",
             "only byte-level BPE ('gpt2') GGUF tokenizers can be converted",
         )
-    tokens: list[str] = list(meta["tokenizer.ggml.tokens"])
+    tokens: list[str] = list(_required(meta, "tokenizer.ggml.tokens"))
     merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
     vocab = {token: index for index, token in enumerate(tokens)}
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))

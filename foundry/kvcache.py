@@ -30,6 +30,7 @@ from foundry.mlx_runtime import import_mlx
 log = logging.getLogger("foundry.kvcache")
 FORMAT_VERSION = "1"
 STALE_TEMP_S = 3600.0
+TEMP_GRACE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -147,16 +148,18 @@ class PrefixCacheStore:
         started = time.perf_counter()
         try:
             cache, meta = self._read(path)
+            if meta.get("foundry_prefix_cache") != FORMAT_VERSION:
+                return Lookup(key, None, "saved prefix has an unknown format version")
+            stored_identity = json.loads(meta.get("identity", "{}"))
+            stored_tokens = json.loads(meta.get("token_ids", "[]"))
+            if not isinstance(stored_identity, dict):
+                raise ValueError("identity is not an object")
         except Exception as exc:  # truncated/corrupt files raise from mlx in many ways
             self._drop(key, f"unreadable ({type(exc).__name__}: {exc})")
             return Lookup(key, None, f"saved prefix file was corrupt and was removed ({exc})")
-        if meta.get("foundry_prefix_cache") != FORMAT_VERSION:
-            return Lookup(key, None, "saved prefix has an unknown format version")
-        stored_identity = json.loads(meta.get("identity", "{}"))
         if stored_identity != identity.fields:
             changed = ", ".join(_differences(stored_identity, identity.fields))
             return Lookup(key, None, f"model identity differs ({changed})")
-        stored_tokens = json.loads(meta.get("token_ids", "[]"))
         if stored_tokens != tokens:
             return Lookup(key, None, "stored token ids differ from the prompt's prefix")
         offsets = {getattr(layer, "offset", len(tokens)) for layer in cache}
@@ -211,7 +214,7 @@ class PrefixCacheStore:
                 os.fsync(handle.fileno())
             size = temp.stat().st_size
             os.replace(temp, self.path_for(key))
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:  # mlx reports file errors as RuntimeError
             temp.unlink(missing_ok=True)
             log.warning("prefix cache not saved: %s", exc)
             return 0
@@ -242,10 +245,12 @@ class PrefixCacheStore:
         for temp in self.dir.glob(".tmp-*"):
             try:
                 pid = int(temp.name.split("-")[2])
-                old = time.time() - temp.stat().st_mtime > STALE_TEMP_S
+                age = time.time() - temp.stat().st_mtime
             except (ValueError, IndexError, OSError):
-                pid, old = -1, True
-            if old or not _pid_alive(pid):
+                pid, age = -1, STALE_TEMP_S + 1
+            # A pid from another host or container looks dead here: its file is left alone
+            # while it is still being written (a save renames it within moments of the write).
+            if age > STALE_TEMP_S or (age > TEMP_GRACE_S and not _pid_alive(pid)):
                 temp.unlink(missing_ok=True)
                 removed.append(temp.name)
         return removed

@@ -87,7 +87,7 @@ class ChatRenderer:
         self, request: ModelRequest, system: list[dict[str, Any]], chat: list[dict[str, Any]]
     ) -> RenderedPrompt:
         full = self.encode(self._template(system + chat, request, gen=True))
-        prefix = self.encode(self._template(system, request, gen=False))
+        prefix = self._system_turn(request, system)
         if full[: len(prefix)] == prefix and len(prefix) < len(full):
             return RenderedPrompt(full, prefix, True, chat)
         # Any token prefix of the prompt has valid KV values, so the common part is still
@@ -95,13 +95,24 @@ class ChatRenderer:
         shared = min(common_prefix_length(full, prefix), len(full) - 1)
         if not self._warned:
             log.warning(
-                "chat template does not end the system turn on a token boundary; "
+                "the chat template's system turn is not a token prefix of the prompt; "
                 "caching the %d shared tokens instead of %d",
                 shared,
                 len(prefix),
             )
             self._warned = True
         return RenderedPrompt(full, full[:shared], False, chat)
+
+    def _system_turn(self, request: ModelRequest, system: list[dict[str, Any]]) -> list[int]:
+        """The system turn's tokens; [] when the template cannot render it at all."""
+        # Some templates (Qwen3's) refuse a conversation without a user turn; with an empty
+        # one the rendering still shares the whole system turn with every prompt.
+        for extra in ([], [{"role": "user", "content": ""}]):
+            try:
+                return self.encode(self._template(system + extra, request, gen=False))
+            except LocalModelError:
+                continue
+        return []
 
     def parse(self, text: str, request: ModelRequest) -> ParsedReply:
         known = {t.name for t in request.tools} if request.tools else None

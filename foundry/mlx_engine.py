@@ -58,10 +58,20 @@ def load_model(path: Path, name: str, *, kv_dtype: str, max_kv_size: int | None)
     if kv_dtype != "auto":
         # The KV values are computed in the model's dtype, so the KV dtype is set through it.
         model.set_dtype(getattr(mx, kv_dtype))
-    dtype = kv_dtype if kv_dtype != "auto" else str(model.layers[0].input_layernorm.weight.dtype)
-    return LoadedModel(
-        model, tokenizer, path, name, config, dtype.removeprefix("mlx.core."), max_kv_size
-    )
+    dtype = kv_dtype if kv_dtype != "auto" else activation_dtype(model)
+    return LoadedModel(model, tokenizer, path, name, config, dtype, max_kv_size)
+
+
+def activation_dtype(model: Any) -> str:
+    """The dtype the KV values are computed in: the model's first floating-point parameter's
+    (quantized weights are integers; their scales carry it). Works for any architecture."""
+    mx = import_mlx()
+    from mlx.utils import tree_flatten
+
+    for _, value in tree_flatten(model.parameters()):
+        if mx.issubdtype(value.dtype, mx.floating):
+            return str(value.dtype).removeprefix("mlx.core.")
+    return "unknown"
 
 
 def _file_sha256(path: Path, memo: dict[str, Any]) -> str:

@@ -84,6 +84,14 @@ def test_unsupported_architecture_and_tokenizer_are_clear_errors(tiny, tmp_path)
     assert not any(models_dir().iterdir())  # a failed import leaves nothing behind
 
 
+@pytest.mark.parametrize("key", ["llama.attention.head_count", "tokenizer.ggml.tokens"])
+def test_missing_metadata_is_a_clear_error(tiny, tmp_path, key) -> None:
+    gguf = write_tiny_gguf(tiny, tmp_path / "m.gguf", drop=(key, "llama.vocab_size"))
+    with pytest.raises(LocalModelError, match=f"has no '{key}' metadata"):
+        import_gguf(gguf)
+    assert not models_dir().exists() or not any(models_dir().iterdir())
+
+
 def test_bad_inputs(tmp_path) -> None:
     with pytest.raises(UsageError, match="not found"):
         import_gguf(tmp_path / "missing.gguf")

@@ -146,16 +146,46 @@ def test_lru_cap_and_ttl(loaded, identity, tmp_path) -> None:
 
 
 def test_prune_removes_stale_temp_files_and_unknown_files(store) -> None:
+    two_minutes_ago = (time.time() - 120, time.time() - 120)
     stale = store.dir / ".tmp-abc-999999999-deadbeef.safetensors"  # no such pid
     stale.write_bytes(b"partial")
+    os.utime(stale, two_minutes_ago)
+    # Being written by a pid this host cannot see (another container sharing the store).
+    foreign = store.dir / ".tmp-abc-999999998-beef.safetensors"
+    foreign.write_bytes(b"partial")
     mine = store.dir / f".tmp-abc-{os.getpid()}-cafe.safetensors"  # a save in progress
     mine.write_bytes(b"partial")
+    os.utime(mine, two_minutes_ago)
     unknown = store.dir / "f00d.safetensors"
     unknown.write_bytes(b"x")
-    os.utime(unknown, (time.time() - 120, time.time() - 120))
+    os.utime(unknown, two_minutes_ago)
     result = store.prune()
     assert result["temp_files"] == [stale.name] and result["unknown_files"] == [unknown.name]
-    assert mine.exists() and not stale.exists() and not unknown.exists()
+    assert mine.exists() and foreign.exists() and not stale.exists() and not unknown.exists()
+
+
+def test_corrupt_metadata_is_a_miss_not_a_crash(loaded, store, identity) -> None:
+    from mlx_lm.models.cache import save_prompt_cache
+
+    prefix = TOKENS[:12]
+    path = store.path_for(cache_key(identity, prefix))
+    meta = {"foundry_prefix_cache": "1", "identity": "{not json", "token_ids": "[1,"}
+    save_prompt_cache(str(path), _prefix_cache(loaded, prefix), meta)
+    lookup = store.load(identity, prefix)
+    assert not lookup.hit and "corrupt" in lookup.reason and not path.exists()
+
+
+def test_a_failed_write_saves_nothing_and_leaves_no_temp(loaded, store, identity, monkeypatch):
+    import mlx_lm.models.cache as mlx_cache
+
+    def unwritable(file_name, *args, **kwargs):
+        open(file_name, "wb").close()  # mlx had created the file when it failed
+        raise RuntimeError(f"[save_safetensors] Failed to open file {file_name}")
+
+    monkeypatch.setattr(mlx_cache, "save_prompt_cache", unwritable)
+    assert store.save(identity, TOKENS[:8], _prefix_cache(loaded, TOKENS[:8])) == 0
+    assert list(store.dir.glob("*.safetensors")) == list(store.dir.glob(".tmp-*")) == []
+    assert store.entries() == []
 
 
 def test_clear_by_pattern(loaded, store, identity) -> None:

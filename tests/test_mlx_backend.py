@@ -37,6 +37,21 @@ def request(text: str = "Build a todo app", messages=None, max_tokens: int = 8) 
     return ModelRequest("tiny", SYSTEM, [READ], messages, max_tokens=max_tokens, temperature=0.0)
 
 
+def assert_cache_is_exact(b) -> None:
+    """The conversation's KV cache gives the next-token logits of a cold computation over the
+    tokens it claims to hold (the tiny model's greedy replies barely depend on context, so
+    equal replies alone would not show a stale or missing KV entry)."""
+    import numpy as np
+
+    from foundry.mlx_engine import prefill
+
+    probe = [5]
+    warm = prefill(b._loaded.model, b._cache, probe)
+    b._cache_tokens += probe  # keep the backend's bookkeeping true for later turns
+    cold = prefill(b._loaded.model, b._loaded.make_cache(), b._cache_tokens)
+    np.testing.assert_allclose(np.array(warm), np.array(cold), atol=1e-4, rtol=1e-4)
+
+
 def test_cold_then_saved_prefix_gives_the_same_reply(model_dir, tmp_path) -> None:
     cfg = config(tmp_path)
     plain = backend(model_dir, config(tmp_path, enabled=False)).complete(request())
@@ -60,6 +75,7 @@ def test_cold_then_saved_prefix_gives_the_same_reply(model_dir, tmp_path) -> Non
     assert w.output_tokens >= 1 and w.ttft_ms > 0 and w.duration_ms >= w.ttft_ms
     assert w.prefill_tokens_per_s > 0 and w.peak_memory_mb > 0 and w.prefill_saved_ms > 0
     assert warm.stop_reason in ("end_turn", "max_tokens", "tool_use")
+    assert_cache_is_exact(second)
 
 
 def test_turns_prefill_only_what_they_add_and_trim_back_on_divergence(model_dir, tmp_path) -> None:
@@ -76,10 +92,17 @@ def test_turns_prefill_only_what_they_add_and_trim_back_on_divergence(model_dir,
     assert b.last_cache_event["source"] == "memory"
     assert second.usage.cache_read_tokens > first.usage.total_input_tokens - 2
     assert second.usage.input_tokens < 40
+    assert_cache_is_exact(b)
     # A new phase starts a fresh conversation: the cache is trimmed back, not recomputed.
     third = b.complete(request("Phase: architect"))
     assert b.last_cache_event["source"] == "memory"
     assert prefix <= third.usage.cache_read_tokens < second.usage.cache_read_tokens
+    assert_cache_is_exact(b)
+    # The same request again reuses all but its last token: at least one is prefilled.
+    again_same = b.complete(request("Phase: architect"))
+    assert again_same.usage.input_tokens == 1
+    assert again_same.usage.total_input_tokens == third.usage.total_input_tokens
+    assert_cache_is_exact(b)
     # Without in-memory reuse every turn starts again from the saved prefix.
     fresh = backend(model_dir, config(tmp_path), reuse_conversation=False)
     again = fresh.complete(request(messages=messages))
@@ -227,6 +250,32 @@ def test_system_turn_is_the_cached_prefix(model_dir, tmp_path) -> None:
     assert rendered.tokens[: len(rendered.prefix)] == rendered.prefix
     text = b._loaded.tokenizer.decode(rendered.prefix)
     assert text.endswith("<|im_end|>\n") and "read_file" in text and "<tool_call>" in text
+
+
+def test_a_template_that_needs_a_user_turn_still_caches_the_system_turn(tmp_path) -> None:
+    from tests.tiny_model import CHATML_TEMPLATE
+
+    needs_user = (  # like Qwen3's template, which refuses a conversation with no user turn
+        "{% if messages | selectattr('role', 'equalto', 'user') | list | length == 0 %}"
+        "{{ raise_exception('No user query found in messages.') }}{% endif %}" + CHATML_TEMPLATE
+    )
+    model_dir = build_tiny_model(tmp_path / "qwenish", chat_template=needs_user)
+    cold = backend(model_dir, config(tmp_path)).complete(request())
+    assert cold.usage.cache_write_5m_tokens > 100
+    second = backend(model_dir, config(tmp_path))
+    warm = second.complete(request("Build a wiki"))
+    assert second.last_cache_event["source"] == "store"
+    assert warm.usage.cache_read_tokens == cold.usage.cache_write_5m_tokens
+
+
+def test_a_model_of_another_architecture_runs(tmp_path) -> None:
+    from tests.tiny_model import build_tiny_gpt2
+
+    b = backend(build_tiny_gpt2(tmp_path / "gpt2"), config(tmp_path))
+    response = b.complete(request())
+    assert (
+        response.usage.cache_write_5m_tokens > 100 and b._identity.fields["kv_dtype"] == "float32"
+    )
 
 
 def test_openblas_is_found_from_the_environment(tmp_path, monkeypatch) -> None:

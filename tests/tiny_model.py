@@ -84,7 +84,43 @@ def build_tiny_model(
     weights["model.embed_tokens.weight"] = mx.random.normal(
         weights["model.embed_tokens.weight"].shape
     )
-    mx.save_safetensors(str(directory / "model.safetensors"), weights, {"format": "mlx"})
+    return _write_model_dir(directory, weights, config, chat_template)
+
+
+def build_tiny_gpt2(directory: Path, *, seed: int = 0) -> Path:
+    """A tiny GPT-2: an architecture whose layers name their parts differently from llama's."""
+    from foundry.mlx_runtime import import_mlx
+
+    mx = import_mlx()
+    from mlx.utils import tree_flatten
+    from mlx_lm.models import gpt2
+
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {
+        "model_type": "gpt2",
+        "n_ctx": 1024,
+        "n_embd": 32,
+        "n_head": 2,
+        "n_layer": 2,
+        "n_positions": 1024,
+        "layer_norm_epsilon": 1e-5,
+        "vocab_size": build_tokenizer(directory),
+        "eos_token_id": 2,
+    }
+    mx.random.seed(seed)
+    model = gpt2.Model(gpt2.ModelArgs.from_dict(config))
+    return _write_model_dir(directory, dict(tree_flatten(model.parameters())), config)
+
+
+def _write_model_dir(
+    directory: Path,
+    weights: dict[str, Any],
+    config: dict[str, Any],
+    chat_template: str = CHATML_TEMPLATE,
+) -> Path:
+    from foundry.mlx_runtime import import_mlx
+
+    import_mlx().save_safetensors(str(directory / "model.safetensors"), weights, {"format": "mlx"})
     (directory / "config.json").write_text(json.dumps(config, indent=2), "utf-8")
     tokenizer_config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -116,6 +152,7 @@ def write_tiny_gguf(
     dtype: str = "float32",
     architecture: str = "llama",
     tokenizer_model: str = "gpt2",
+    drop: tuple[str, ...] = (),
 ) -> Path:
     """Write the tiny model as a llama GGUF the way llama.cpp's converter lays it out."""
     from foundry.mlx_runtime import import_mlx
@@ -179,5 +216,7 @@ def write_tiny_gguf(
         "tokenizer.ggml.add_bos_token": mx.array(False),
         "tokenizer.chat_template": CHATML_TEMPLATE,
     }
+    for key in drop:  # as a damaged or incomplete export would be
+        del metadata[key]
     mx.save_gguf(str(path), tensors, metadata)
     return path
