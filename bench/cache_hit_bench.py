@@ -139,6 +139,9 @@ def run(phases: int, turns: int, model: str, ttl: str, think_s: float, test_run_
             f"{name:<10} {u.input_tokens:>8} {u.cache_read_tokens:>9} {u.cache_write_5m_tokens:>8} "
             f"{u.cache_write_1h_tokens:>8} {u.output_tokens:>7} {rate:>8.1%}"
         )
+    if not uncached:  # a model without a sourced price: tokens only
+        print(f"\ncost: n/a ({model} has no price; set one in cache_config.json)")
+        return 0
     print(f"\ncost with caching   ${cost:.4f}\nuncached cost       ${uncached:.4f}")
     print(f"saved               ${uncached - cost:.4f} ({(1 - cost / uncached):.1%})")
     return 0

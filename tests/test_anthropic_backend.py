@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 import json
+import runpy
 import socket
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -70,6 +72,16 @@ def tool_turn(i: int) -> list[dict]:
     ]
 
 
+def content_tokens(blocks: list[dict]) -> int:
+    """Text and tool_use blocks by the server's documented rule, computed independently."""
+    return sum(
+        count_tokens(b["text"])
+        if b["type"] == "text"
+        else count_tokens(b["name"]) + count_tokens(json.dumps(b["input"], separators=(",", ":")))
+        for b in blocks
+    )
+
+
 def run_conversation(be, server, req: ModelRequest, turns: int = 10):
     """Scripted tool-use loop; returns each request's usage and expected (read, write, output)."""
     for i in range(1, turns):
@@ -81,13 +93,7 @@ def run_conversation(be, server, req: ModelRequest, turns: int = 10):
     for _ in range(turns):
         response = be.complete(req)
         usages.append(response.usage)
-        out = sum(
-            count_tokens(b["text"])
-            if b["type"] == "text"
-            else count_tokens(b["name"])
-            + count_tokens(json.dumps(b["input"], separators=(",", ":")))
-            for b in response.content
-        )
+        out = content_tokens(response.content)
         read = prefix if expected else 0
         write = pending if expected else prefix + pending
         expected.append((read, write, out))
@@ -108,18 +114,7 @@ def run_conversation(be, server, req: ModelRequest, turns: int = 10):
                 ],
             )
         )
-        pending = (
-            sum(
-                count_tokens(b["text"])
-                if b["type"] == "text"
-                else count_tokens(b["name"])
-                + count_tokens(json.dumps(b["input"], separators=(",", ":")))
-                for b in response.content
-            )
-            + 3
-            + count_tokens(result)
-            + 3
-        )
+        pending = content_tokens(response.content) + 3 + count_tokens(result) + 3
     return usages, expected
 
 
@@ -315,3 +310,39 @@ def test_the_key_never_appears_in_errors_or_repr(anthropic_server, monkeypatch):
         and info.value.__context__ is None
         or secret not in str(info.value.__context__)
     )
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:notaport", "http://127.0.0.1:99999"])
+def test_a_base_url_with_a_bad_port_is_a_clear_error(monkeypatch, url):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", url)
+    be = AnthropicBackend(FoundryConfig(), MODEL)
+    assert "127.0.0.1" in repr(be)  # repr never raises
+    with pytest.raises(BackendError, match="invalid Anthropic base URL") as info:
+        be.check()
+    assert info.value.error_class == "connection"
+
+
+def test_a_key_echoed_by_the_server_is_redacted(anthropic_server, monkeypatch):
+    """Errors that quote the key (a proxy echoing headers) are scrubbed before anyone sees them."""
+    be = backend(anthropic_server, monkeypatch)
+    key = anthropic_server.api_key
+    anthropic_server.enqueue_fault("error", status=400, message=f"bad header x-api-key: {key}")
+    anthropic_server.enqueue_fault("sse_error", error_type="invalid_request_error", message=key)
+    for _ in range(2):  # an HTTP error, then an `error` event in the middle of a stream
+        failed: list = []
+        with pytest.raises(BackendError) as info:
+            be.complete(request(), on_failed_attempt=failed.append)
+        texts = [str(info.value), repr(info.value), info.value.message, failed[0].message]
+        assert all(key not in text for text in texts) and "[redacted]" in info.value.message
+
+
+@pytest.mark.parametrize(("model", "last_line"), [(MODEL, "saved"), ("claude-unknown-9", "n/a")])
+def test_the_bench_runs_and_reports_cost(capsys, monkeypatch, model, last_line):
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"):  # the bench sets them: restore after
+        monkeypatch.setenv(name, "")
+    path = Path(__file__).resolve().parent.parent / "bench" / "cache_hit_bench.py"
+    bench = runpy.run_path(str(path))
+    assert bench["run"](2, 3, model, "5m", 20.0, 240.0) == 0
+    out = capsys.readouterr().out
+    assert "TOTAL" in out and last_line in out.strip().splitlines()[-1]

@@ -28,6 +28,14 @@ def cc(ttl: str = "5m") -> dict:
     return {"type": "ephemeral", "ttl": ttl}
 
 
+def cached_system(user: str = "abcd", system: str = SYSTEM) -> dict:
+    """A body whose system block is a 5m breakpoint, then one user turn (no breakpoint)."""
+    return {
+        "system": [{"type": "text", "text": system, "cache_control": cc()}],
+        "messages": [{"role": "user", "content": user}],
+    }
+
+
 def block(i: int) -> dict:
     return {"type": "text", "text": f"block {i:02d} " * 20}  # 180 bytes = 45 tokens
 
@@ -125,10 +133,7 @@ def test_keepalive_sized_requests_do_not_take_scripted_replies(anthropic_server)
 
 def test_write_then_read_with_exact_usage_fields(anthropic_server):
     c = client(anthropic_server)
-    body = {
-        "system": [{"type": "text", "text": SYSTEM, "cache_control": cc()}],
-        "messages": [{"role": "user", "content": "abcdefgh"}],
-    }
+    body = cached_system("abcdefgh")
     first = send(c, body)
     assert (
         first.input_tokens,
@@ -147,10 +152,7 @@ def test_write_then_read_with_exact_usage_fields(anthropic_server):
 
 def test_below_the_minimum_nothing_is_cached_silently(anthropic_server):
     c = client(anthropic_server)
-    short = {
-        "system": [{"type": "text", "text": "x" * 4000, "cache_control": cc()}],
-        "messages": [{"role": "user", "content": "abcd"}],
-    }
+    short = cached_system(system="x" * 4000)
     for _ in range(2):
         usage = send(c, short)
         assert (
@@ -159,24 +161,10 @@ def test_below_the_minimum_nothing_is_cached_silently(anthropic_server):
             usage.cache_read_input_tokens,
         ) == (1004, 0, 0)
     # Opus 4.6's minimum is 4096: the 1050-token prefix that caches on Sonnet does not.
-    usage = send(
-        c,
-        {
-            "system": [{"type": "text", "text": SYSTEM, "cache_control": cc()}],
-            "messages": [{"role": "user", "content": "abcd"}],
-        },
-        model="claude-opus-4-6",
-    )
+    usage = send(c, cached_system(), model="claude-opus-4-6")
     assert usage.cache_creation_input_tokens == 0
     # A model the pricing table does not know uses 1024.
-    usage = send(
-        c,
-        {
-            "system": [{"type": "text", "text": SYSTEM, "cache_control": cc()}],
-            "messages": [{"role": "user", "content": "abcd"}],
-        },
-        model="claude-unknown-9",
-    )
+    usage = send(c, cached_system(), model="claude-unknown-9")
     assert usage.cache_creation_input_tokens == 1050
 
 
@@ -212,10 +200,7 @@ def test_a_change_inside_the_prefix_misses_back_to_an_earlier_breakpoint(anthrop
 
 def test_ttl_expiry_refresh_and_the_1h_split(anthropic_server):
     c = client(anthropic_server)
-    body = {
-        "system": [{"type": "text", "text": SYSTEM, "cache_control": cc()}],
-        "messages": [{"role": "user", "content": "abcd"}],
-    }
+    body = cached_system()
     send(c, body)
     for _ in range(3):  # each hit restarts the 5 minutes
         anthropic_server.clock.advance(290)
@@ -249,16 +234,10 @@ def test_breakpoint_rules_are_enforced(anthropic_server):
 
 def test_prefix_is_per_model_and_byte_exact(anthropic_server):
     c = client(anthropic_server)
-    body = {
-        "system": [{"type": "text", "text": SYSTEM, "cache_control": cc()}],
-        "messages": [{"role": "user", "content": "abcd"}],
-    }
+    body = cached_system()
     send(c, body)
     assert send(c, body, model="claude-sonnet-5").cache_read_input_tokens == 0
-    one_char = {
-        **body,
-        "system": [{"type": "text", "text": SYSTEM[:-1] + "!", "cache_control": cc()}],
-    }
+    one_char = cached_system(system=SYSTEM[:-1] + "!")
     assert send(c, one_char).cache_read_input_tokens == 0
     assert send(c, body).cache_read_input_tokens == 1050
     automatic = {
@@ -272,10 +251,7 @@ def test_prefix_is_per_model_and_byte_exact(anthropic_server):
 
 def test_entries_are_readable_only_once_the_writing_response_started(anthropic_server):
     c = client(anthropic_server)
-    body = {
-        "system": [{"type": "text", "text": SYSTEM, "cache_control": cc()}],
-        "messages": [{"role": "user", "content": "abcd"}],
-    }
+    body = cached_system()
     anthropic_server.enqueue_fault("slow", delay_s=0.6)
     results = {}
     first = threading.Thread(target=lambda: results.setdefault("first", send(c, body)))

@@ -159,9 +159,23 @@ class AnthropicBackend:
 
     # --- set-up ------------------------------------------------------------------------
     def _safe_url(self) -> str:
+        """The base URL without credentials or query (a key could hide there)."""
         parts = urlsplit(self.base_url)
-        host = parts.hostname or "?"
-        return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}{parts.path}"
+        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2] or '?'}{parts.path}"
+
+    def _endpoint(self) -> tuple[str, int]:
+        """(host, port) of the base URL, or a BackendError naming what is wrong with it."""
+        parts = urlsplit(self.base_url)
+        try:
+            if parts.scheme in ("http", "https") and parts.hostname:
+                return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:  # urllib's "Port out of range" / "could not be cast"
+            pass
+        raise BackendError(
+            f"invalid Anthropic base URL {self._safe_url()!r}",
+            f"set {BASE_URL_ENV} or anthropic.base_url to an http(s) URL with a valid port",
+            error_class="connection",
+        )
 
     def _api_key(self) -> str:
         key = os.environ.get(API_KEY_ENV, "").strip()
@@ -180,19 +194,10 @@ class AnthropicBackend:
     def check(self) -> None:
         """Key present and the server's port reachable (a TCP connect; no HTTP request)."""
         self._api_key()
-        parts = urlsplit(self.base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise BackendError(
-                f"invalid Anthropic base URL {self._safe_url()!r}",
-                f"set {BASE_URL_ENV} or anthropic.base_url to an http(s) URL",
-                error_class="connection",
-            )
+        endpoint = self._endpoint()
         try:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-            socket.create_connection(
-                (parts.hostname, port), timeout=CONNECT_CHECK_TIMEOUT_S
-            ).close()
-        except (OSError, ValueError) as exc:
+            socket.create_connection(endpoint, timeout=CONNECT_CHECK_TIMEOUT_S).close()
+        except (OSError, ValueError) as exc:  # ValueError: an un-encodable host name
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             raise BackendError(
                 f"cannot reach the Anthropic API at {self._safe_url()} ({reason})",

@@ -143,8 +143,6 @@ class CachePlan:
     total_tokens: int
     hits: list[str] = field(default_factory=list)  # hashes read (refreshed on commit)
     writes: list[tuple[str, str]] = field(default_factory=list)  # (hash, ttl)
-    read_at: str | None = None  # where the read point is, for tests and debugging
-    written_at: list[str] = field(default_factory=list)
 
 
 class PromptCache:
@@ -157,11 +155,6 @@ class PromptCache:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
-
-    def live_entries(self) -> int:
-        now = self._clock()
-        with self._lock:
-            return sum(1 for e in self._entries.values() if e.expires_at > now)
 
     def _alive(self, key: str, now: float) -> Entry | None:
         entry = self._entries.get(key)
@@ -215,10 +208,8 @@ class PromptCache:
             split[ttl] += cumulative[bp] - previous
             previous = cumulative[bp]
             plan.writes.append((hashes[bp], ttl))
-            plan.written_at.append(blocks[bp].where)
         read = cumulative[read_pos] if read_pos >= 0 else 0
         created = split["5m"] + split["1h"]
-        plan.read_at = blocks[read_pos].where if read_pos >= 0 else None
         plan.usage = {
             "input_tokens": total - read - created,
             "cache_creation_input_tokens": created,
