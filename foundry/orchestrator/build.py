@@ -1,0 +1,340 @@
+"""The build driver: runs the requested phases in order, records everything on the ledger,
+and ends every build (even a failed or interrupted one) with a status and a summary."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from foundry.backends.base import Message
+from foundry.errors import BudgetExceeded, FoundryError
+from foundry.orchestrator.deploy import deploy
+from foundry.orchestrator.display import Events
+from foundry.orchestrator.loop import run_turns
+from foundry.orchestrator.metered import Conversation, ModelSession, PhaseStats
+from foundry.orchestrator.phases import (
+    ARTIFACT_DIR,
+    BY_NAME,
+    architecture_document,
+    artifact_path,
+    first_user_turn,
+    read_artifacts,
+    saved_test_command,
+)
+from foundry.orchestrator.summary import ledger_fields, phase_fields, write_summary
+from foundry.orchestrator.testing import TestOutcome, run_test_phase, write_atomic
+from foundry.orchestrator.tools import tool_specs
+from foundry.orchestrator.workspace import SKIPPED_DIRS, Workspace
+
+if TYPE_CHECKING:
+    from foundry.backends.base import Backend
+    from foundry.config import FoundryConfig
+    from foundry.ledger import Ledger
+    from foundry.pricing import PricingTable
+    from foundry.prompt import SplitPrompt
+
+EXIT_CODES = {
+    "completed": 0,
+    "failed": 1,
+    "tests_failed": 3,
+    "budget_exceeded": 4,
+    "interrupted": 130,
+}
+
+
+@dataclass
+class BuildPlan:
+    name: str
+    task: str
+    workdir: Path
+    mode: str
+    phases: tuple[str, ...]
+    max_test_iterations: int
+    max_turns: int
+    max_cost: float | None
+    ttl: str | None
+    max_tokens: int
+
+
+@dataclass
+class BuildResult:
+    build_id: str
+    status: str
+    summary: dict[str, Any]
+    phases: dict[str, PhaseStats]
+    total: PhaseStats
+    error: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.status]
+
+
+@dataclass
+class _State:
+    completed: list[str] = field(default_factory=list)
+    phase_summaries: dict[str, str] = field(default_factory=dict)
+    test_command: str | None = None
+    tests: TestOutcome | None = None
+    commit: str | None = None
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime) of every file, skipping .git, .foundry and caches."""
+    files: dict[str, tuple[int, int]] = {}
+    for current, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in SKIPPED_DIRS and d != ARTIFACT_DIR]
+        for name in names:
+            path = Path(current, name)
+            try:
+                stat = path.lstat()
+            except OSError:
+                continue
+            files[path.relative_to(root).as_posix()] = (stat.st_size, stat.st_mtime_ns)
+    return files
+
+
+def _require_test_command(args: dict[str, Any]) -> str | None:
+    if not (args.get("test_command") or "").strip():
+        return (
+            "the architect phase must give test_command: one shell command that runs the "
+            "tests from the working directory and exits non-zero on failure"
+        )
+    return None
+
+
+class BuildRun:
+    def __init__(
+        self,
+        plan: BuildPlan,
+        *,
+        config: FoundryConfig,
+        backend: Backend,
+        ledger: Ledger,
+        pricing: PricingTable,
+        prompt: SplitPrompt,
+        events: Events,
+        clock: Any = time.monotonic,
+    ) -> None:
+        self.plan = plan
+        self.config = config
+        self.backend = backend
+        self.ledger = ledger
+        self.prompt = prompt
+        self.events = events
+        self.pricing = pricing
+        self.clock = clock
+        self.state = _State(test_command=saved_test_command(plan.workdir))
+        self.keepalive_after_s = (
+            config.caching.keepalive_after_s
+            if config.caching.keepalive and backend.name == "anthropic"
+            else None
+        )
+
+    def _model_phase(self, session: ModelSession, workspace: Workspace, name: str) -> None:
+        phase = BY_NAME[name]
+        stats = session.stats(name)
+        text = first_user_turn(self.prompt.dynamic, phase, read_artifacts(self.plan.workdir, name))
+        conversation = Conversation([Message("user", [{"type": "text", "text": text}])])
+        run = run_turns(
+            session,
+            workspace,
+            conversation,
+            name,
+            max_turns=self.plan.max_turns,
+            check_finish=_require_test_command if name == "architect" else None,
+        )
+        assert phase.artifact is not None
+        path = artifact_path(self.plan.workdir, phase.artifact)
+        if run.finish is None:
+            stats.status = "turn_limit"
+            note = f"The {name} phase hit its limit of {self.plan.max_turns} turns unfinished."
+            self.events.warning(note)
+            if name == "architect" and not self.state.test_command:
+                raise FoundryError(
+                    f"the architect phase gave no test command within {self.plan.max_turns} turns",
+                    "raise --max-turns, or try a stronger model",
+                )
+            if name != "architect":
+                write_atomic(path, f"# {name}\n\n_{note}_\n")
+            return
+        stats.status = "finished"
+        self.state.completed.append(name)
+        self.state.phase_summaries[name] = run.finish.summary
+        report = run.finish.report
+        if name == "architect":
+            assert run.finish.test_command is not None
+            self.state.test_command = run.finish.test_command
+            report = architecture_document(report, run.finish.test_command)
+        write_atomic(path, report if report.endswith("\n") else report + "\n")
+        self.events.note(f"{name}: {run.finish.summary}")
+
+    def _test_phase(self, session: ModelSession, workspace: Workspace) -> bool:
+        command = self.state.test_command
+        if not command:
+            raise FoundryError("no test command is known", "run the architect phase first")
+        outcome = run_test_phase(
+            session,
+            workspace,
+            dynamic=self.prompt.dynamic,
+            test_command=command,
+            max_iterations=self.plan.max_test_iterations,
+            max_turns=self.plan.max_turns,
+            timeout_s=self.config.build.command_timeout_s,
+            output_limit=self.config.build.output_limit_chars,
+        )
+        self.state.tests = outcome
+        session.stats("test").status = "passed" if outcome.passed else "failed"
+        if outcome.passed:
+            self.state.completed.append("test")
+        return outcome.passed
+
+    def _deploy_phase(self, session: ModelSession, build_id: str) -> None:
+        result = deploy(
+            self.plan.workdir,
+            name=self.plan.name,
+            task=self.plan.task,
+            build_id=build_id,
+            mode=self.plan.mode,
+        )
+        self.state.commit = result.commit
+        session.stats("deploy").status = "committed" if result.commit else "nothing_to_commit"
+        self.state.completed.append("deploy")
+        self.events.note(f"deploy: {result.commit or 'nothing to commit'} in {result.repository}")
+
+    def run(self) -> BuildResult:
+        plan = self.plan
+        started_at_mono = self.clock()
+        from foundry.ledger import utc_now
+
+        started_at = utc_now()
+        before = snapshot(plan.workdir)
+        build_id = self.ledger.start_build(
+            name=plan.name,
+            task=plan.task,
+            backend=self.backend.name,
+            model=self.backend.model,
+            workdir=str(plan.workdir),
+            template_sha256=self.prompt.template_sha256,
+            static_sha256=self.prompt.static_sha256,
+        )
+        session = ModelSession(
+            backend=self.backend,
+            ledger=self.ledger,
+            build_id=build_id,
+            pricing=self.pricing,
+            system=self.prompt.static,
+            tools=tool_specs(),
+            max_tokens=plan.max_tokens,
+            ttl=plan.ttl,
+            events=self.events,
+            max_cost=plan.max_cost,
+            keepalive_after_s=self.keepalive_after_s,
+        )
+        self.events.attach(session)
+        workspace = Workspace(
+            plan.workdir,
+            command_timeout_s=self.config.build.command_timeout_s,
+            output_limit=self.config.build.output_limit_chars,
+            on_tick=session.maybe_keepalive,
+        )
+        for name in plan.phases:
+            session.stats(name).status = "not_run"
+        status, error = "completed", None
+        unexpected: BaseException | None = None
+        try:
+            for name in plan.phases:
+                session.current_phase = name
+                session.stats(name).status = "running"
+                self.events.phase_started(name)
+                if name == "test":
+                    passed = self._test_phase(session, workspace)
+                elif name == "deploy":
+                    self._deploy_phase(session, build_id)
+                else:
+                    self._model_phase(session, workspace, name)
+                self.events.phase_finished(name, session.stats(name).status)
+                if name == "test" and not passed:
+                    status = "tests_failed"
+                    error = f"the tests still failed after {plan.max_test_iterations} run(s)"
+                    break
+        except BudgetExceeded as exc:
+            status, error = "budget_exceeded", str(exc)
+        except KeyboardInterrupt:
+            status, error = "interrupted", "interrupted by the user (Ctrl-C)"
+        except FoundryError as exc:
+            status, error = "failed", str(exc)
+        except Exception as exc:  # a bug: record it, then let it surface
+            status, error = "failed", f"{type(exc).__name__}: {exc}"
+            unexpected = exc
+        if session.current_phase and session.stats(session.current_phase).status == "running":
+            session.stats(session.current_phase).status = (
+                status if status != "completed" else "error"
+            )
+        try:
+            summary: dict[str, Any] | None = self._summary(
+                build_id, status, error, started_at, started_at_mono, before, session
+            )
+        except (OSError, ValueError) as exc:
+            # The ledger still gets the final status, whatever happened to the directory.
+            summary, error = None, f"{error or status}; summary.json not written: {exc}"
+            status = "failed" if status == "completed" else status
+        self.ledger.finish_build(build_id, status=status, summary=summary, error=error)
+        if unexpected is not None:
+            raise unexpected
+        return BuildResult(build_id, status, summary or {}, session.phases, session.total, error)
+
+    def _summary(
+        self,
+        build_id: str,
+        status: str,
+        error: str | None,
+        started_at: str,
+        started_mono: float,
+        before: dict[str, tuple[int, int]],
+        session: ModelSession,
+    ) -> dict[str, Any]:
+        from foundry.ledger import utc_now
+
+        plan, state = self.plan, self.state
+        after = snapshot(plan.workdir)
+        totals = self.ledger.build_totals(build_id)
+        tests = state.tests
+        data = {
+            "build_id": build_id,
+            "name": plan.name,
+            "task": plan.task,
+            "mode": plan.mode,
+            "workdir": str(plan.workdir),
+            "backend": self.backend.name,
+            "model": self.backend.model,
+            "status": status,
+            "error": error,
+            "started_at": started_at,
+            "finished_at": utc_now(),
+            "duration_s": round(max(self.clock() - started_mono, 0.0), 3),
+            "phases_requested": list(plan.phases),
+            "phases_completed": state.completed,
+            "phases": [
+                phase_fields(name, stats, state.phase_summaries.get(name))
+                for name, stats in session.phases.items()
+                if name in BY_NAME
+            ],
+            "files_created": sorted(set(after) - set(before)),
+            "files_modified": sorted(p for p in set(after) & set(before) if after[p] != before[p]),
+            "test_command": state.test_command,
+            "tests_passed": tests.passed if tests and tests.runs else None,
+            "test_iterations": len(tests.runs) if tests else 0,
+            "test_runs": [
+                {k: v for k, v in vars(run).items() if k != "command"} for run in tests.runs
+            ]
+            if tests
+            else [],
+            "commit": state.commit,
+            **ledger_fields(totals),
+        }
+        path = plan.workdir / ARTIFACT_DIR / "summary.json"
+        return write_summary(path, data).model_dump(mode="json")

@@ -1,0 +1,215 @@
+"""The build's progress on stderr: a rich Live panel on a terminal, plain lines otherwise,
+and the final per-phase table. Results never go here; they go to stdout."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from rich import box
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from foundry.backends.base import Usage
+    from foundry.orchestrator.metered import ModelSession, PhaseStats
+    from foundry.orchestrator.shell import CommandResult
+
+
+def money(value: float | None) -> str:
+    return "n/a" if value is None else f"${value:,.4f}"
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+class Events:
+    """What the build reports while it runs. The base class ignores everything (tests)."""
+
+    def attach(self, session: ModelSession) -> None: ...
+    def phase_started(self, phase: str) -> None: ...
+    def phase_finished(self, phase: str, status: str) -> None: ...
+    def request_started(self, phase: str, turn: int) -> None: ...
+    def request_done(self, phase: str, turn: int | None, usage: Usage, session: Any) -> None: ...
+    def text_delta(self, text: str) -> None: ...
+    def tool_called(self, phase: str, name: str, detail: str, is_error: bool) -> None: ...
+    def test_run(self, iteration: int, result: CommandResult) -> None: ...
+    def note(self, message: str) -> None: ...
+    def warning(self, message: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class PlainDisplay(Events):
+    """One line per event: for logs, CI and any stderr that is not a terminal."""
+
+    def __init__(self, console: Console, max_cost: float | None = None) -> None:
+        self.console = console
+        self.max_cost = max_cost
+
+    def _line(self, text: str, style: str | None = None) -> None:
+        self.console.print(Text(text, style=style or ""), highlight=False)
+
+    def phase_started(self, phase: str) -> None:
+        self._line(f"== phase {phase}", "bold")
+
+    def phase_finished(self, phase: str, status: str) -> None:
+        self._line(f"== phase {phase}: {status}")
+
+    def request_done(self, phase: str, turn: int | None, usage: Usage, session: Any) -> None:
+        total = session.total
+        left = ""
+        if self.max_cost is not None and total.cost_usd is not None:
+            left = f", budget left {money(self.max_cost - total.cost_usd)}"
+        self._line(
+            f"[{phase}] turn {turn if turn is not None else '-'}: in {usage.input_tokens:,}, "
+            f"out {usage.output_tokens:,}, cache read {usage.cache_read_tokens:,}, "
+            f"cache write {usage.cache_write_tokens:,}; build so far {money(total.cost_usd)}, "
+            f"hit rate {percent(total.hit_rate)}{left}"
+        )
+
+    def tool_called(self, phase: str, name: str, detail: str, is_error: bool) -> None:
+        line = f"[{phase}]   {name} {detail}".rstrip()
+        self._line(line + ("  (error)" if is_error else ""), "dim")
+
+    def test_run(self, iteration: int, result: CommandResult) -> None:
+        verdict = "passed" if result.passed else "FAILED"
+        self._line(f"[test] run {iteration}: {verdict} ({result.duration_s:.1f}s)")
+
+    def note(self, message: str) -> None:
+        self._line(message, "dim")
+
+    def warning(self, message: str) -> None:
+        self.console.print(Text.assemble(("warning: ", "bold yellow"), message))
+
+
+class LiveDisplay(PlainDisplay):
+    """A panel that redraws in place: phase, turn, last tool, tokens, hit rate, spend."""
+
+    def __init__(self, console: Console, max_cost: float | None = None) -> None:
+        super().__init__(console, max_cost)
+        self.session: ModelSession | None = None
+        self.phase = "-"
+        self.turn: int | None = None
+        self.state = "starting"
+        self.streamed = 0
+        self.started = time.monotonic()
+        self.live = Live(console=console, get_renderable=self._render, refresh_per_second=4)
+        self.live.start()
+
+    def attach(self, session: ModelSession) -> None:
+        self.session = session
+
+    def _render(self) -> Table:
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="bold cyan")
+        grid.add_column()
+        total = self.session.total if self.session else None
+        stats = self.session.phases.get(self.phase) if self.session else None
+        grid.add_row("phase", f"{self.phase}  turn {self.turn or '-'}  ({self.state})")
+        grid.add_row("last tool", (stats.last_tool if stats else None) or "-")
+        if total is not None:
+            grid.add_row(
+                "tokens",
+                f"in {total.input_tokens:,} · out {total.output_tokens:,} · cache read "
+                f"{total.cache_read_tokens:,} · cache write "
+                f"{total.cache_write_5m_tokens + total.cache_write_1h_tokens:,}",
+            )
+            grid.add_row("cache hit rate", percent(total.hit_rate))
+            spend = money(total.cost_usd)
+            if self.max_cost is not None and total.cost_usd is not None:
+                spend += f"  (budget left {money(self.max_cost - total.cost_usd)})"
+            grid.add_row("cost so far", spend)
+        grid.add_row("elapsed", f"{time.monotonic() - self.started:.0f}s")
+        return grid
+
+    def phase_started(self, phase: str) -> None:
+        self.phase, self.turn, self.state = phase, None, "running"
+        super().phase_started(phase)
+
+    def request_started(self, phase: str, turn: int) -> None:
+        self.turn, self.state, self.streamed = turn, "waiting for the model", 0
+
+    def text_delta(self, text: str) -> None:
+        self.streamed += len(text)
+        self.state = f"model writing ({self.streamed:,} chars)"
+
+    def request_done(self, phase: str, turn: int | None, usage: Usage, session: Any) -> None:
+        self.state = "running tools"
+
+    def tool_called(self, phase: str, name: str, detail: str, is_error: bool) -> None:
+        self.state = f"{name} {detail}"[:80]
+
+    def close(self) -> None:
+        self.live.stop()
+
+
+def make_display(console: Console, max_cost: float | None) -> Events:
+    if console.is_terminal:
+        return LiveDisplay(console, max_cost)
+    return PlainDisplay(console, max_cost)
+
+
+def phase_table(phases: dict[str, PhaseStats], total: PhaseStats) -> Table:
+    """Per phase: status, turns, requests, tokens by kind, cache hit rate and cost."""
+    table = Table(
+        title="build by phase (tokens: in = uncached input, read/write = cache)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    headers = ("phase", "status", "turns", "reqs", "in", "out", "read", "write", "hit", "cost")
+    for header in headers:
+        justify = "left" if header in ("phase", "status") else "right"
+        table.add_column(header, justify=justify, no_wrap=True)
+    turns = sum(stats.turns for stats in phases.values())
+    rows = [(name, stats, stats.turns) for name, stats in phases.items()]
+    for name, stats, turn_count in [*rows, ("total", total, turns)]:
+        table.add_row(
+            name,
+            stats.status if name != "total" else "",
+            str(turn_count),
+            str(stats.requests),
+            f"{stats.input_tokens:,}",
+            f"{stats.output_tokens:,}",
+            f"{stats.cache_read_tokens:,}",
+            f"{stats.cache_write_5m_tokens + stats.cache_write_1h_tokens:,}",
+            percent(stats.hit_rate),
+            money(stats.cost_usd),
+            style="bold" if name == "total" else None,
+        )
+    return table
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """The build's results for stdout, a few lines (rich markup)."""
+    tokens = summary["tokens"]
+    created = summary["files_created"]
+    more = " ..." if len(created) > 8 else ""
+    lines = [
+        f"build {summary['name']}: [bold]{summary['status']}[/]",
+        f"  directory      {summary['workdir']}",
+        f"  phases         {', '.join(summary['phases_completed']) or 'none'} completed",
+        f"  files created  {len(created)}: {', '.join(created[:8])}{more}",
+    ]
+    if summary["test_command"]:
+        verdict = {True: "passed", False: "failed", None: "not run"}[summary["tests_passed"]]
+        lines.append(
+            f"  tests          {verdict} after {summary['test_iterations']} run(s): "
+            f"{summary['test_command']}"
+        )
+    if summary["commit"]:
+        lines.append(f"  commit         {summary['commit']}")
+    lines += [
+        f"  requests       {summary['requests']}; tokens in {tokens['input']:,}, out "
+        f"{tokens['output']:,}, cache read {tokens['cache_read']:,}, cache write "
+        f"{tokens['cache_write_5m'] + tokens['cache_write_1h']:,}; hit rate "
+        f"{percent(summary['cache_hit_rate'])}",
+        f"  cost           {money(summary['cost_usd'])} (saved {money(summary['saved_usd'])} "
+        "by caching)",
+        f"  summary        {summary['workdir']}/.foundry/summary.json",
+    ]
+    return lines

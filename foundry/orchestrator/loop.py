@@ -1,0 +1,164 @@
+"""The agent loop of one phase: model turn, tool calls, tool results, until the model calls
+finish_phase (and the orchestrator accepts it) or the phase runs out of turns."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from foundry.backends.base import Block, Message
+from foundry.orchestrator.metered import Conversation, ModelSession
+from foundry.orchestrator.workspace import ToolFailure, Workspace, validate_input
+
+# Models without native tool calling write this (documented in the orchestrator prompt).
+_TOOL_CALL_RE = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+NO_TOOL_NUDGE = (
+    "You did not call a tool. Continue the phase with the workspace tools, and call "
+    "finish_phase when the phase is done."
+)
+CUT_OFF_NUDGE = (
+    "Your reply was cut off at the output limit. Continue with smaller steps (write large "
+    "files in parts with edit_file)."
+)
+LAST_TURN_NOTE = "This is your last turn in this phase: call finish_phase now."
+
+# Checks a finish_phase call for the phase; returns an error message, or None to accept.
+FinishCheck = Callable[[dict[str, Any]], str | None]
+
+
+@dataclass
+class FinishCall:
+    summary: str
+    report: str
+    test_command: str | None
+    tool_use_id: str
+
+
+@dataclass
+class PhaseRun:
+    finish: FinishCall | None
+    turns: int
+    # Results of the finishing turn, owed to the model if the conversation continues.
+    pending_results: list[Block] = field(default_factory=list)
+
+
+def parse_text_tool_calls(blocks: list[Block], prefix: str) -> tuple[list[Block], list[str]]:
+    """Turn `<tool_call>` tags in text into tool_use blocks; returns (content, parse errors)."""
+    content: list[Block] = []
+    errors: list[str] = []
+    calls: list[Block] = []
+    for block in blocks:
+        if block.get("type") != "text" or "<tool_call>" not in block.get("text", ""):
+            content.append(block)
+            continue
+        for raw in _TOOL_CALL_RE.findall(block["text"]):
+            try:
+                call = json.loads(raw)
+                name, args = call["name"], call.get("arguments", call.get("input", {}))
+                if not isinstance(name, str):
+                    raise TypeError("name must be a string")
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                errors.append(f"could not parse a <tool_call> ({exc}): {raw[:200]}")
+                continue
+            calls.append(
+                {"type": "tool_use", "id": f"{prefix}_{len(calls)}", "name": name, "input": args}
+            )
+        rest = _TOOL_CALL_RE.sub("", block["text"]).strip()
+        if rest:
+            content.append({"type": "text", "text": rest})
+    return content + calls, errors
+
+
+def _detail(name: str, args: Any) -> str:
+    if not isinstance(args, dict):
+        return ""
+    value = args.get("path") or args.get("command") or args.get("summary") or ""
+    value = str(value).replace("\n", " ")
+    return value if len(value) <= 60 else value[:57] + "..."
+
+
+def _finish(args: Any, tool_use_id: str, check: FinishCheck | None) -> FinishCall:
+    args = validate_input("finish_phase", args)
+    if not args["summary"].strip():
+        raise ToolFailure("finish_phase: summary is empty")
+    if check is not None:
+        problem = check(args)
+        if problem:
+            raise ToolFailure(problem)
+    return FinishCall(
+        summary=args["summary"].strip().splitlines()[0],
+        report=args["report"],
+        test_command=(args.get("test_command") or "").strip() or None,
+        tool_use_id=tool_use_id,
+    )
+
+
+def run_turns(
+    session: ModelSession,
+    workspace: Workspace,
+    conversation: Conversation,
+    phase: str,
+    *,
+    max_turns: int,
+    first_turn: int = 1,
+    check_finish: FinishCheck | None = None,
+) -> PhaseRun:
+    """Run model turns until an accepted finish_phase or `max_turns` turns."""
+    stats = session.stats(phase)
+    last_turn = first_turn + max_turns - 1
+    for turn in range(first_turn, last_turn + 1):
+        response = session.send(conversation, phase, turn)
+        stats.turns += 1
+        content = response.content
+        errors: list[str] = []
+        if not response.tool_uses:
+            content, errors = parse_text_tool_calls(content, f"toolu_text_{phase}_{turn}")
+        conversation.messages.append(
+            Message("assistant", content or [{"type": "text", "text": "(empty)"}])
+        )
+        results: list[Block] = []
+        finish: FinishCall | None = None
+        for block in content:
+            if block.get("type") != "tool_use":
+                continue
+            # Every tool_use needs an id its tool_result can answer; a backend may omit it.
+            block.setdefault("id", f"toolu_{phase}_{turn}_{len(results)}")
+            name, args, use_id = block.get("name", ""), block.get("input"), block["id"]
+            stats.last_tool = f"{name} {_detail(name, args)}".strip()
+            if name == "finish_phase":
+                try:
+                    if finish is not None:
+                        raise ToolFailure("finish_phase was already called in this turn")
+                    finish = _finish(args, use_id, check_finish)
+                    outcome_text, is_error = "Phase finished.", False
+                except ToolFailure as exc:
+                    outcome_text, is_error = f"error: {exc}", True
+            elif finish is not None:
+                outcome_text, is_error = "error: not run: finish_phase came first", True
+            else:
+                outcome = workspace.execute(name, args)
+                outcome_text, is_error = outcome.content, outcome.is_error
+            session.events.tool_called(phase, name, _detail(name, args), is_error)
+            results.append(
+                {
+                    "type": "tool_result",
+                    "tool_use_id": use_id,
+                    "content": outcome_text,
+                    "is_error": is_error,
+                }
+            )
+        if finish is not None:
+            return PhaseRun(finish, turn - first_turn + 1, results)
+        follow_up: list[Block] = list(results)
+        for error in errors:
+            follow_up.append({"type": "text", "text": f"error: {error}"})
+        if not results and not errors:
+            nudge = CUT_OFF_NUDGE if response.stop_reason == "max_tokens" else NO_TOOL_NUDGE
+            follow_up.append({"type": "text", "text": nudge})
+        if turn + 1 == last_turn:
+            follow_up.append({"type": "text", "text": LAST_TURN_NOTE})
+        conversation.messages.append(Message("user", follow_up))
+    return PhaseRun(None, max_turns)

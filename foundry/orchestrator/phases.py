@@ -1,0 +1,143 @@
+"""The phases, their order, goals and artifacts, and each phase's first user turn."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from foundry.errors import UsageError
+
+ARTIFACT_DIR = ".foundry"
+TEST_COMMAND_TAG = "foundry-test-command"
+_TEST_COMMAND_RE = re.compile(rf"<!-- {TEST_COMMAND_TAG}: (.*) -->\s*$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    goal: str
+    artifact: str | None  # the report file the orchestrator writes from finish_phase
+    model_driven: bool = True  # deploy is done by the orchestrator alone
+
+
+PHASES: tuple[Phase, ...] = (
+    Phase(
+        "scout",
+        "Explore the working directory and the task. Read what exists, note the language, "
+        "layout, conventions, dependencies and risks. Do not change any file. Finish with a "
+        "scout report.",
+        "scout-report.md",
+    ),
+    Phase(
+        "architect",
+        "Design the solution: files to create or change, their responsibilities, the data "
+        "flow, and how it will be tested. Do not write the code yet. Finish with the "
+        "architecture document and give test_command: one shell command, run from the "
+        "working directory, that runs the tests and exits non-zero when any fails.",
+        "architecture.md",
+    ),
+    Phase(
+        "builder",
+        "Implement the architecture: write the code and its tests with the workspace tools. "
+        "You may run commands to check your work. Finish with a build log of what you wrote.",
+        "build-log.md",
+    ),
+    Phase(
+        "test",
+        "The orchestrator ran the test command and it failed; its output is below. Find the "
+        "cause, fix the code (or a wrong test), then call finish_phase. The orchestrator "
+        "re-runs the tests itself and judges by the exit code.",
+        None,
+    ),
+    Phase(
+        "deploy",
+        "The orchestrator commits the result to a local git repository.",
+        None,
+        model_driven=False,
+    ),
+)
+PHASE_NAMES: tuple[str, ...] = tuple(p.name for p in PHASES)
+BY_NAME = {p.name: p for p in PHASES}
+
+
+def parse_phases(value: str | None) -> tuple[str, ...]:
+    """--phases: a comma-separated, ordered subset of the phase names."""
+    if value is None:
+        return PHASE_NAMES
+    names = [part.strip() for part in value.split(",") if part.strip()]
+    if not names:
+        raise UsageError("--phases is empty", f"give some of: {','.join(PHASE_NAMES)}")
+    unknown = [n for n in names if n not in BY_NAME]
+    if unknown:
+        raise UsageError(
+            f"unknown phase(s) in --phases: {', '.join(unknown)}",
+            f"the phases are: {','.join(PHASE_NAMES)}",
+        )
+    if len(set(names)) != len(names):
+        raise UsageError("--phases names a phase twice", "name each phase once")
+    order = [PHASE_NAMES.index(n) for n in names]
+    if order != sorted(order):
+        raise UsageError(
+            f"--phases out of order: {','.join(names)}",
+            f"phases always run in the order {','.join(PHASE_NAMES)}",
+        )
+    return tuple(names)
+
+
+def artifact_path(workdir: Path, filename: str) -> Path:
+    return workdir / ARTIFACT_DIR / filename
+
+
+def architecture_document(report: str, test_command: str) -> str:
+    """The architect's report, with the test command in a machine-readable trailer."""
+    trailer = f"<!-- {TEST_COMMAND_TAG}: {json.dumps(test_command)} -->"
+    return f"{report.rstrip()}\n\nTest command: `{test_command}`\n\n{trailer}\n"
+
+
+def saved_test_command(workdir: Path) -> str | None:
+    """The test command an earlier architect phase recorded, for builds that skip it."""
+    path = artifact_path(workdir, "architecture.md")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    matches = _TEST_COMMAND_RE.findall(text)
+    if not matches:
+        return None
+    try:
+        command = json.loads(matches[-1])
+    except json.JSONDecodeError:
+        return None
+    return command if isinstance(command, str) and command.strip() else None
+
+
+def first_user_turn(
+    dynamic: str, phase: Phase, artifacts: list[tuple[str, str]], extra: str | None = None
+) -> str:
+    """The first user turn of a phase: the task part of the prompt, the phase and its goal,
+    then the earlier phases' artifacts. Everything before this turn is the cached prefix."""
+    parts = [
+        dynamic.strip(),
+        f"## Current phase: {phase.name}\n\n{phase.goal}\n\n"
+        "Use the workspace tools, then call finish_phase exactly once when the phase is done.",
+    ]
+    for filename, text in artifacts:
+        parts.append(f"## Artifact .foundry/{filename}\n\n{text.strip()}")
+    if extra:
+        parts.append(extra.strip())
+    return "\n\n".join(parts) + "\n"
+
+
+def read_artifacts(workdir: Path, before: str) -> list[tuple[str, str]]:
+    """Artifacts of the phases that come before `before`, as far as they exist on disk."""
+    found = []
+    for phase in PHASES:
+        if phase.name == before:
+            break
+        if phase.artifact:
+            path = artifact_path(workdir, phase.artifact)
+            if path.is_file():
+                found.append((phase.artifact, path.read_text(encoding="utf-8", errors="replace")))
+    return found

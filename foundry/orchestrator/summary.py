@@ -1,0 +1,149 @@
+"""`.foundry/summary.json`: a pydantic model whose JSON schema is the documented schema.
+Every summary is validated against it before it is written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from foundry.orchestrator.testing import write_atomic
+
+SCHEMA_VERSION = 1
+BuildStatus = Literal["completed", "tests_failed", "failed", "interrupted", "budget_exceeded"]
+PhaseName = Literal["scout", "architect", "builder", "test", "deploy"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TokenCounts(_Strict):
+    input: int = Field(ge=0, description="Uncached input tokens.")
+    output: int = Field(ge=0)
+    cache_read: int = Field(ge=0)
+    cache_write_5m: int = Field(ge=0)
+    cache_write_1h: int = Field(ge=0)
+
+
+class PhaseSummary(_Strict):
+    name: PhaseName
+    status: str = Field(
+        description="finished, turn_limit, passed, failed, committed, nothing_to_commit, "
+        "interrupted, budget_exceeded, error or not_run"
+    )
+    turns: int = Field(ge=0)
+    requests: int = Field(ge=0)
+    tokens: TokenCounts
+    cost_usd: float | None = Field(description="null when the model has no price")
+    summary: str | None = Field(default=None, description="The model's one-line summary.")
+
+
+class TestRunSummary(_Strict):
+    iteration: int = Field(ge=1)
+    exit_code: int | None = Field(description="null when killed at the timeout")
+    passed: bool
+    timed_out: bool
+    duration_s: float = Field(ge=0)
+    results_file: str
+
+
+class BuildSummary(_Strict):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    build_id: str
+    name: str
+    task: str
+    mode: Literal["new", "existing"]
+    workdir: str
+    backend: str
+    model: str
+    status: BuildStatus
+    error: str | None = None
+    started_at: str = Field(description="UTC ISO-8601 with Z")
+    finished_at: str = Field(description="UTC ISO-8601 with Z")
+    duration_s: float = Field(ge=0)
+    phases_requested: list[PhaseName]
+    phases_completed: list[PhaseName]
+    phases: list[PhaseSummary]
+    files_created: list[str]
+    files_modified: list[str]
+    test_command: str | None
+    tests_passed: bool | None = Field(description="null when the tests did not run")
+    test_iterations: int = Field(ge=0, description="How many times the tests ran.")
+    test_runs: list[TestRunSummary]
+    commit: str | None = Field(description="The deploy commit's sha, if one was made.")
+    requests: int = Field(ge=0, description="Model requests on the ledger, failed ones too.")
+    tokens: TokenCounts
+    cache_hit_rate: float | None = Field(ge=0, le=1, description="cache_read / total input")
+    cost_usd: float | None
+    uncached_cost_usd: float | None = Field(description="The same tokens with no caching.")
+    saved_usd: float | None
+
+
+def token_fields(
+    input: int, output: int, cache_read: int, cache_write_5m: int, cache_write_1h: int
+) -> dict[str, int]:
+    return {
+        "input": input,
+        "output": output,
+        "cache_read": cache_read,
+        "cache_write_5m": cache_write_5m,
+        "cache_write_1h": cache_write_1h,
+    }
+
+
+def phase_fields(name: str, stats: Any, summary: str | None) -> dict[str, Any]:
+    """One phase's entry, from its PhaseStats."""
+    return {
+        "name": name,
+        "status": stats.status,
+        "turns": stats.turns,
+        "requests": stats.requests,
+        "tokens": token_fields(
+            stats.input_tokens,
+            stats.output_tokens,
+            stats.cache_read_tokens,
+            stats.cache_write_5m_tokens,
+            stats.cache_write_1h_tokens,
+        ),
+        "cost_usd": stats.cost_usd,
+        "summary": summary,
+    }
+
+
+def ledger_fields(totals: dict[str, Any]) -> dict[str, Any]:
+    """Requests, tokens, hit rate and costs from Ledger.build_totals: the ledger is the
+    record, so the summary repeats its figures. Any unpriced request makes costs null."""
+    tokens = token_fields(
+        totals["input_tokens"],
+        totals["output_tokens"],
+        totals["cache_read_tokens"],
+        totals["cache_write_5m_tokens"],
+        totals["cache_write_1h_tokens"],
+    )
+    total_input = tokens["input"] + tokens["cache_read"]
+    total_input += tokens["cache_write_5m"] + tokens["cache_write_1h"]
+    priced = not totals["unpriced_requests"]
+    cost = totals["cost_usd"] if priced else None
+    uncached = totals["uncached_cost_usd"] if priced else None
+    return {
+        "requests": totals["requests"],
+        "tokens": tokens,
+        "cache_hit_rate": round(tokens["cache_read"] / total_input, 4) if total_input else None,
+        "cost_usd": cost,
+        "uncached_cost_usd": uncached,
+        "saved_usd": None if cost is None or uncached is None else uncached - cost,
+    }
+
+
+def summary_schema() -> dict:
+    return BuildSummary.model_json_schema()
+
+
+def write_summary(path: Path, data: dict) -> BuildSummary:
+    """Validate `data` against the schema, then write it atomically."""
+    summary = BuildSummary.model_validate(data)
+    write_atomic(path, json.dumps(summary.model_dump(mode="json"), indent=2) + "\n")
+    return summary
