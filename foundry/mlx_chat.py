@@ -1,6 +1,6 @@
 """Render a ModelRequest through a local model's chat template, and find its cacheable prefix.
 
-The cacheable prefix is the system turn alone (static text + tools + tool-call format),
+The cacheable prefix is the system turn alone (static text + tool schemas),
 tokenized on its own and checked to be a token prefix of the full prompt, so a saved KV
 cache of it is valid for every request that shares the system turn.
 """
@@ -14,6 +14,7 @@ from typing import Any
 from foundry.backends.base import ModelRequest
 from foundry.errors import LocalModelError
 from foundry.tool_calls import (
+    TAG_OPEN,
     ParsedReply,
     parse_tool_calls,
     render_tool_section,
@@ -58,7 +59,10 @@ class ChatRenderer:
     def system_text(self, request: ModelRequest) -> str:
         if self.native or not request.tools:
             return request.system
-        return request.system.rstrip() + "\n\n" + render_tool_section(request.tools)
+        # The packaged prompt already teaches the <tool_call> format; say it only if not.
+        explain = TAG_OPEN not in request.system
+        tools = render_tool_section(request.tools, explain_format=explain)
+        return request.system.rstrip() + "\n\n" + tools
 
     def _template(self, messages: list[dict[str, Any]], request: ModelRequest, gen: bool) -> str:
         extra = (

@@ -28,6 +28,8 @@ IDENTITY_FILES = (
     "chat_template.json",
     "generation_config.json",
 )
+# config.json keys for the context length: llama-style first, then GPT-2's names.
+WINDOW_KEYS = ("max_position_embeddings", "n_positions", "n_ctx")
 
 
 @dataclass
@@ -39,6 +41,16 @@ class LoadedModel:
     config: dict[str, Any]
     kv_dtype: str
     max_kv_size: int | None
+
+    @property
+    def config_window(self) -> int | None:
+        """The context length config.json declares (multimodal configs nest it in text_config)."""
+        for section in (self.config, self.config.get("text_config") or {}):
+            for key in WINDOW_KEYS:
+                value = section.get(key)
+                if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                    return value
+        return None
 
     def make_cache(self) -> list[Any]:
         from mlx_lm.models.cache import make_prompt_cache
@@ -60,6 +72,17 @@ def load_model(path: Path, name: str, *, kv_dtype: str, max_kv_size: int | None)
         model.set_dtype(getattr(mx, kv_dtype))
     dtype = kv_dtype if kv_dtype != "auto" else activation_dtype(model)
     return LoadedModel(model, tokenizer, path, name, config, dtype, max_kv_size)
+
+
+def context_window(
+    loaded: LoadedModel, configured: int | None, max_kv_size: int | None
+) -> int | None:
+    """The tokens one request may hold (prompt + reply): config.json's context length, else the
+    configured one, never more than max_kv_size (past it a rotating cache drops old tokens)."""
+    window = loaded.config_window or configured
+    if max_kv_size is not None:
+        window = min(window, max_kv_size) if window else max_kv_size
+    return window
 
 
 def activation_dtype(model: Any) -> str:
@@ -145,6 +168,7 @@ class StepTimes:
     first_token_s: float = 0.0
     generate_s: float = 0.0
     generated: int = 0
+    ended_on_eos: bool = False  # False: stopped by max_tokens
 
 
 def generate_tokens(
@@ -175,6 +199,7 @@ def generate_tokens(
     for count in range(max_tokens):
         times.generated = count + 1
         if token in eos:
+            times.ended_on_eos = True
             break
         yield token
         if count + 1 == max_tokens:

@@ -1,7 +1,8 @@
 """Tool calls for local models: the fallback <tool_call>{json}</tool_call> format, and chat turns.
 
 Models whose chat template knows tools get them natively (tools=..., role "tool"); every
-other model is taught the fallback format in the system turn and answers with
+other model gets the tool schemas in the system turn, is taught the fallback format by the
+orchestrator prompt (or by a short note here when a custom prompt lacks it), and answers with
   <tool_call>{"name": "<tool>", "arguments": {...}}</tool_call>
 one JSON object per tag, several tags allowed in one reply.
 """
@@ -20,14 +21,12 @@ TAG_OPEN, TAG_CLOSE = "<tool_call>", "</tool_call>"
 _CALL_RE = re.compile(re.escape(TAG_OPEN) + r"(.*?)" + re.escape(TAG_CLOSE), re.DOTALL)
 _FENCE_RE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 
-FALLBACK_FORMAT = """\
-## How to call a tool
-
-To call a tool, write a tag with one JSON object in it, and nothing else in the tag:
-<tool_call>{"name": "<tool name>", "arguments": {<the tool's arguments>}}</tool_call>
-You may write several tags in one reply; they run in order. After your reply, each result
-comes back in a <tool_result name="..."> tag in the next user turn. Use double quotes and
-valid JSON (escape newlines in strings as \\n)."""
+# Only for a system prompt that does not teach the format itself (the packaged one does).
+FALLBACK_FORMAT = (
+    f'Call a tool by writing {TAG_OPEN}{{"name": "<tool>", "arguments": {{...}}}}{TAG_CLOSE} '
+    "(valid JSON, one call per tag, several tags allowed); each result comes back in a "
+    '<tool_result name="..."> tag in the next user turn.'
+)
 
 
 @dataclass
@@ -41,15 +40,20 @@ def new_tool_use_id() -> str:
     return f"toolu_local_{uuid.uuid4().hex[:20]}"
 
 
-def render_tool_section(tools: list[ToolSpec]) -> str:
-    """The tool definitions and the fallback format, appended to the static system text."""
+def render_tool_section(tools: list[ToolSpec], *, explain_format: bool = False) -> str:
+    """The tool schemas appended to the static system text, compactly and byte-identically
+    for the same tools (sorted keys, fixed separators), so the saved prefix keeps hitting."""
     if not tools:
         return ""
-    lines = ["# Tools", "", "You can call these tools (JSON Schema of each tool's arguments):"]
+    lines = ["## Tool schemas (name: description, then the arguments' JSON Schema)"]
     for tool in tools:
-        schema = json.dumps(tool.input_schema, sort_keys=True, ensure_ascii=False)
-        lines += ["", f"### {tool.name}", tool.description.strip(), f"arguments: {schema}"]
-    return "\n".join(lines) + "\n\n" + FALLBACK_FORMAT
+        schema = json.dumps(
+            tool.input_schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
+        lines += [f"{tool.name}: {' '.join(tool.description.split())}", schema]
+    if explain_format:
+        lines += ["", FALLBACK_FORMAT]
+    return "\n".join(lines)
 
 
 def tools_for_template(tools: list[ToolSpec]) -> list[dict[str, Any]]:

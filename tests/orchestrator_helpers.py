@@ -12,6 +12,7 @@ from typing import Any
 
 from foundry.backends.base import FailedAttempt, ModelRequest, ModelResponse, Usage
 from foundry.config import FoundryConfig
+from foundry.errors import BackendError
 from foundry.ledger import Ledger
 from foundry.orchestrator.build import BuildPlan, BuildResult, BuildRun
 from foundry.orchestrator.display import Events
@@ -31,6 +32,16 @@ def text(value: str) -> dict[str, Any]:
 
 def finish(summary: str = "done", report: str = "# Report\n", **extra: Any) -> dict[str, Any]:
     return tool("finish_phase", summary=summary, report=report, **extra)
+
+
+def context_too_long(tokens: int = 8_505, window: int = 8_192) -> list[Step]:
+    """What a local backend does when the conversation outgrew the model's context window:
+    reports the failed attempt (a ledger row), then raises."""
+    message = f"the prompt is {tokens:,} tokens; the context window is {window:,} tokens"
+    return [
+        FailedAttempt("context_too_long", message),
+        BackendError(message, "use a model with a longer context", error_class="context_too_long"),
+    ]
 
 
 @dataclass(frozen=True)

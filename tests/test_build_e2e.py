@@ -350,16 +350,10 @@ def test_keepalive_while_the_tests_run(cli, tmp_path, anthropic_env) -> None:
     assert all(body["max_tokens"] == 1 for body in server.requests[1:])
 
 
-@pytest.mark.mlx
-def test_a_build_runs_on_the_local_backend(cli, tmp_path) -> None:
-    """The same orchestration on mlx with a tiny random model: it never calls a tool, so the
-    phase ends at its turn limit, and every request is on the ledger at cost 0."""
-    from tests.tiny_model import build_tiny_model
-
-    model_dir = build_tiny_model(tmp_path / "tiny")
+def mlx_build(cli, tmp_path: Path, model_dir: Path, max_turns: int):
     config = tmp_path / "cache_config.json"
     config.write_text(json.dumps({"mlx": {"max_tokens": 8}}))
-    result = cli(
+    return cli(
         "build",
         "hello",
         TASK,
@@ -376,10 +370,24 @@ def test_a_build_runs_on_the_local_backend(cli, tmp_path) -> None:
         "--phases",
         "scout",
         "--max-turns",
-        "2",
+        str(max_turns),
         "--yes",
         "--json",
     )
+
+
+@pytest.mark.mlx
+def test_a_build_runs_on_the_local_backend_within_its_context_window(cli, tmp_path) -> None:
+    """The same orchestration on mlx with a tiny random model: it never calls a tool, so the
+    phase ends at its turn limit, and every request is on the ledger at cost 0. With a
+    context window that only the first turn fits, the phase ends at turn 2 instead, and no
+    request ever runs past the window."""
+    import shutil
+
+    from tests.tiny_model import build_tiny_model
+
+    model_dir = build_tiny_model(tmp_path / "tiny", max_position_embeddings=32_768)
+    result = mlx_build(cli, tmp_path, model_dir, max_turns=2)
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["backend"] == "mlx" and summary["phases"][0]["status"] == "turn_limit"
@@ -391,6 +399,26 @@ def test_a_build_runs_on_the_local_backend(cli, tmp_path) -> None:
     assert all(r["input_tokens"] + r["cache_read_tokens"] > 0 for r in rows)
     # The second turn reuses the KV cache of the static prefix and the first turn.
     assert rows[1]["cache_read_tokens"] > rows[1]["input_tokens"]
+
+    def prompt(row: dict[str, Any]) -> int:
+        return row["input_tokens"] + row["cache_read_tokens"] + row["cache_write_5m_tokens"]
+
+    first_prompt = prompt(rows[0])
+    config_file = model_dir / "config.json"
+    declared = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**declared, "max_position_embeddings": first_prompt + 12}))
+    shutil.rmtree("hello")  # the same build again, from the same empty directory
+    result = mlx_build(cli, tmp_path, model_dir, max_turns=3)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["phases"][0]["status"] == "turn_limit"
+    assert "context window at turn 2" in Path("hello/.foundry/scout-report.md").read_text()
+    again = requests_rows(tmp_path / "ledger.db")[2:]
+    assert [(r["turn"], r["status"], r["error_class"]) for r in again] == [
+        (1, "ok", None),
+        (2, "error", "context_too_long"),
+    ]
+    assert prompt(again[0]) == first_prompt and prompt(again[1]) == 0
+    assert prompt(again[0]) + again[0]["output_tokens"] <= first_prompt + 12
 
 
 def test_failed_attempts_are_on_the_ledger(cli, tmp_path, anthropic_env) -> None:

@@ -285,3 +285,34 @@ def test_openblas_is_found_from_the_environment(tmp_path, monkeypatch) -> None:
     lib.write_bytes(b"")
     monkeypatch.setenv("FOUNDRY_OPENBLAS", str(lib))
     assert openblas_candidates()[0] == str(lib)
+
+
+def test_the_system_turn_appends_compact_schemas_and_no_second_format_text(
+    model_dir, tmp_path
+) -> None:
+    import json
+
+    from foundry.orchestrator.tools import tool_specs
+    from foundry.tool_calls import FALLBACK_FORMAT
+
+    b = backend(model_dir, config(tmp_path))
+    b._ensure_loaded()
+    teaches = SYSTEM + '\nCall tools as <tool_call>{"name": ..., "arguments": {...}}</tool_call>.'
+    req = ModelRequest("tiny", teaches, tool_specs(), request().messages, max_tokens=8)
+    text = b._renderer.system_text(req)
+    section = text[len(teaches.rstrip()) :]
+    assert FALLBACK_FORMAT not in text and section.count("<tool_call>") == 0
+    for tool in tool_specs():
+        schema = json.dumps(tool.input_schema, sort_keys=True, separators=(",", ":"))
+        assert f"\n{tool.name}: " in section and f"\n{schema}" in section
+    # Identical bytes every request, even from schemas built in another key order, so the
+    # saved prefix keeps hitting.
+    reordered = [
+        ToolSpec(t.name, t.description, dict(reversed(list(t.input_schema.items()))))
+        for t in tool_specs()
+    ]
+    again = ModelRequest("tiny", teaches, reordered, request("other").messages, max_tokens=8)
+    assert b._renderer.system_text(again) == text
+    assert b._renderer.render(again).prefix == b._renderer.render(req).prefix
+    # A system prompt that does not teach the format gets the short note.
+    assert FALLBACK_FORMAT in b._renderer.system_text(request())

@@ -7,6 +7,9 @@ prefill only the rest (always at least one token) and generate.
 Usage follows Claude's meanings: cache_read_tokens = prefix tokens reused (saved or in
 memory), cache_write_5m_tokens = tokens newly saved to the store, input_tokens = the other
 tokens prefilled now; input + cache_read + cache_write = the prompt's length.
+
+A request never runs past the model's context window: a prompt with no room left fails with
+error_class "context_too_long" before any prefill, and the reply is capped to the room left.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from foundry.tool_calls import new_tool_use_id, repair_prompt
 log = logging.getLogger("foundry.mlx")
 MAX_REPAIRS = 1  # how often a malformed tool call is answered before the text goes back as is
 RATE_SAMPLE_MIN_TOKENS = 64  # prefill rates from fewer tokens are dominated by overhead
+CONTEXT_TOO_LONG = "context_too_long"  # the error class the Claude backend uses too
 
 
 def _utc_now() -> str:
@@ -55,6 +59,7 @@ class MLXBackend:
         self._cache: list[Any] | None = None  # the conversation's KV cache...
         self._cache_tokens: list[int] = []  # ...and exactly the tokens it holds
         self._prefill_rate: float | None = None
+        self.context_window: int | None = None  # prompt + reply tokens; None: unknown
         self.last_cache_event: dict[str, Any] = {}  # what the last request did, for reports
 
     # -- setup -------------------------------------------------------------------------------
@@ -82,7 +87,7 @@ class MLXBackend:
             return self._loaded
         from foundry.kvcache import PrefixCacheStore
         from foundry.mlx_chat import ChatRenderer
-        from foundry.mlx_engine import load_model, model_identity
+        from foundry.mlx_engine import context_window, load_model, model_identity
 
         self.check()
         path = resolve_model(self.model)
@@ -91,6 +96,10 @@ class MLXBackend:
             path, self.model, kv_dtype=mlx.kv_dtype, max_kv_size=mlx.max_kv_size
         )
         self._renderer = ChatRenderer(self._loaded.tokenizer)
+        override = self.config.models.get(self.model)
+        self.context_window = context_window(
+            self._loaded, override.context_window if override else None, mlx.max_kv_size
+        )
         memo = None
         if self.config.prefix_cache.enabled:
             self._store = PrefixCacheStore.from_config(self.config)
@@ -157,6 +166,23 @@ class MLXBackend:
             "load_ms": lookup.load_ms,
         }
 
+    # -- the context window ------------------------------------------------------------------
+
+    def _room(self, prompt_tokens: int) -> int | None:
+        """Tokens left for the reply after the prompt; None when the window is unknown."""
+        if self.context_window is None:
+            return None
+        return self.context_window - prompt_tokens
+
+    def _too_long(self, prompt_tokens: int) -> BackendError:
+        return BackendError(
+            f"the prompt is {prompt_tokens:,} tokens, which leaves no room for a reply in local "
+            f"model '{self.model}''s context window of {self.context_window:,} tokens",
+            "start a fresh conversation (fewer turns per phase with --max-turns), shorten the "
+            "orchestrator prompt, or use a model with a longer context",
+            error_class=CONTEXT_TOO_LONG,
+        )
+
     # -- one generation ----------------------------------------------------------------------
 
     def _generate(self, rendered: Any, request: ModelRequest, on_text: TextCallback | None):
@@ -170,6 +196,9 @@ class MLXBackend:
         detok = self._loaded.tokenizer.detokenizer
         detok.reset()
         max_tokens = min(request.max_tokens, self.config.mlx.max_tokens)
+        room = self._room(len(rendered.tokens))
+        if room is not None:  # never generate past the model's context window
+            max_tokens = min(max_tokens, room)
         temperature = (
             request.temperature if request.temperature is not None else self.config.mlx.temperature
         )
@@ -212,8 +241,8 @@ class MLXBackend:
             ),
             prefill_saved_ms=(event["reused"] / best_rate * 1000) if best_rate else None,
         )
-        hit_max = times.generated >= max_tokens
-        self.last_cache_event = {**event, "new_tokens": len(new_tokens)}
+        hit_max = not times.ended_on_eos
+        self.last_cache_event = {**event, "new_tokens": len(new_tokens), "max_tokens": max_tokens}
         return detok.text, usage, hit_max
 
     def complete(
@@ -230,6 +259,14 @@ class MLXBackend:
         try:
             reset_peak_memory()
             rendered = self._renderer.render(request)
+            room = self._room(len(rendered.tokens))
+            if room is not None and room < 1:  # checked before any prefill
+                error = self._too_long(len(rendered.tokens))
+                if on_failed_attempt:
+                    on_failed_attempt(
+                        FailedAttempt(CONTEXT_TOO_LONG, error.message, started_at=started_at)
+                    )
+                raise error
             total: Usage | None = None
             for attempt in range(MAX_REPAIRS + 1):
                 text, usage, hit_max = self._generate(rendered, request, on_text)
@@ -239,13 +276,17 @@ class MLXBackend:
                     break
                 # Answer the malformed call with what was wrong, and let the model try again.
                 log.info("malformed tool call(s): %s", "; ".join(reply.errors))
-                rendered = self._renderer.render(
+                repair = self._renderer.render(
                     request,
                     extra_chat=[
                         {"role": "assistant", "content": text},
                         {"role": "user", "content": repair_prompt(reply.errors)},
                     ],
                 )
+                room = self._room(len(repair.tokens))
+                if room is not None and room < 1:  # no room to repair: return the text as is
+                    break
+                rendered = repair
             total.peak_memory_mb = peak_memory_mb()
         except FoundryError:
             raise

@@ -150,13 +150,19 @@ class BuildRun:
         assert phase.artifact is not None
         path = artifact_path(self.plan.workdir, phase.artifact)
         if run.finish is None:
+            # Out of context ends a phase like out of turns; the next phase starts afresh.
             stats.status = "turn_limit"
-            note = f"The {name} phase hit its limit of {self.plan.max_turns} turns unfinished."
+            if run.stopped == "context_window":
+                limit = f"the model's context window at turn {run.turns}"
+                hint = "use a model with a longer context window, or a shorter prompt"
+            else:
+                limit = f"its limit of {self.plan.max_turns} turns"
+                hint = "raise --max-turns, or try a stronger model"
+            note = f"The {name} phase hit {limit} unfinished."
             self.events.warning(note)
             if name == "architect" and not self.state.test_command:
                 raise FoundryError(
-                    f"the architect phase gave no test command within {self.plan.max_turns} turns",
-                    "raise --max-turns, or try a stronger model",
+                    f"the architect phase gave no test command before it hit {limit}", hint
                 )
             if name != "architect":
                 write_atomic(path, f"# {name}\n\n_{note}_\n")

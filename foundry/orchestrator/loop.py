@@ -1,5 +1,6 @@
 """The agent loop of one phase: model turn, tool calls, tool results, until the model calls
-finish_phase (and the orchestrator accepts it) or the phase runs out of turns."""
+finish_phase (and the orchestrator accepts it), the phase runs out of turns, or the
+conversation outgrows the model's context window."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from foundry.backends.base import Block, Message
+from foundry.errors import BackendError
 from foundry.orchestrator.metered import Conversation, ModelSession
 from foundry.orchestrator.workspace import ToolFailure, Workspace, validate_input
 
@@ -24,6 +26,7 @@ CUT_OFF_NUDGE = (
     "files in parts with edit_file)."
 )
 LAST_TURN_NOTE = "This is your last turn in this phase: call finish_phase now."
+CONTEXT_TOO_LONG = "context_too_long"  # a backend's error class for a prompt past the window
 
 # Checks a finish_phase call for the phase; returns an error message, or None to accept.
 FinishCheck = Callable[[dict[str, Any]], str | None]
@@ -40,9 +43,12 @@ class FinishCall:
 @dataclass
 class PhaseRun:
     finish: FinishCall | None
-    turns: int
+    turns: int  # turns used, the one whose prompt outgrew the context window included
     # Results of the finishing turn, owed to the model if the conversation continues.
     pending_results: list[Block] = field(default_factory=list)
+    # Why an unfinished run ended: "turn_limit", or "context_window" when the conversation
+    # outgrew the model's context (a fresh conversation fits again).
+    stopped: str | None = None
 
 
 def parse_text_tool_calls(blocks: list[Block], prefix: str) -> tuple[list[Block], list[str]]:
@@ -110,7 +116,13 @@ def run_turns(
     stats = session.stats(phase)
     last_turn = first_turn + max_turns - 1
     for turn in range(first_turn, last_turn + 1):
-        response = session.send(conversation, phase, turn)
+        try:
+            response = session.send(conversation, phase, turn)
+        except BackendError as exc:
+            # A conversation that cannot even start will not fit next phase either: fail.
+            if exc.error_class != CONTEXT_TOO_LONG or len(conversation.messages) <= 1:
+                raise
+            return PhaseRun(None, turn - first_turn + 1, stopped="context_window")
         stats.turns += 1
         content = response.content
         errors: list[str] = []
@@ -161,4 +173,4 @@ def run_turns(
         if turn + 1 == last_turn:
             follow_up.append({"type": "text", "text": LAST_TURN_NOTE})
         conversation.messages.append(Message("user", follow_up))
-    return PhaseRun(None, max_turns)
+    return PhaseRun(None, max_turns, stopped="turn_limit")
