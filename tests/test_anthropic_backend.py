@@ -199,8 +199,11 @@ def test_layout_breakpoints_and_no_mutation():
     assert layout.breakpoints == ["system[0]", "messages[6].content[0]"]
     assert layout.system[0]["cache_control"] == {"type": "ephemeral", "ttl": "5m"}
     assert "cache_control" not in json.dumps(build_layout(request(ttl=None)).__dict__)
-    one_hour = json.dumps(build_layout(request(ttl="1h")).__dict__)
-    assert '"ttl": "1h"' in one_hour and '"ttl": "5m"' not in one_hour
+    # With a 1h TTL only the static prefix is written at 1h (2x); the conversation, whose
+    # turns come seconds apart, stays at 5m (1.25x), after it as the API requires.
+    one_hour = build_layout(request(ttl="1h"))
+    assert one_hour.system[0]["cache_control"]["ttl"] == "1h"
+    assert one_hour.messages[-1]["content"][-1]["cache_control"]["ttl"] == "5m"
 
 
 def test_a_wide_turn_keeps_an_extra_breakpoint_and_still_hits(anthropic_server, monkeypatch):
@@ -254,7 +257,8 @@ def test_streaming_text_usage_mapping_and_timings(anthropic_server, monkeypatch)
     pieces: list[str] = []
     response = be.complete(request(ttl="1h"), on_text=pieces.append)
     assert "".join(pieces) == text == response.text and len(pieces) > 1
-    assert response.usage.cache_write_1h_tokens == STATIC_TOKENS + count_tokens(TASK) + 3
+    assert response.usage.cache_write_1h_tokens == STATIC_TOKENS
+    assert response.usage.cache_write_5m_tokens == count_tokens(TASK) + 3
     assert 0 < response.usage.ttft_ms <= response.usage.duration_ms
     assert response.request_id and response.started_at.endswith("Z")
     assert (

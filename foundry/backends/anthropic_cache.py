@@ -10,8 +10,10 @@ Breakpoints (at most 4; the API rejects more):
 3. when the newest turn added 20 or more blocks since the previous turn's moving
    breakpoint, an extra breakpoint on that previous position: the API looks back only 20
    blocks from a breakpoint, so without it the previous write would be out of sight.
-All breakpoints carry the request's TTL; with one TTL per request the API's rule that 1h
-breakpoints precede 5m ones always holds (`check_breakpoints` verifies it).
+The static breakpoint carries the request's TTL. Conversation breakpoints always use 5m:
+turns come seconds apart, and a 1h write costs 2x the input price against 1.25x for 5m.
+So with a 1h TTL the order is 1h (system) before 5m (messages), which is the order the API
+requires (`check_breakpoints` verifies it).
 """
 
 from __future__ import annotations
@@ -95,16 +97,17 @@ def build_layout(request: ModelRequest) -> RequestLayout:
     layout = RequestLayout(tools, system, messages, [])
     if request.ttl is None:
         return layout
-    marker = cache_control(request.ttl)
+    static_marker = cache_control(request.ttl)
+    conversation_marker = cache_control("5m")
 
-    def mark(block: dict[str, Any], where: str) -> None:
+    def mark(block: dict[str, Any], where: str, marker: dict[str, str]) -> None:
         block["cache_control"] = dict(marker)
         layout.breakpoints.append(where)
 
     if system:
-        mark(system[-1], f"system[{len(system) - 1}]")
+        mark(system[-1], f"system[{len(system) - 1}]", static_marker)
     elif tools:
-        mark(tools[-1], f"tools[{len(tools) - 1}]")
+        mark(tools[-1], f"tools[{len(tools) - 1}]", static_marker)
     if not messages or not messages[-1]["content"] or _is_keepalive_stub(request, messages):
         return layout
     previous = _previous_turn_end(messages)
@@ -113,9 +116,10 @@ def build_layout(request: ModelRequest) -> RequestLayout:
         added = sum(len(m["content"]) for m in messages[previous + 1 :])
         if added >= LOOKBACK_BLOCKS:
             prev_blocks = messages[previous]["content"]
-            mark(prev_blocks[-1], f"messages[{previous}].content[{len(prev_blocks) - 1}]")
+            where = f"messages[{previous}].content[{len(prev_blocks) - 1}]"
+            mark(prev_blocks[-1], where, conversation_marker)
     last = messages[-1]["content"]
-    mark(last[-1], f"messages[{len(messages) - 1}].content[{len(last) - 1}]")
+    mark(last[-1], f"messages[{len(messages) - 1}].content[{len(last) - 1}]", conversation_marker)
     check_breakpoints(tools, system, messages)
     return layout
 
