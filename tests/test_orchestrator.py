@@ -160,13 +160,6 @@ def test_a_phase_ends_at_its_turn_limit_and_the_build_goes_on(tmp_path: Path) ->
     assert "turn limit" in report or "limit of 3 turns" in report
 
 
-def test_an_architect_without_a_test_command_fails_the_build(tmp_path: Path) -> None:
-    steps = [([finish("x", "y")], "tool_use")] * 2
-    result, _, db = run_build(tmp_path, steps, phases=("architect", "builder"), max_turns=2)
-    assert result.status == "failed" and "no test command" in (result.error or "")
-    assert ledger_rows(db, "builds")[0]["error"] == result.error
-
-
 def test_tool_errors_go_back_to_the_model(tmp_path: Path) -> None:
     steps = [
         (

@@ -115,6 +115,7 @@ def _build(
     from foundry.config import default_model, ledger_path, load_config, resolve_backend
     from foundry.orchestrator.deploy import require_git
     from foundry.orchestrator.phases import parse_phases, saved_test_command
+    from foundry.orchestrator.test_detect import detect_test_command
     from foundry.pricing import PricingTable
     from foundry.prompt import TaskConfig, load_template, render_split
 
@@ -128,10 +129,18 @@ def _build(
     cache_ttl = check_ttl(ttl, config)
     workdir = Path(os.path.abspath((dir or Path(name)).expanduser()))
     mode = check_workdir(workdir)
-    if "test" in phase_list and "architect" not in phase_list and not saved_test_command(workdir):
+    # Without architect and builder nothing can change the answer before the test phase.
+    if (
+        "test" in phase_list
+        and not {"architect", "builder"} & set(phase_list)
+        and not saved_test_command(workdir)
+        and detect_test_command(workdir) is None
+    ):
         raise UsageError(
-            "the test phase needs a test command, and no architect phase gives one",
-            "include architect in --phases (an earlier build's .foundry/architecture.md counts)",
+            "the test phase needs a test command: no earlier build recorded one and none "
+            f"can be detected in {workdir}",
+            "include architect in --phases, or add tests foundry can detect (test_*.py, "
+            "a package.json test script, go.mod, Cargo.toml)",
         )
     if "deploy" in phase_list and not estimate:
         require_git()

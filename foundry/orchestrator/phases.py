@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from foundry.errors import UsageError
 
@@ -90,10 +92,44 @@ def artifact_path(workdir: Path, filename: str) -> Path:
     return workdir / ARTIFACT_DIR / filename
 
 
-def architecture_document(report: str, test_command: str) -> str:
-    """The architect's report, with the test command in a machine-readable trailer."""
+DETECT_LATER_NOTE = (
+    "Test command: not named by the architect; foundry will detect it from the working "
+    "directory's files when the test phase starts."
+)
+
+
+def architecture_document(report: str, test_command: str | None) -> str:
+    """The architect's report, with the test command in a machine-readable trailer; without
+    one, a note that the test phase will detect it (and no trailer, so a later build that
+    skips the architect detects it too)."""
+    if not test_command:
+        return f"{report.rstrip()}\n\n{DETECT_LATER_NOTE}\n"
     trailer = f"<!-- {TEST_COMMAND_TAG}: {json.dumps(test_command)} -->"
     return f"{report.rstrip()}\n\nTest command: `{test_command}`\n\n{trailer}\n"
+
+
+MISSING_TEST_COMMAND = (
+    "the architect phase must give test_command: one shell command that runs the tests "
+    "from the working directory and exits non-zero on failure. Call finish_phase again "
+    "with it; called again without one, foundry will detect the test command from the "
+    "project's files when the test phase starts."
+)
+
+
+def require_test_command_once() -> Callable[[dict[str, Any]], str | None]:
+    """Refuse the architect's first finish_phase without test_command (a strong model then
+    names one); accept the next, so a weak model does not burn its turns on the refusal
+    and the test phase detects the command instead."""
+    refused = False
+
+    def check(args: dict[str, Any]) -> str | None:
+        nonlocal refused
+        if (args.get("test_command") or "").strip() or refused:
+            return None
+        refused = True
+        return MISSING_TEST_COMMAND
+
+    return check
 
 
 def saved_test_command(workdir: Path) -> str | None:

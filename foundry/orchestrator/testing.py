@@ -53,12 +53,17 @@ def _fence(text: str) -> str:
     return f"{ticks}\n{text.rstrip()}\n{ticks}"
 
 
-def results_markdown(iteration: int, result: CommandResult) -> str:
+def detected_note(command: str) -> str:
+    return f"test command detected by foundry: `{command}` (the architect named none)"
+
+
+def results_markdown(iteration: int, result: CommandResult, *, detected: bool = False) -> str:
     verdict = "passed" if result.passed else "failed"
     exit_text = "none (killed at the timeout)" if result.timed_out else str(result.exit_code)
+    origin = f"- Note: {detected_note(result.command)}\n" if detected else ""
     return (
         f"# Test run {iteration}: {verdict}\n\n"
-        f"- Command: `{result.command}`\n- Exit code: {exit_text}\n"
+        f"- Command: `{result.command}`\n{origin}- Exit code: {exit_text}\n"
         f"- Duration: {result.duration_s:.1f}s\n\n## Output\n\n{_fence(result.output)}\n"
     )
 
@@ -85,7 +90,9 @@ def run_test_phase(
     max_turns: int,
     timeout_s: float,
     output_limit: int,
+    detected: bool = False,
 ) -> TestOutcome:
+    """`detected`: foundry found the command in the project's files (the results say so)."""
     workdir = workspace.root
     clear_old_results(workdir)
     outcome = TestOutcome(passed=False)
@@ -101,7 +108,10 @@ def run_test_phase(
             on_tick=session.maybe_keepalive,
         )
         filename = f"test-results-{iteration}.md"
-        write_atomic(workdir / ARTIFACT_DIR / filename, results_markdown(iteration, result))
+        write_atomic(
+            workdir / ARTIFACT_DIR / filename,
+            results_markdown(iteration, result, detected=detected),
+        )
         session.events.test_run(iteration, result)
         outcome.runs.append(
             TestRun(
