@@ -399,6 +399,9 @@ def test_a_build_runs_on_the_local_backend_within_its_context_window(cli, tmp_pa
     assert all(r["input_tokens"] + r["cache_read_tokens"] > 0 for r in rows)
     # The second turn reuses the KV cache of the static prefix and the first turn.
     assert rows[1]["cache_read_tokens"] > rows[1]["input_tokens"]
+    # A local build's saving is prefill time, summed from the ledger, not dollars.
+    saved_ms = sum(r["prefill_saved_ms"] or 0 for r in rows)
+    assert saved_ms > 0 and summary["prefill_saved_s"] == round(saved_ms / 1000, 3)
 
     def prompt(row: dict[str, Any]) -> int:
         return row["input_tokens"] + row["cache_read_tokens"] + row["cache_write_5m_tokens"]

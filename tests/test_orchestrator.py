@@ -336,3 +336,36 @@ def test_an_unpriced_model_gets_null_costs_and_one_warning(tmp_path: Path, capsy
     ledger_warning = capsys.readouterr().err
     assert ledger_warning.count("claude-unpriced-test-model") == 1
     assert buf.getvalue().count("--max-cost cannot be enforced") == 1
+
+
+def test_the_result_lines_show_dollars_for_claude_and_prefill_time_for_a_local_model() -> None:
+    from foundry.orchestrator.display import summary_lines
+
+    base = {
+        "name": "hello",
+        "status": "completed",
+        "workdir": "/w",
+        "phases_completed": ["scout"],
+        "files_created": [],
+        "test_command": None,
+        "commit": None,
+        "requests": 2,
+        "tokens": {
+            "input": 10,
+            "output": 5,
+            "cache_read": 90,
+            "cache_write_5m": 0,
+            "cache_write_1h": 0,
+        },
+        "cache_hit_rate": 0.9,
+        "cost_usd": 0.25,
+        "saved_usd": 0.75,
+        "prefill_saved_s": None,
+    }
+    claude = "\n".join(summary_lines({**base, "backend": "anthropic"}))
+    assert "saved $0.7500 by caching" in claude and "files created  0\n" in claude
+    local = "\n".join(
+        summary_lines({**base, "backend": "mlx", "cost_usd": 0.0, "prefill_saved_s": 87.4})
+    )
+    assert "$0 (local model); cache reuse saved ~87.4 s of prefill" in local
+    assert "by caching" not in local

@@ -193,7 +193,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         f"build {summary['name']}: [bold]{summary['status']}[/]",
         f"  directory      {summary['workdir']}",
         f"  phases         {', '.join(summary['phases_completed']) or 'none'} completed",
-        f"  files created  {len(created)}: {', '.join(created[:8])}{more}",
+        f"  files created  {len(created)}"
+        + (f": {', '.join(created[:8])}{more}" if created else ""),
     ]
     if summary["test_command"]:
         verdict = {True: "passed", False: "failed", None: "not run"}[summary["tests_passed"]]
@@ -208,8 +209,19 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         f"{tokens['output']:,}, cache read {tokens['cache_read']:,}, cache write "
         f"{tokens['cache_write_5m'] + tokens['cache_write_1h']:,}; hit rate "
         f"{percent(summary['cache_hit_rate'])}",
-        f"  cost           {money(summary['cost_usd'])} (saved {money(summary['saved_usd'])} "
-        "by caching)",
+        _cost_line(summary),
         f"  summary        {summary['workdir']}/.foundry/summary.json",
     ]
     return lines
+
+
+def _cost_line(summary: dict[str, Any]) -> str:
+    """Money for API backends; for a local model the saving is prefill time, not dollars."""
+    if summary["backend"] == "mlx":
+        saved = summary.get("prefill_saved_s")
+        reuse = f"; cache reuse saved ~{saved:,.1f} s of prefill" if saved else ""
+        return f"  cost           $0 (local model){reuse}"
+    return (
+        f"  cost           {money(summary['cost_usd'])} (saved {money(summary['saved_usd'])} "
+        "by caching)"
+    )

@@ -80,6 +80,11 @@ class BuildSummary(_Strict):
     cost_usd: float | None
     uncached_cost_usd: float | None = Field(description="The same tokens with no caching.")
     saved_usd: float | None
+    prefill_saved_s: float | None = Field(
+        default=None,
+        description="Local models: estimated prefill seconds the reused cache saved; "
+        "null for API backends, whose saving is in dollars.",
+    )
 
 
 def token_fields(
@@ -135,6 +140,9 @@ def ledger_fields(totals: dict[str, Any]) -> dict[str, Any]:
         "cost_usd": cost,
         "uncached_cost_usd": uncached,
         "saved_usd": None if cost is None or uncached is None else uncached - cost,
+        "prefill_saved_s": (
+            round(totals["prefill_saved_ms"] / 1000, 3) if totals["prefill_saved_ms"] else None
+        ),
     }
 
 
