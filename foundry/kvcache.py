@@ -24,7 +24,7 @@ from typing import Any
 
 from foundry.config import FoundryConfig, prefix_cache_dir
 from foundry.errors import CacheStoreError
-from foundry.kvstore_manifest import Manifest, iso_now, parse_iso
+from foundry.kvstore_manifest import Manifest, last_used_epoch
 from foundry.mlx_runtime import import_mlx
 
 log = logging.getLogger("foundry.kvcache")
@@ -299,7 +299,7 @@ class PrefixCacheStore:
         expired = [
             r
             for r in rows
-            if now - parse_iso(r.get("last_used_at")) > self.ttl_s and r["key"] != keep
+            if now - last_used_epoch(r.get("last_used_at"), now) > self.ttl_s and r["key"] != keep
         ]
         live = sorted(
             (r for r in rows if r not in expired), key=lambda r: r.get("last_used_at", "")
@@ -354,4 +354,4 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-__all__ = ["PrefixCacheStore", "PrefixIdentity", "Lookup", "cache_key", "iso_now"]
+__all__ = ["PrefixCacheStore", "PrefixIdentity", "Lookup", "cache_key"]

@@ -5,27 +5,24 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from foundry.fsutil import write_atomic
+from foundry.timestamps import parse_utc, utc_now
 
 log = logging.getLogger("foundry.kvcache")
 
 
-def iso_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def parse_iso(value: str | None) -> float:
-    if not value:
-        return 0.0
+def last_used_epoch(value: str | None, now: float) -> float:
+    """An entry's last_used_at as epoch seconds; accepts our "...Z" form and any ISO-8601."""
     try:
-        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+        return parse_utc(value).timestamp() if value else now
     except ValueError:
-        return 0.0
+        # Unknown age is not old age: evicting on a parse failure would drop a live entry.
+        return now
 
 
 class Manifest:
@@ -61,23 +58,21 @@ class Manifest:
             return {}
 
     def _write(self, entries: dict[str, dict[str, Any]]) -> None:
-        temp = self.path.with_name(f".manifest-{os.getpid()}.tmp")
-        temp.write_text(json.dumps({"version": 1, "entries": entries}, indent=1), "utf-8")
-        os.replace(temp, self.path)
+        write_atomic(self.path, json.dumps({"version": 1, "entries": entries}, indent=1))
 
     def entries(self) -> dict[str, dict[str, Any]]:
         return self._read()
 
     def add(self, key: str, fields: dict[str, Any]) -> None:
-        now = iso_now()
+        now = utc_now()
         with self._locked() as entries:
             entries[key] = {**fields, "created_at": now, "last_used_at": now, "hits": 0}
 
     def touch(self, key: str, fields: dict[str, Any]) -> None:
         """Count a hit; re-adds an entry a lost manifest forgot, so prune keeps its file."""
         with self._locked() as entries:
-            entry = entries.setdefault(key, {**fields, "created_at": iso_now(), "hits": 0})
-            entry["last_used_at"] = iso_now()
+            entry = entries.setdefault(key, {**fields, "created_at": utc_now(), "hits": 0})
+            entry["last_used_at"] = utc_now()
             entry["hits"] = int(entry.get("hits", 0)) + 1
 
     def remove(self, keys: list[str]) -> None:

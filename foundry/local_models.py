@@ -17,12 +17,13 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from foundry.config import models_dir
 from foundry.errors import LocalModelError, UsageError
+from foundry.fsutil import write_atomic
+from foundry.timestamps import utc_now
 
 DEFAULT_MODEL = "smollm2-135m"
 PROVENANCE_FILE = "foundry.json"
@@ -151,8 +152,8 @@ def staging_dir(name: str) -> Path:
 
 
 def write_provenance(directory: Path, **fields: Any) -> None:
-    fields["created_at"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    (directory / PROVENANCE_FILE).write_text(json.dumps(fields, indent=2) + "\n", "utf-8")
+    fields["created_at"] = utc_now()
+    write_atomic(directory / PROVENANCE_FILE, json.dumps(fields, indent=2) + "\n")
 
 
 def pull(name: str, *, dtype: str = "auto", force: bool = False, progress: Progress) -> Path:

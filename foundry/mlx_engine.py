@@ -5,9 +5,9 @@ Kept separate from the backend so the correctness tests can drive prefill direct
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from foundry.errors import LocalModelError
+from foundry.fsutil import write_atomic
 from foundry.kvcache import PrefixIdentity
 from foundry.mlx_runtime import import_mlx, import_mlx_lm, versions
 
@@ -133,12 +134,8 @@ def model_identity(loaded: LoadedModel, memo_file: Path | None = None) -> Prefix
         **versions(),
     }
     if memo_file is not None:
-        try:
-            temp = memo_file.with_name(f".{memo_file.name}.{os.getpid()}.tmp")
-            temp.write_text(json.dumps(memo), "utf-8")
-            os.replace(temp, memo_file)
-        except OSError:
-            pass  # only a speed-up
+        with contextlib.suppress(OSError):  # only a speed-up
+            write_atomic(memo_file, json.dumps(memo))
     return PrefixIdentity(fields=fields, model=loaded.name)
 
 

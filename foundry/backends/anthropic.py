@@ -13,7 +13,6 @@ import random
 import socket
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -35,16 +34,13 @@ from foundry.backends.base import (
 from foundry.backends.retry import RETRYABLE, RetryPolicy
 from foundry.config import FoundryConfig
 from foundry.errors import BackendError
+from foundry.timestamps import utc_now
 
 __all__ = ["AnthropicBackend", "keepalive_request", "map_usage", "classify_error"]
 
 BASE_URL_ENV = "ANTHROPIC_BASE_URL"
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 CONNECT_CHECK_TIMEOUT_S = 5.0
-
-
-def _utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 class _AttemptFailed(Exception):
@@ -253,7 +249,7 @@ class AnthropicBackend:
         first = self._clock()
         retries = 0
         while True:
-            started_at = _utc_now()
+            started_at = utc_now()
             try:
                 response = self._attempt(client, params, request, on_text)
                 response.started_at = started_at

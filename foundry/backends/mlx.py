@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from foundry import console
@@ -31,16 +30,13 @@ from foundry.backends.base import (
 from foundry.config import FoundryConfig
 from foundry.errors import BackendError, FoundryError, LocalModelError
 from foundry.local_models import PULLABLE, pull, resolve_model
+from foundry.timestamps import utc_now
 from foundry.tool_calls import new_tool_use_id, repair_prompt
 
 log = logging.getLogger("foundry.mlx")
 MAX_REPAIRS = 1  # how often a malformed tool call is answered before the text goes back as is
 RATE_SAMPLE_MIN_TOKENS = 64  # prefill rates from fewer tokens are dominated by overhead
 CONTEXT_TOO_LONG = "context_too_long"  # the error class the Claude backend uses too
-
-
-def _utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 class MLXBackend:
@@ -61,10 +57,13 @@ class MLXBackend:
         self._prefill_rate: float | None = None
         self.context_window: int | None = None  # prompt + reply tokens; None: unknown
         self.last_cache_event: dict[str, Any] = {}  # what the last request did, for reports
+        self._checked = False  # check() passed; the build command and _ensure_loaded both call it
 
     # -- setup -------------------------------------------------------------------------------
 
     def check(self) -> None:
+        if self._checked:
+            return
         from foundry.mlx_runtime import import_mlx_lm
 
         import_mlx_lm()
@@ -81,6 +80,7 @@ class MLXBackend:
                     f"could not pull the default local model '{self.model}': {exc.message}",
                     exc.hint or "set ANTHROPIC_API_KEY to use Claude instead",
                 ) from None
+        self._checked = True
 
     def _ensure_loaded(self) -> Any:
         if self._loaded is not None:
@@ -254,7 +254,7 @@ class MLXBackend:
     ) -> ModelResponse:
         from foundry.mlx_runtime import peak_memory_mb, reset_peak_memory
 
-        started_at = _utc_now()
+        started_at = utc_now()
         loaded = self._ensure_loaded()
         try:
             reset_peak_memory()

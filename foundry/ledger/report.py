@@ -17,8 +17,8 @@ from typing import Any
 
 from foundry.ledger.periods import Zone, bucket_days, day_start
 from foundry.ledger.schema import ROLLUP_SUMS
-from foundry.ledger.timestamps import format_utc
 from foundry.pricing import LOCAL_BACKENDS
+from foundry.timestamps import format_utc
 
 VIEWS = ("day", "week", "month", "build", "model", "phase")
 PERIOD_VIEWS = ("day", "week", "month")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from foundry.errors import LedgerError
 from foundry.ledger.files import REQUEST_COLUMNS, classify, connect, unreadable
-from foundry.ledger.timestamps import format_utc, normalize_timestamp, utc_now
+from foundry.timestamps import format_utc, normalize_timestamp, utc_now
 
 if TYPE_CHECKING:
     from foundry.backends.base import Usage

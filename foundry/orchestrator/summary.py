@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from foundry.orchestrator.testing import write_atomic
+from foundry.fsutil import write_atomic
 
 SCHEMA_VERSION = 1
 BuildStatus = Literal["completed", "tests_failed", "failed", "interrupted", "budget_exceeded"]

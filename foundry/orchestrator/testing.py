@@ -3,12 +3,11 @@ and on failure gives the model the output to fix, up to --max-test-iterations ru
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from foundry.backends.base import Message
+from foundry.fsutil import write_atomic
 from foundry.orchestrator.loop import run_turns
 from foundry.orchestrator.metered import Conversation, ModelSession
 from foundry.orchestrator.phases import ARTIFACT_DIR, BY_NAME, first_user_turn, read_artifacts
@@ -32,18 +31,6 @@ class TestOutcome:
     passed: bool
     runs: list[TestRun] = field(default_factory=list)
     turns: int = 0
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _fence(text: str) -> str:

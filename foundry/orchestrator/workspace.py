@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from foundry.fsutil import write_atomic
 from foundry.orchestrator.shell import run_command, truncate_middle
 from foundry.orchestrator.tools import TOOL_SPECS
 
@@ -177,17 +177,8 @@ class Workspace:
         return text
 
     def _atomic_write(self, real: Path, content: str) -> None:
-        real.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=real.parent, prefix=f".{real.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-                handle.write(content)
-            if real.exists():
-                os.chmod(tmp, real.stat().st_mode & 0o7777)
-            os.replace(tmp, real)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # write_atomic keeps an existing file's mode and writes newlines untranslated.
+        write_atomic(real, content)
         self.written.add(self.relative(real))
 
     def tool_write_file(self, path: str, content: str) -> str:
