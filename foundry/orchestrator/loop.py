@@ -4,8 +4,6 @@ conversation outgrows the model's context window."""
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,8 +13,6 @@ from foundry.errors import BackendError
 from foundry.orchestrator.metered import Conversation, ModelSession
 from foundry.orchestrator.workspace import ToolFailure, Workspace, validate_input
 
-# Models without native tool calling write this (documented in the orchestrator prompt).
-_TOOL_CALL_RE = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 NO_TOOL_NUDGE = (
     "You did not call a tool. Continue the phase with the workspace tools, and call "
     "finish_phase when the phase is done."
@@ -49,33 +45,6 @@ class PhaseRun:
     # Why an unfinished run ended: "turn_limit", or "context_window" when the conversation
     # outgrew the model's context (a fresh conversation fits again).
     stopped: str | None = None
-
-
-def parse_text_tool_calls(blocks: list[Block], prefix: str) -> tuple[list[Block], list[str]]:
-    """Turn `<tool_call>` tags in text into tool_use blocks; returns (content, parse errors)."""
-    content: list[Block] = []
-    errors: list[str] = []
-    calls: list[Block] = []
-    for block in blocks:
-        if block.get("type") != "text" or "<tool_call>" not in block.get("text", ""):
-            content.append(block)
-            continue
-        for raw in _TOOL_CALL_RE.findall(block["text"]):
-            try:
-                call = json.loads(raw)
-                name, args = call["name"], call.get("arguments", call.get("input", {}))
-                if not isinstance(name, str):
-                    raise TypeError("name must be a string")
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                errors.append(f"could not parse a <tool_call> ({exc}): {raw[:200]}")
-                continue
-            calls.append(
-                {"type": "tool_use", "id": f"{prefix}_{len(calls)}", "name": name, "input": args}
-            )
-        rest = _TOOL_CALL_RE.sub("", block["text"]).strip()
-        if rest:
-            content.append({"type": "text", "text": rest})
-    return content + calls, errors
 
 
 def _detail(name: str, args: Any) -> str:
@@ -124,10 +93,9 @@ def run_turns(
                 raise
             return PhaseRun(None, turn - first_turn + 1, stopped="context_window")
         stats.turns += 1
+        # Backends return tool calls as tool_use blocks (the local backend parses its
+        # model's text format itself); text that merely mentions a call is never run.
         content = response.content
-        errors: list[str] = []
-        if not response.tool_uses:
-            content, errors = parse_text_tool_calls(content, f"toolu_text_{phase}_{turn}")
         conversation.messages.append(
             Message("assistant", content or [{"type": "text", "text": "(empty)"}])
         )
@@ -165,9 +133,7 @@ def run_turns(
         if finish is not None:
             return PhaseRun(finish, turn - first_turn + 1, results)
         follow_up: list[Block] = list(results)
-        for error in errors:
-            follow_up.append({"type": "text", "text": f"error: {error}"})
-        if not results and not errors:
+        if not results:
             nudge = CUT_OFF_NUDGE if response.stop_reason == "max_tokens" else NO_TOOL_NUDGE
             follow_up.append({"type": "text", "text": nudge})
         if turn + 1 == last_turn:
