@@ -234,7 +234,12 @@ class ModelSession:
         return response
 
     def _complete(
-        self, request: ModelRequest, phase: str, turn: int | None, purpose: str, started_at: str
+        self,
+        request: ModelRequest,
+        phase: str | None,
+        turn: int | None,
+        purpose: str,
+        started_at: str,
     ) -> ModelResponse:
         def failed(attempt: FailedAttempt) -> None:
             self._record(
@@ -300,6 +305,6 @@ class ModelSession:
             return
         self.events.note(f"cache keep-alive after {self.keepalive_after_s:.0f}s idle")
         try:
-            self._complete(request, self.current_phase or "-", None, "keepalive", utc_now())
+            self._complete(request, self.current_phase, None, "keepalive", utc_now())
         except BackendError as exc:  # recorded as failed attempts; the build goes on
             self.events.warning(f"cache keep-alive failed: {exc}")
