@@ -69,3 +69,10 @@ class LocalModelError(FoundryError):
 
 class CacheStoreError(FoundryError):
     """The local prefix-cache store cannot be used."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM ends a build the way Ctrl-C does: marked interrupted, everything kept."""
+
+    def __str__(self) -> str:
+        return "terminated by a signal (SIGTERM)"

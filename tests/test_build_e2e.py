@@ -438,8 +438,15 @@ def test_failed_attempts_are_on_the_ledger(cli, tmp_path, anthropic_env) -> None
     assert "overloaded" in result.stderr
 
 
-def test_sigint_during_the_test_run(tmp_path, anthropic_server) -> None:
-    """A real Ctrl-C (SIGINT to the foundry process) while it runs a long test command."""
+@pytest.mark.parametrize(
+    ("signal_name", "reason"),
+    [
+        ("SIGINT", "interrupted by the user (Ctrl-C)"),
+        ("SIGTERM", "terminated by a signal (SIGTERM)"),
+    ],
+)
+def test_a_signal_during_the_test_run(tmp_path, anthropic_server, signal_name, reason) -> None:
+    """A real Ctrl-C (SIGINT), or a kill (SIGTERM), while foundry runs a long test command."""
     import os
     import signal
 
@@ -481,11 +488,9 @@ def test_sigint_during_the_test_run(tmp_path, anthropic_server) -> None:
     else:
         proc.wait()
         raise AssertionError("".join(seen))
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, signal_name))
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, "".join(seen) + err
     assert "ended interrupted" in err
-    assert build_statuses(tmp_path / "ledger.db") == [
-        ("interrupted", "interrupted by the user (Ctrl-C)")
-    ]
+    assert build_statuses(tmp_path / "ledger.db") == [("interrupted", reason)]
     assert "build hello: interrupted" in out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import typer
 
 from foundry import console
-from foundry.errors import FoundryError, UsageError, WorkspaceError
+from foundry.errors import FoundryError, Terminated, UsageError, WorkspaceError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 IGNORED_FOR_MODE = {".foundry", ".git"}
@@ -86,11 +87,20 @@ def build(
     db: Path | None = typer.Option(None, "--db", help="Ledger file (default in FOUNDRY_HOME)."),
 ) -> None:
     """Run an orchestrated build: scout, architect, builder, test, deploy."""
+    arguments = locals()
+    # A killed build (SIGTERM from a CI runner or `kill`) must not stay "running" forever.
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        _build(**locals())
+        _build(**arguments)
     except KeyboardInterrupt:
         console.error("interrupted before the build started; nothing was recorded")
         raise typer.Exit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 def _build(

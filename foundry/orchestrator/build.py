@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from foundry.backends.base import Message
 from foundry.errors import BudgetExceeded, FoundryError
+from foundry.fsutil import write_atomic
 from foundry.orchestrator.deploy import deploy
 from foundry.orchestrator.display import Events
 from foundry.orchestrator.loop import run_turns
@@ -33,7 +34,6 @@ from foundry.orchestrator.testing import (
     clear_old_results,
     detected_note,
     run_test_phase,
-    write_atomic,
 )
 from foundry.orchestrator.tools import tool_specs
 from foundry.orchestrator.workspace import SKIPPED_DIRS, Workspace
@@ -294,8 +294,8 @@ class BuildRun:
                     break
         except BudgetExceeded as exc:
             status, error = "budget_exceeded", str(exc)
-        except KeyboardInterrupt:
-            status, error = "interrupted", "interrupted by the user (Ctrl-C)"
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM raised as errors.Terminated
+            status, error = "interrupted", str(exc) or "interrupted by the user (Ctrl-C)"
         except FoundryError as exc:
             status, error = "failed", str(exc)
         except Exception as exc:  # a bug: record it, then let it surface
