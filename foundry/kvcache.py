@@ -53,6 +53,7 @@ class Lookup:
     reason: str  # why it missed, or "hit"
     load_ms: float = 0.0
     size: int = 0
+    prefill_ms: float | None = None  # what computing this prefix cost when it was saved
 
     @property
     def hit(self) -> bool:
@@ -166,7 +167,12 @@ class PrefixCacheStore:
         if offsets != {len(tokens)}:
             self._drop(key, "KV length does not match its token ids")
             return Lookup(key, None, "saved prefix was inconsistent and was removed")
-        return Lookup(key, cache, "hit", (time.perf_counter() - started) * 1000, size)
+        try:
+            prefill_ms: float | None = float(meta["prefill_ms"])
+        except (KeyError, ValueError):
+            prefill_ms = None
+        load_ms = (time.perf_counter() - started) * 1000
+        return Lookup(key, cache, "hit", load_ms, size, prefill_ms)
 
     def _read(self, path: Path) -> tuple[list[Any], dict[str, str]]:
         mx = import_mlx()
@@ -188,8 +194,15 @@ class PrefixCacheStore:
 
     # -- save --------------------------------------------------------------------------------
 
-    def save(self, identity: PrefixIdentity, tokens: list[int], cache: list[Any]) -> int:
-        """Save `cache` (exactly `tokens` long) under its key; returns bytes written, 0 if not."""
+    def save(
+        self,
+        identity: PrefixIdentity,
+        tokens: list[int],
+        cache: list[Any],
+        prefill_ms: float | None = None,
+    ) -> int:
+        """Save `cache` (exactly `tokens` long) under its key; returns bytes written, 0 if not.
+        `prefill_ms`, the measured cost of computing it, is what a later hit saves."""
         mx = import_mlx()
         from mlx_lm.models.cache import save_prompt_cache
 
@@ -207,6 +220,8 @@ class PrefixCacheStore:
             "token_ids": json.dumps(tokens, separators=(",", ":")),
             "n_tokens": str(len(tokens)),
         }
+        if prefill_ms is not None:
+            metadata["prefill_ms"] = f"{prefill_ms:.3f}"
         try:
             mx.eval([layer.state for layer in cache])
             save_prompt_cache(str(temp), cache, metadata)

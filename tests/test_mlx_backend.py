@@ -78,6 +78,27 @@ def test_cold_then_saved_prefix_gives_the_same_reply(model_dir, tmp_path) -> Non
     assert_cache_is_exact(second)
 
 
+def test_prefill_time_saved_is_what_the_prefix_cost_to_compute(model_dir, tmp_path) -> None:
+    cfg = config(tmp_path)
+    first = backend(model_dir, cfg)
+    first.complete(request())
+    cold_ms = first.last_cache_event["prefill_s"] * 1000
+    prefix = first.last_cache_event["prefilled"]
+    # In-memory reuse is credited in proportion to the measured cost of the prefix.
+    messages = [
+        Message("user", [{"type": "text", "text": "Build a todo app"}]),
+        Message("assistant", [{"type": "text", "text": "Reading the files."}]),
+        Message("user", [{"type": "text", "text": "The tests pass."}]),
+    ]
+    turn = first.complete(request(messages=messages)).usage
+    assert turn.prefill_saved_ms == pytest.approx(cold_ms * turn.cache_read_tokens / prefix)
+    # A new build loading the prefix from disk saves its measured cost, less the load.
+    second = backend(model_dir, cfg)
+    warm = second.complete(request()).usage
+    load_ms = second.last_cache_event["load_ms"]
+    assert warm.prefill_saved_ms == pytest.approx(max(cold_ms - load_ms, 0.0), abs=0.01)
+
+
 def test_turns_prefill_only_what_they_add_and_trim_back_on_divergence(model_dir, tmp_path) -> None:
     b = backend(model_dir, config(tmp_path))
     messages = [Message("user", [{"type": "text", "text": "Build a todo app"}])]

@@ -55,6 +55,8 @@ class MLXBackend:
         self._cache: list[Any] | None = None  # the conversation's KV cache...
         self._cache_tokens: list[int] = []  # ...and exactly the tokens it holds
         self._prefill_rate: float | None = None
+        # (tokens, ms) of the static prefix as measured when it was computed: what reuse saves.
+        self._prefix_cost: tuple[int, float] | None = None
         self.context_window: int | None = None  # prompt + reply tokens; None: unknown
         self.last_cache_event: dict[str, Any] = {}  # what the last request did, for reports
         self._checked = False  # check() passed; the build command and _ensure_loaded both call it
@@ -153,11 +155,16 @@ class MLXBackend:
                     prefill(self._loaded.model, cache, prefix)
                     event["prefill_s"] = time.perf_counter() - started
                     event["prefilled"] = len(prefix)
-                    written = self._store.save(self._identity, prefix, cache)
+                    self._prefix_cost = (len(prefix), event["prefill_s"] * 1000)
+                    written = self._store.save(
+                        self._identity, prefix, cache, prefill_ms=self._prefix_cost[1]
+                    )
                     event["written"] = len(prefix) if written else 0
                     self._cache, self._cache_tokens = cache, list(prefix)
                     return {**event, "source": "computed", "reason": lookup.reason}
         self._cache, self._cache_tokens = lookup.cache, list(prefix)
+        if lookup.prefill_ms is not None:
+            self._prefix_cost = (len(prefix), lookup.prefill_ms)
         return {
             **event,
             "source": "store",
@@ -239,11 +246,24 @@ class MLXBackend:
             generation_tokens_per_s=(
                 times.generated / times.generate_s if times.generate_s > 0 else None
             ),
-            prefill_saved_ms=(event["reused"] / best_rate * 1000) if best_rate else None,
+            prefill_saved_ms=self._saved_ms(event, best_rate),
         )
         hit_max = not times.ended_on_eos
         self.last_cache_event = {**event, "new_tokens": len(new_tokens), "max_tokens": max_tokens}
         return detok.text, usage, hit_max
+
+    def _saved_ms(self, event: dict[str, Any], fallback_rate: float | None) -> float | None:
+        """Prefill time the reused tokens saved, net of loading them. Scaled from the measured
+        cost of the prefix: conservative, as later tokens cost more (they attend to more).
+        Dividing by this request's own rate instead overstated it up to 2x, since a few
+        tokens appended to a long prefix prefill far slower than the prefix's average."""
+        reused = event["reused"]
+        if not reused:
+            return 0.0
+        if self._prefix_cost is not None:
+            tokens, ms = self._prefix_cost
+            return max(ms * reused / tokens - event.get("load_ms", 0.0), 0.0)
+        return reused / fallback_rate * 1000 if fallback_rate else None
 
     def complete(
         self,
