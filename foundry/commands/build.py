@@ -183,6 +183,7 @@ def _build(
         return
 
     from foundry.backends import create_backend
+    from foundry.orchestrator.build import BuildPlan
 
     model_backend = create_backend(backend_name, config, model_name)
     try:
@@ -190,23 +191,23 @@ def _build(
         if not yes and stdin_is_tty():
             _confirm(name, workdir, mode, backend_name, model_name, phase_list, projection)
         workdir.mkdir(parents=True, exist_ok=True)
-        result = _run(
-            config,
-            model_backend,
-            pricing,
-            prompt,
-            db,
-            ledger_path,
-            workdir,
-            name,
-            task.strip(),
-            mode,
-            phase_list,
-            iterations,
-            turns,
-            max_cost,
-            cache_ttl,
+        plan = BuildPlan(
+            name=name,
+            task=task.strip(),
+            workdir=workdir,
+            mode=mode,
+            phases=phase_list,
+            max_test_iterations=iterations,
+            max_turns=turns,
+            max_cost=max_cost,
+            ttl=cache_ttl,
+            max_tokens=(
+                config.anthropic.max_tokens
+                if model_backend.name == "anthropic"
+                else config.mlx.max_tokens
+            ),
         )
+        result = _run(plan, config, model_backend, pricing, prompt, ledger_path(config, db))
     finally:
         model_backend.close()
     _report(result, json_output)
@@ -246,45 +247,13 @@ def _confirm(name, workdir, mode, backend_name, model_name, phase_list, projecti
         raise typer.Exit(1)
 
 
-def _run(
-    config,
-    model_backend,
-    pricing,
-    prompt,
-    db,
-    ledger_path,
-    workdir,
-    name,
-    task,
-    mode,
-    phase_list,
-    iterations,
-    turns,
-    max_cost,
-    cache_ttl,
-):
+def _run(plan, config, model_backend, pricing, prompt, db_path: Path):
     from foundry.ledger import Ledger
-    from foundry.orchestrator.build import BuildPlan, BuildRun
+    from foundry.orchestrator.build import BuildRun
     from foundry.orchestrator.display import make_display, phase_table
 
-    plan = BuildPlan(
-        name=name,
-        task=task,
-        workdir=workdir,
-        mode=mode,
-        phases=phase_list,
-        max_test_iterations=iterations,
-        max_turns=turns,
-        max_cost=max_cost,
-        ttl=cache_ttl,
-        max_tokens=(
-            config.anthropic.max_tokens
-            if model_backend.name == "anthropic"
-            else config.mlx.max_tokens
-        ),
-    )
-    ledger = Ledger.open(ledger_path(config, db), pricing)
-    display = make_display(console.stderr, max_cost)
+    ledger = Ledger.open(db_path, pricing)
+    display = make_display(console.stderr, plan.max_cost)
     try:
         result = BuildRun(
             plan,
