@@ -80,13 +80,17 @@ class PrefixCacheStore:
         max_bytes: int = 4 * 1024**3,
         ttl_days: float = 30.0,
         memory_budget_mb: int = 4096,
+        create: bool = True,
     ) -> None:
         self.dir = Path(directory)
         self.max_bytes = max_bytes
         self.ttl_s = ttl_days * 86400
         self.memory_budget_bytes = memory_budget_mb * 1024 * 1024
         try:
-            (self.dir / "locks").mkdir(parents=True, exist_ok=True)
+            # A backend creates the store up front, so an unwritable dir fails before any
+            # model call; listing a store that does not exist yet creates nothing.
+            if create:
+                (self.dir / "locks").mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise CacheStoreError(
                 f"cannot create the prefix-cache dir {self.dir}: {exc.strerror}",
@@ -95,13 +99,14 @@ class PrefixCacheStore:
         self.manifest = Manifest(self.dir)
 
     @classmethod
-    def from_config(cls, config: FoundryConfig) -> PrefixCacheStore:
+    def from_config(cls, config: FoundryConfig, *, create: bool = True) -> PrefixCacheStore:
         pc = config.prefix_cache
         return cls(
             prefix_cache_dir(config),
             max_bytes=pc.max_bytes,
             ttl_days=pc.ttl_days,
             memory_budget_mb=pc.memory_budget_mb,
+            create=create,
         )
 
     def path_for(self, key: str) -> Path:

@@ -63,3 +63,11 @@ def test_prune_applies_the_configured_ttl(cli, store, tmp_path) -> None:
     removed = json.loads(result.stdout)["removed"]
     assert sorted(r["reason"] for r in removed) == ["expired", "expired"]
     assert json.loads(cli("cache", "stats", "--json").stdout)["entries"] == 0
+
+
+def test_commands_on_a_store_that_does_not_exist_create_nothing(cli, isolated_env) -> None:
+    for args in (("stats", "--json"), ("list", "--json"), ("prune",), ("clear",)):
+        result = cli("cache", *args)
+        assert result.exit_code == 0, result.stderr
+    assert json.loads(cli("cache", "stats", "--json").stdout)["entries"] == 0
+    assert not (isolated_env / "prefix-cache").exists()

@@ -23,7 +23,7 @@ def _store(config_path: Path | None):
     from foundry.config import load_config
     from foundry.kvcache import PrefixCacheStore
 
-    return PrefixCacheStore.from_config(load_config(config_path))
+    return PrefixCacheStore.from_config(load_config(config_path), create=False)
 
 
 def _mb(size: int) -> str:
