@@ -64,36 +64,6 @@ def unreadable(path: Path, exc: sqlite3.DatabaseError) -> LedgerError:
     )
 
 
-REQUEST_COLUMNS = (
-    "build_id",
-    "phase",
-    "turn",
-    "purpose",
-    "backend",
-    "model",
-    "started_at",
-    "duration_ms",
-    "ttft_ms",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_5m_tokens",
-    "cache_write_1h_tokens",
-    "cost_usd",
-    "uncached_cost_usd",
-    "pricing_version",
-    "cost_warning",
-    "status",
-    "error_class",
-    "stop_reason",
-    "provider_request_id",
-    "prefill_saved_ms",
-    "prefill_tokens_per_s",
-    "generation_tokens_per_s",
-    "peak_memory_mb",
-)
-
-
 def connect(path: Path) -> sqlite3.Connection:
     try:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so no implicit transactions.

@@ -17,6 +17,36 @@ MIGRATIONS_TABLE = "_sqlite_migrations"
 # up-to-date ledger never imports sqlite_utils, which pulls in numpy (~0.3 s of start-up).
 MIGRATION_NAMES: tuple[str, ...] = ("0001_initial",)
 
+# The requests columns a recording writes, in INSERT order (the table is created below).
+REQUEST_COLUMNS = (
+    "build_id",
+    "phase",
+    "turn",
+    "purpose",
+    "backend",
+    "model",
+    "started_at",
+    "duration_ms",
+    "ttft_ms",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_5m_tokens",
+    "cache_write_1h_tokens",
+    "cost_usd",
+    "uncached_cost_usd",
+    "pricing_version",
+    "cost_warning",
+    "status",
+    "error_class",
+    "stop_reason",
+    "provider_request_id",
+    "prefill_saved_ms",
+    "prefill_tokens_per_s",
+    "generation_tokens_per_s",
+    "peak_memory_mb",
+)
+
 ROLLUP_SUMS = (
     "input_tokens",
     "output_tokens",

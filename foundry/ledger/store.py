@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from foundry.errors import LedgerError
-from foundry.ledger.files import REQUEST_COLUMNS, classify, connect, unreadable
+from foundry.ledger.files import classify, connect, unreadable
+from foundry.ledger.schema import REQUEST_COLUMNS
 from foundry.timestamps import format_utc, normalize_timestamp, utc_now
 
 if TYPE_CHECKING:
