@@ -1,7 +1,7 @@
 """Prefix-cache benchmark for the MLX backend on SmolLM2-135M (pulled with `foundry models pull`).
 
-Measures, with the packaged orchestrator prompt (or a ~2,800-token stand-in while that
-prompt is a placeholder) and a short task:
+Measures, with the packaged orchestrator prompt and a short task (the scout phase's first
+request, as a build sends it):
   * time to first token cold (empty store: prefill everything, save the prefix) vs warm
     (a new backend instance loads the saved prefix and prefills only the dynamic tokens);
   * the physical floor: prefilling only the dynamic tokens onto a prefix already in memory;
@@ -26,59 +26,46 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from foundry.backends.base import Message, ModelRequest  # noqa: E402
 from foundry.config import FoundryConfig  # noqa: E402
 from foundry.local_models import DEFAULT_MODEL, pull, resolve_model  # noqa: E402
+from foundry.orchestrator.phases import BY_NAME, first_user_turn  # noqa: E402
+from foundry.orchestrator.tools import tool_specs  # noqa: E402
+from foundry.prompt import TaskConfig, load_template, render_split  # noqa: E402
 
 TASK = "Build a CLI todo app with tests"
-FILLER = (
+# Stands in for tool results in turns 2-5 of the conversation benchmark.
+TOOL_RESULT = (
     "When a phase starts, read the previous phase's artifact first. Prefer small, verifiable "
     "steps: write one module, run its tests, then continue. Never invent file contents you "
     "have not read; use read_file and list_files to look. Keep the build log current. "
 )
 
 
-def static_and_dynamic() -> tuple[str, str, str]:
-    """The packaged prompt's split; a ~2,800-token stand-in when it is still a placeholder."""
+def static_and_dynamic() -> tuple[str, str]:
+    """The packaged prompt, split as a build of TASK splits it."""
+    here = os.getcwd()
+    os.chdir(tempfile.gettempdir())  # load_template(None) prefers ./orchestrator_prompt.txt
     try:
-        from foundry.prompt import TaskConfig, load_template, render_split
-        from foundry.tokens import estimate_tokens
-
-        here = os.getcwd()
-        os.chdir(tempfile.gettempdir())  # load_template(None) prefers ./orchestrator_prompt.txt
-        try:
-            template = load_template(None)
-        finally:
-            os.chdir(here)
-        split = render_split(template, TaskConfig("todo", TASK, "/tmp/bench-todo"))
-        if estimate_tokens(split.static) >= 2000:
-            return split.static, split.dynamic, "packaged orchestrator prompt"
-    except Exception as exc:  # the prompt module may not be there yet
-        print(f"(packaged prompt unavailable: {exc})", file=sys.stderr)
-    static = "You are foundry's build orchestrator.\n\n" + FILLER * 48
-    dynamic = f"Build name: todo\nTask: {TASK}\nWorking directory: /tmp/bench-todo\n"
-    return static, dynamic, "stand-in static text (the packaged prompt was not ready)"
+        template = load_template(None)
+    finally:
+        os.chdir(here)
+    split = render_split(template, TaskConfig("todo", TASK, "/tmp/bench-todo"))
+    return split.static, split.dynamic
 
 
-def tools():
-    try:
-        from foundry.orchestrator.tools import tool_specs
-
-        return tool_specs()
-    except Exception:
-        return []
+def first_turn(dynamic: str) -> list[Message]:
+    """The scout phase's first user turn, exactly as a build sends it."""
+    text = first_user_turn(dynamic, BY_NAME["scout"], [])
+    return [Message("user", [{"type": "text", "text": text}])]
 
 
 def request(static: str, messages: list[Message], max_tokens: int) -> ModelRequest:
     return ModelRequest(
         model=DEFAULT_MODEL,
         system=static,
-        tools=tools(),
+        tools=tool_specs(),
         messages=messages,
         max_tokens=max_tokens,
         temperature=0.0,
     )
-
-
-def first_turn(dynamic: str) -> list[Message]:
-    return [Message("user", [{"type": "text", "text": dynamic + "\nPhase: scout. Start."}])]
 
 
 def backend(config: FoundryConfig, reuse: bool = True):
@@ -108,7 +95,7 @@ def conversation(config, static, dynamic, reuse: bool, turns: int = 5) -> list[d
         reply = response.text or "Listing the files."
         messages = messages + [
             Message("assistant", [{"type": "text", "text": reply}]),
-            Message("user", [{"type": "text", "text": f"Result {turn + 1}: " + FILLER[:300]}]),
+            Message("user", [{"type": "text", "text": f"Result {turn + 1}: " + TOOL_RESULT[:300]}]),
         ]
     return rows
 
@@ -126,7 +113,7 @@ def main() -> int:
     except Exception:
         print("pulling smollm2-135m ...")
         pull(DEFAULT_MODEL, progress=lambda m: print("  " + m))
-    static, dynamic, source = static_and_dynamic()
+    static, dynamic = static_and_dynamic()
     store_dir = Path(tempfile.mkdtemp(prefix="foundry-bench-store-"))
     config = FoundryConfig.model_validate({"prefix_cache": {"dir": str(store_dir)}})
 
@@ -156,7 +143,6 @@ def main() -> int:
     with_reuse = conversation(config, static, dynamic, reuse=True)
     without_reuse = conversation(config, static, dynamic, reuse=False)
     figures = {
-        "prompt": source,
         "prefix_tokens": n_prefix,
         "dynamic_tokens": n_total - n_prefix,
         "cold_ttft_ms": cold.ttft_ms,
@@ -171,7 +157,7 @@ def main() -> int:
         "five_turns_without_reuse": without_reuse,
         "peak_memory_mb": peak_memory_mb(),
     }
-    print(f"\nprompt: {source}; prefix {n_prefix} tokens + dynamic {n_total - n_prefix} tokens")
+    print(f"\npackaged prompt: prefix {n_prefix} tokens + dynamic {n_total - n_prefix} tokens")
     print(f"cold TTFT   {cold.ttft_ms:9.1f} ms  (prefill {cold.prefill_tokens_per_s:.0f} tok/s)")
     print(f"warm TTFT   {warm.ttft_ms:9.1f} ms  (saved prefix load {load_ms:.1f} ms)")
     print(f"floor       {floor:9.1f} ms  (dynamic tokens onto an in-memory prefix)")

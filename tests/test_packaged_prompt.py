@@ -53,7 +53,7 @@ def test_renders_and_splits_for_every_sample_task(packaged):
     for task in SAMPLE_TASKS:
         split = render_split(packaged, task)
         statics.add(split.static_sha256)
-        assert f"# Build: {task.name}" in split.dynamic
+        assert f"# Build card: {task.name}" in split.dynamic
         assert task.task in split.dynamic and task.workdir in split.dynamic
         assert DEFAULT_MARKER not in split.static + split.dynamic
     assert len(statics) == 1  # one static part for every build
@@ -74,13 +74,32 @@ def test_the_dynamic_part_renders_the_task_configuration(packaged):
         "api", "Add an endpoint", "/srv/api", mode="existing", phases=("builder", "test")
     )
     dynamic = render_split(packaged, task).dynamic
-    assert "Mode: **existing project**" in dynamic
-    assert "Phases in this build, in order: builder, test." in dynamic
-    assert "Test runs: at most 3" in dynamic
-    assert "no architect phase" in dynamic
+    assert "- Task: Add an endpoint" in dynamic
+    assert "- Working directory: `/srv/api`" in dynamic
+    assert "- Mode: existing project" in dynamic
+    assert "- Phases: builder, test" in dynamic
+    assert "- Test runs: 3" in dynamic
     new = render_split(packaged, TaskConfig("a", "b", "/c", phases=("scout", "builder"))).dynamic
-    assert "Mode: **new project**" in new
-    assert "no test phase" in new
+    assert "- Mode: new project" in new
+    assert "Test runs" not in new  # no test phase, so no test-run limit
+
+
+def test_the_static_part_explains_every_field_of_the_build_card(packaged):
+    # The card carries values only; their meaning is cached above the marker.
+    static = render_split(packaged).static
+    for field in ("Task", "Working directory", "Mode", "Phases", "Test runs"):
+        assert f"- **{field}**:" in static, field
+    for rule in ("`existing project`", "Without a test", "but no architect", "`tests_failed`"):
+        assert rule in static, rule
+
+
+def test_the_dynamic_part_is_the_task_plus_a_few_dozen_tokens(packaged):
+    # Every dynamic token is prefilled again in each phase (and on a local model it is
+    # what a warm start waits for), so instructions must not creep below the marker.
+    task = TaskConfig("todo", "Build a CLI todo app with tests", "/tmp/todo")
+    dynamic = render_split(packaged, task).dynamic
+    overhead = estimate_tokens(dynamic) - estimate_tokens(task.task + task.workdir + task.name)
+    assert overhead <= 50, dynamic  # the old prose "Setting" section was ~115
 
 
 def test_static_part_size_is_between_the_cache_floor_and_the_local_ceiling(packaged):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from foundry.backends.base import ToolSpec, Usage
-from foundry.orchestrator.phases import BY_NAME
+from foundry.orchestrator.phases import BY_NAME, first_user_turn
 from foundry.pricing import PricingTable
 
 # Expected model turns per phase (a fix round for the test phase) and per-turn sizes.
@@ -71,7 +71,7 @@ def project(
     artifacts = 0
     for name in phases:
         turns = _phase_turns(name, max_turns, max_test_iterations, ceiling)
-        first_turn = estimate_tokens(dynamic) + estimate_tokens(BY_NAME[name].goal) + 40
+        first_turn = estimate_tokens(first_user_turn(dynamic, BY_NAME[name], []))
         first_turn += artifacts * ARTIFACT_TOKENS
         row = Projection(usage=Usage())
         conversation_cached = 0

@@ -1,4 +1,6 @@
-"""The phases, their order, goals and artifacts, and each phase's first user turn."""
+"""The phases, their order and artifacts, and each phase's first user turn.
+
+What each phase must do is in its section of the static prompt (prompts/<phase>.md)."""
 
 from __future__ import annotations
 
@@ -19,46 +21,16 @@ _TEST_COMMAND_RE = re.compile(rf"<!-- {TEST_COMMAND_TAG}: (.*) -->\s*$", re.MULT
 @dataclass(frozen=True)
 class Phase:
     name: str
-    goal: str
     artifact: str | None  # the report file the orchestrator writes from finish_phase
     model_driven: bool = True  # deploy is done by the orchestrator alone
 
 
 PHASES: tuple[Phase, ...] = (
-    Phase(
-        "scout",
-        "Explore the working directory and the task. Read what exists, note the language, "
-        "layout, conventions, dependencies and risks. Do not change any file. Finish with a "
-        "scout report.",
-        "scout-report.md",
-    ),
-    Phase(
-        "architect",
-        "Design the solution: files to create or change, their responsibilities, the data "
-        "flow, and how it will be tested. Do not write the code yet. Finish with the "
-        "architecture document and give test_command: one shell command, run from the "
-        "working directory, that runs the tests and exits non-zero when any fails.",
-        "architecture.md",
-    ),
-    Phase(
-        "builder",
-        "Implement the architecture: write the code and its tests with the workspace tools. "
-        "You may run commands to check your work. Finish with a build log of what you wrote.",
-        "build-log.md",
-    ),
-    Phase(
-        "test",
-        "The orchestrator ran the test command and it failed; its output is below. Find the "
-        "cause, fix the code (or a wrong test), then call finish_phase. The orchestrator "
-        "re-runs the tests itself and judges by the exit code.",
-        None,
-    ),
-    Phase(
-        "deploy",
-        "The orchestrator commits the result to a local git repository.",
-        None,
-        model_driven=False,
-    ),
+    Phase("scout", "scout-report.md"),
+    Phase("architect", "architecture.md"),
+    Phase("builder", "build-log.md"),
+    Phase("test", None),
+    Phase("deploy", None, model_driven=False),
 )
 PHASE_NAMES: tuple[str, ...] = tuple(p.name for p in PHASES)
 BY_NAME = {p.name: p for p in PHASES}
@@ -152,12 +124,13 @@ def saved_test_command(workdir: Path) -> str | None:
 def first_user_turn(
     dynamic: str, phase: Phase, artifacts: list[tuple[str, str]], extra: str | None = None
 ) -> str:
-    """The first user turn of a phase: the task part of the prompt, the phase and its goal,
-    then the earlier phases' artifacts. Everything before this turn is the cached prefix."""
+    """The first user turn of a phase: the build card, the phase's name, then the earlier
+    phases' artifacts. Everything before this turn is the cached prefix, so the phase's goal
+    and rules live there (its section of the static prompt) and are not repeated here: every
+    token of this turn is sent uncached, or prefilled on a local model, in every phase."""
     parts = [
         dynamic.strip(),
-        f"## Current phase: {phase.name}\n\n{phase.goal}\n\n"
-        "Use the workspace tools, then call finish_phase exactly once when the phase is done.",
+        f"## Current phase: {phase.name}",
     ]
     for filename, text in artifacts:
         parts.append(f"## Artifact .foundry/{filename}\n\n{text.strip()}")
