@@ -185,3 +185,29 @@ def test_retry_policy_backoff_and_jitter():
         == 9
     )
     assert policy.next_delay(error_class="timeout", retries_done=0, elapsed_s=999.5) is None
+
+
+@pytest.mark.parametrize("variant", ["bad_json", "unknown_index", "missing_text"])
+def test_a_malformed_stream_is_retried_like_a_broken_one(anthropic_server, monkeypatch, variant):
+    # A proxy or an "Anthropic-compatible" server can send events the real API never does.
+    be, fake = make(anthropic_server, monkeypatch)
+    anthropic_server.enqueue([{"type": "text", "text": "the answer"}])
+    anthropic_server.enqueue_fault("garbled", variant=variant)
+    failed: list[FailedAttempt] = []
+    response = be.complete(request(), on_failed_attempt=failed.append)
+    assert response.text == "the answer"
+    assert [(f.error_class, f.will_retry) for f in failed] == [("stream_interrupted", True)]
+    assert "malformed stream" in failed[0].message
+    # message_start had arrived: its usage (the cache write) is kept for the ledger.
+    assert failed[0].usage.cache_write_5m_tokens > 0
+
+
+def test_a_server_that_always_garbles_ends_in_a_clear_error(anthropic_server, monkeypatch):
+    be, fake = make(anthropic_server, monkeypatch, max_retries=1)
+    for _ in range(2):
+        anthropic_server.enqueue_fault("garbled", variant="bad_json")
+    with pytest.raises(BackendError) as info:
+        be.complete(request())
+    assert info.value.error_class == "stream_interrupted" and info.value.retryable
+    assert "malformed stream" in info.value.message and "after 2 attempts" in info.value.message
+    assert info.value.hint

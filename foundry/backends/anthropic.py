@@ -302,9 +302,6 @@ class AnthropicBackend:
                 request_id = stream.response.headers.get("request-id")
                 for event in stream:
                     state.handle(event)
-        except _MalformedStream as exc:
-            usage = self._usage(state, request)
-            raise _AttemptFailed("stream_interrupted", str(exc), usage, request_id) from None
         except (anthropic.APIError, httpx2.HTTPError, httpx2.StreamError) as exc:
             error_class, retry_after = classify_error(
                 exc, streaming_started=state.start_usage is not None
@@ -317,6 +314,19 @@ class AnthropicBackend:
                 self._usage(state, request),
                 request_id,
                 retry_after,
+            ) from None
+        except (_MalformedStream, ValueError, LookupError, AttributeError, TypeError) as exc:
+            # Not the API's shape (the real API never sends this; a proxy or a "compatible"
+            # server might): an event that is not JSON, names a block never started, or
+            # lacks a field. Retried like a broken stream, never a traceback.
+            detail = (
+                str(exc) if isinstance(exc, _MalformedStream) else f"{type(exc).__name__}: {exc}"
+            )
+            raise _AttemptFailed(
+                "stream_interrupted",
+                self._scrub(f"the server sent a malformed stream: {detail}"),
+                self._usage(state, request),
+                request_id,
             ) from None
         if not state.stopped:
             raise _AttemptFailed(

@@ -41,7 +41,21 @@ ERROR_FAULTS = {
     "overloaded": (529, "overloaded_error", "Overloaded"),
     "server_error": (500, "api_error", "Internal server error"),
 }
-FAULT_KINDS = {*ERROR_FAULTS, "error", "stream_cut", "sse_error", "slow", "drop"}
+# What a proxy or an "Anthropic-compatible" server has been seen to send mid-stream; the
+# real API never does. Each is sent after message_start, then the stream ends cleanly.
+GARBLED_EVENTS = {
+    "bad_json": b'event: content_block_delta\ndata: {"type": "content_block_delta", "ind\n\n',
+    "unknown_index": sse.event(
+        "content_block_delta",
+        {"type": "content_block_delta", "index": 7, "delta": {"type": "text_delta", "text": "x"}},
+    ),
+    "missing_text": sse.event(
+        "content_block_delta",
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta"}},
+    ),
+}
+STREAM_FAULTS = ("stream_cut", "sse_error", "garbled")
+FAULT_KINDS = {*ERROR_FAULTS, "error", *STREAM_FAULTS, "slow", "drop"}
 
 
 class FakeClock:
@@ -255,7 +269,7 @@ class _Handler(BaseHTTPRequestHandler):
             if kind == "rate_limit" or "retry_after" in options:
                 headers["retry-after"] = str(options.get("retry_after", 1))
             return self._error(status, error_type, options.get("message", message), headers)
-        if kind == "drop" or (kind in ("stream_cut", "sse_error") and not body.get("stream")):
+        if kind == "drop" or (kind in STREAM_FAULTS and not body.get("stream")):
             return self._cut()
         try:
             plan = fake.cache.plan(body, workspace=key)  # looked up at arrival
@@ -263,9 +277,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(400, "invalid_request_error", str(exc))
         if kind == "slow":
             time.sleep(float(options.get("delay_s", 2.0)))
-        content, stop_reason = fake._reply_for(
-            body, consume=kind not in ("stream_cut", "sse_error")
-        )
+        content, stop_reason = fake._reply_for(body, consume=kind not in STREAM_FAULTS)
         content = fake._fill_ids(content)
         usage = dict(plan.usage, output_tokens=sse.output_tokens(content))
         message_id = f"msg_fake{next(fake._ids):06d}"
@@ -294,6 +306,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._chunk(sse.event("error", payload))
             self._chunk(b"")
             self.close_connection = True
+            return None
+        if kind == "garbled":
+            body_events = list(sse.body_events(message))
+            self._chunk(body_events[0])  # content_block_start of block 0
+            self._chunk(GARBLED_EVENTS[options.get("variant", "bad_json")])
+            for data in itertools.chain(body_events[1:], sse.end_events(message)):
+                self._chunk(data)
+            self._chunk(b"")
             return None
         pause = float(options.get("chunk_delay_s", 0.0)) if kind == "slow" else 0.0
         for data in itertools.chain(sse.body_events(message), sse.end_events(message)):
