@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from foundry.formatting import money
+
 if TYPE_CHECKING:
     from foundry.config import FoundryConfig
     from foundry.prompt import ParsedTemplate
@@ -215,10 +217,6 @@ def _verdict(model: str, c: Any, problem: str | None, tokens: int, exact: bool) 
 # --------------------------------------------------------------------------- the rich view
 
 
-def _usd(value: float | None) -> str:
-    return "—" if value is None else f"${value:,.4f}"
-
-
 def _lines(count: int) -> str:
     return f"{count:,} rendered line{'' if count == 1 else 's'}"
 
@@ -332,9 +330,9 @@ def _render_projection(report: dict[str, Any], out: Any, approx: str) -> None:
         table.add_row(
             row["model"],
             minimum,
-            _usd(row["uncached_usd"]),
-            _usd(row["cached_5m_usd"]),
-            _usd(row["cached_1h_usd"]),
+            money(row["uncached_usd"]),
+            money(row["cached_5m_usd"]),
+            money(row["cached_1h_usd"]),
             row["recommended_ttl"],
             style="bold" if is_chosen else ("dim" if row["will_cache"] is False else None),
         )
@@ -355,7 +353,7 @@ def _render_projection(report: dict[str, Any], out: Any, approx: str) -> None:
         advice = (
             f"none: the static part is below {chosen['model']}'s minimum, so it cannot cache"
             if chosen["will_cache"] is False
-            else f"{chosen['recommended_ttl']} (saves {_usd(chosen['saving_usd'])} over "
+            else f"{chosen['recommended_ttl']} (saves {money(chosen['saving_usd'])} over "
             f"{a['builds']} builds against no caching)"
         )
         out.print(Text(f"Recommended TTL for {chosen['model']}: {advice}", style="bold"))

@@ -12,18 +12,12 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from foundry.formatting import money, percent
+
 if TYPE_CHECKING:
     from foundry.backends.base import Usage
     from foundry.orchestrator.metered import ModelSession, PhaseStats
     from foundry.orchestrator.shell import CommandResult
-
-
-def money(value: float | None) -> str:
-    return "n/a" if value is None else f"${value:,.4f}"
-
-
-def percent(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0%}"
 
 
 class Events:
@@ -221,7 +215,5 @@ def _cost_line(summary: dict[str, Any]) -> str:
         saved = summary.get("prefill_saved_s")
         reuse = f"; cache reuse saved ~{saved:,.1f} s of prefill" if saved else ""
         return f"  cost           $0 (local model){reuse}"
-    return (
-        f"  cost           {money(summary['cost_usd'])} (saved {money(summary['saved_usd'])} "
-        "by caching)"
-    )
+    cost, saved = money(summary["cost_usd"], "n/a"), money(summary["saved_usd"], "n/a")
+    return f"  cost           {cost} (saved {saved} by caching)"
