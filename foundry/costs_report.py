@@ -8,6 +8,7 @@ import io
 import sys
 from typing import Any
 
+from foundry.formatting import money
 from foundry.ledger.report import ReportRow
 
 KEY_HEADERS = {
@@ -151,12 +152,6 @@ def budget_warning(status: dict[str, Any]) -> str | None:
 # ---- rendering ---------------------------------------------------------------------------
 
 
-def money(value: float | None) -> str:
-    if value is None:
-        return "—"
-    return f"${value:,.2f}" if abs(value) >= 10 else f"${value:.4f}"
-
-
 def _num(value: int | None) -> str:
     return "—" if value is None else f"{value:,}"
 
@@ -209,7 +204,11 @@ def render_table(report: dict[str, Any]) -> None:
 
     from foundry import console
 
-    rows = [*report["rows"], report["totals"]]
+    total = report["totals"]
+    if report["rows"] and all(r["kind"] == "local" for r in report["rows"]):
+        # Nothing was paid for: the total is local too (time saved, not "$0.0000 saved").
+        total = {**total, "kind": "local"}
+    rows = [*report["rows"], total]
     grids = {}
     for wide in (True, False):
         if wide:

@@ -283,3 +283,16 @@ def test_the_report_never_writes_to_an_up_to_date_ledger(cli, tmp_path: Path) ->
     before = db.read_bytes()
     assert cli("costs", "--db", str(db)).exit_code == 0
     assert db.read_bytes() == before
+
+
+def test_a_local_only_total_shows_time_saved_not_zero_dollars(cli, tmp_path: Path) -> None:
+    db = tmp_path / "l.db"
+    for saved_ms in (14_030.0, 6_000.0):
+        record(db, utc_now(), model="smollm2-135m", backend="mlx",
+               usage=Usage(27, 50, 2806, prefill_saved_ms=saved_ms))  # fmt: skip
+    result = cli("costs", "--db", str(db), "--by", "model", env=WIDE)
+    assert result.exit_code == 0, result.stderr
+    total = [line for line in result.stdout.splitlines() if line.startswith("Total")][0]
+    assert "local" in total and "20.0 s" in total and "$" not in total
+    report = costs_json(cli, "--db", str(db))
+    assert report["totals"]["kind"] == "total" and report["totals"]["prefill_saved_s"] == 20.03
