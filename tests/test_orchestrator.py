@@ -369,3 +369,16 @@ def test_the_result_lines_show_dollars_for_claude_and_prefill_time_for_a_local_m
     )
     assert "$0 (local model); cache reuse saved ~87.4 s of prefill" in local
     assert "by caching" not in local
+
+
+def test_every_final_build_status_has_an_exit_code_and_a_ledger_value():
+    # Three modules name the statuses (summary schema, exit codes, ledger check); a status
+    # added to one and not the others would crash a build at its very end.
+    from typing import get_args
+
+    from foundry.ledger import BUILD_STATUSES
+    from foundry.orchestrator.summary import BuildStatus
+
+    final = set(get_args(BuildStatus))
+    assert final == set(EXIT_CODES)
+    assert final | {"running"} == BUILD_STATUSES
