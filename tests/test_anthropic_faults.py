@@ -196,8 +196,8 @@ def test_a_malformed_stream_is_retried_like_a_broken_one(anthropic_server, monke
     failed: list[FailedAttempt] = []
     response = be.complete(request(), on_failed_attempt=failed.append)
     assert response.text == "the answer"
-    assert [(f.error_class, f.will_retry) for f in failed] == [("stream_interrupted", True)]
-    assert "malformed stream" in failed[0].message
+    assert [(f.error_class, f.will_retry) for f in failed] == [("malformed_stream", True)]
+    assert "not the Anthropic API's" in failed[0].message
     # message_start had arrived: its usage (the cache write) is kept for the ledger.
     assert failed[0].usage.cache_write_5m_tokens > 0
 
@@ -208,6 +208,20 @@ def test_a_server_that_always_garbles_ends_in_a_clear_error(anthropic_server, mo
         anthropic_server.enqueue_fault("garbled", variant="bad_json")
     with pytest.raises(BackendError) as info:
         be.complete(request())
-    assert info.value.error_class == "stream_interrupted" and info.value.retryable
-    assert "malformed stream" in info.value.message and "after 2 attempts" in info.value.message
-    assert info.value.hint
+    assert info.value.error_class == "malformed_stream" and info.value.retryable
+    assert "not JSON" in info.value.message and "after 2 attempts" in info.value.message
+    assert "ANTHROPIC_BASE_URL" in info.value.hint  # where to look, not "try again later"
+
+
+def test_a_bug_in_the_text_callback_is_raised_not_retried_as_a_server_fault(
+    anthropic_server, monkeypatch
+):
+    # Only the server's events are judged malformed; foundry's own errors must surface.
+    be, fake = make(anthropic_server, monkeypatch)
+
+    def broken(text: str) -> None:
+        raise KeyError("display bug")
+
+    with pytest.raises(KeyError, match="display bug"):
+        be.complete(request(), on_text=broken)
+    assert fake.sleeps == [] and len(anthropic_server.requests) == 1

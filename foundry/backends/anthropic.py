@@ -61,14 +61,36 @@ class _AttemptFailed(Exception):
 
 
 class _MalformedStream(Exception):
-    """The server sent a stream foundry cannot assemble (retried like a broken stream)."""
+    """The server sent a stream the real API never would (retried; its own hint if it stays)."""
+
+
+def _field(obj: Any, name: str, where: str, kind: type = object) -> Any:
+    """A field the API always sends; missing or of the wrong type, the stream is not the API's."""
+    value = getattr(obj, name, None)
+    if value is None or not isinstance(value, kind):
+        raise _MalformedStream(f"{where} event without a valid {name!r}")
+    return value
+
+
+def _events(stream: Any) -> Any:
+    """The SDK's events; data that is not JSON is a malformed stream, not a crash."""
+    iterator = iter(stream)
+    while True:
+        try:
+            event = next(iterator)
+        except StopIteration:
+            return
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise _MalformedStream(
+                f"an event that is not JSON ({exc.__class__.__name__})"
+            ) from None
+        yield event
 
 
 class _Stream:
     """Accumulates one streamed response from the SDK's raw events."""
 
-    def __init__(self, on_text: TextCallback | None) -> None:
-        self.on_text = on_text
+    def __init__(self) -> None:
         self.t0 = time.perf_counter()
         self.ttft_ms: float | None = None
         self.blocks: dict[int, dict[str, Any]] = {}
@@ -84,45 +106,57 @@ class _Stream:
         if self.ttft_ms is None:
             self.ttft_ms = (time.perf_counter() - self.t0) * 1000
 
-    def handle(self, event: Any) -> None:
-        kind = event.type
+    def handle(self, event: Any) -> str | None:
+        """Take one event; return the text it adds, for the caller to stream. An event the
+        real API would never send (a proxy's, a "compatible" server's) is _MalformedStream."""
+        kind = getattr(event, "type", None)
         if kind == "message_start":
-            self.start_usage = event.message.usage.model_dump()
-            self.model, self.message_id = event.message.model, event.message.id
+            message = _field(event, "message", kind)
+            self.start_usage = _field(message, "usage", kind).model_dump()
+            self.model, self.message_id = (
+                getattr(message, "model", None),
+                getattr(message, "id", None),
+            )
         elif kind == "content_block_start":
-            block = event.content_block
+            block, index = _field(event, "content_block", kind), _field(event, "index", kind, int)
             if block.type == "text":
-                self.blocks[event.index] = {"type": "text", "text": block.text or ""}
+                self.blocks[index] = {"type": "text", "text": block.text or ""}
             elif block.type == "tool_use":
-                self.blocks[event.index] = {
+                self.blocks[index] = {
                     "type": "tool_use",
                     "id": block.id,
                     "name": block.name,
                     "input": {},
                 }
-                self.json_parts[event.index] = []
+                self.json_parts[index] = []
             else:
-                self.blocks[event.index] = block.model_dump(exclude_none=True)
+                self.blocks[index] = block.model_dump(exclude_none=True)
         elif kind == "content_block_delta":
             self._first_token()
-            delta = event.delta
+            index, delta = _field(event, "index", kind), _field(event, "delta", kind)
             if delta.type == "text_delta":
-                self.blocks[event.index]["text"] += delta.text
-                if self.on_text is not None:
-                    self.on_text(delta.text)
-            elif delta.type == "input_json_delta":
-                self.json_parts[event.index].append(delta.partial_json)
-        elif kind == "content_block_stop" and event.index in self.json_parts:
+                block = self.blocks.get(index)
+                if block is None or block.get("type") != "text":
+                    raise _MalformedStream(f"a text delta for block {index!r}, no text block")
+                text = _field(delta, "text", "a text delta", str)
+                block["text"] += text
+                return text
+            if delta.type == "input_json_delta":
+                if index not in self.json_parts:
+                    raise _MalformedStream(f"a tool input delta for block {index!r}, no tool")
+                self.json_parts[index].append(_field(delta, "partial_json", "a delta", str))
+        elif kind == "content_block_stop" and getattr(event, "index", None) in self.json_parts:
             raw = "".join(self.json_parts.pop(event.index))
             try:
                 self.blocks[event.index]["input"] = json.loads(raw) if raw else {}
             except ValueError:
                 raise _MalformedStream("a tool_use input arrived as invalid JSON") from None
         elif kind == "message_delta":
-            self.stop_reason = event.delta.stop_reason
-            self.final_usage = event.usage.model_dump()
+            self.stop_reason = getattr(_field(event, "delta", kind), "stop_reason", None)
+            self.final_usage = _field(event, "usage", kind).model_dump()
         elif kind == "message_stop":
             self.stopped = True
+        return None
 
     @property
     def elapsed_ms(self) -> float:
@@ -278,7 +312,7 @@ class AnthropicBackend:
                     what = f"Anthropic request failed ({failure.error_class}){attempts}"
                     raise BackendError(
                         f"{what}: {failure.message}",
-                        GAVE_UP_HINT if retryable else HINTS.get(failure.error_class),
+                        HINTS.get(failure.error_class) or (GAVE_UP_HINT if retryable else None),
                         error_class=failure.error_class,
                         retryable=retryable,
                     ) from None
@@ -295,13 +329,15 @@ class AnthropicBackend:
         import anthropic
         import httpx2
 
-        state = _Stream(on_text)
+        state = _Stream()
         request_id: str | None = None
         try:
             with client.messages.create(**params, stream=True) as stream:
                 request_id = stream.response.headers.get("request-id")
-                for event in stream:
-                    state.handle(event)
+                for event in _events(stream):
+                    text = state.handle(event)
+                    if text and on_text is not None:
+                        on_text(text)
         except (anthropic.APIError, httpx2.HTTPError, httpx2.StreamError) as exc:
             error_class, retry_after = classify_error(
                 exc, streaming_started=state.start_usage is not None
@@ -315,16 +351,10 @@ class AnthropicBackend:
                 request_id,
                 retry_after,
             ) from None
-        except (_MalformedStream, ValueError, LookupError, AttributeError, TypeError) as exc:
-            # Not the API's shape (the real API never sends this; a proxy or a "compatible"
-            # server might): an event that is not JSON, names a block never started, or
-            # lacks a field. Retried like a broken stream, never a traceback.
-            detail = (
-                str(exc) if isinstance(exc, _MalformedStream) else f"{type(exc).__name__}: {exc}"
-            )
+        except _MalformedStream as exc:
             raise _AttemptFailed(
-                "stream_interrupted",
-                self._scrub(f"the server sent a malformed stream: {detail}"),
+                "malformed_stream",
+                f"the server sent a stream that is not the Anthropic API's: {exc}",
                 self._usage(state, request),
                 request_id,
             ) from None

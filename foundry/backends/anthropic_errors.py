@@ -25,6 +25,8 @@ HINTS = {
     "bad_request": "the API rejected the request; run with FOUNDRY_DEBUG=1 for details",
     "context_too_long": "the conversation exceeds the model's context window; use a shorter "
     "task or a model with a larger window",
+    "malformed_stream": "the server at the base URL (anthropic.base_url / ANTHROPIC_BASE_URL) "
+    "or a proxy in between does not speak the Anthropic streaming format; check it",
 }
 GAVE_UP_HINT = (
     "retries exhausted; try again later, or raise anthropic.max_retries / "

@@ -9,7 +9,15 @@ from dataclasses import dataclass, field
 # Failures that a later identical request can succeed at. Everything else (a bad key, a
 # bad request, a context too long) fails the same way again, so it is never retried.
 RETRYABLE = frozenset(
-    {"rate_limited", "overloaded", "server_error", "timeout", "connection", "stream_interrupted"}
+    {
+        "rate_limited",
+        "overloaded",
+        "server_error",
+        "timeout",
+        "connection",
+        "stream_interrupted",
+        "malformed_stream",  # a proxy's glitch can pass; the hint says where to look if not
+    }
 )
 BASE_DELAY_S = 1.0
 MAX_DELAY_S = 30.0
