@@ -74,7 +74,7 @@ def test_the_dynamic_part_renders_the_task_configuration(packaged):
         "api", "Add an endpoint", "/srv/api", mode="existing", phases=("builder", "test")
     )
     dynamic = render_split(packaged, task).dynamic
-    assert "- Task: Add an endpoint" in dynamic
+    assert dynamic.endswith("## Task\n\nAdd an endpoint")
     assert "- Working directory: `/srv/api`" in dynamic
     assert "- Mode: existing project" in dynamic
     assert "- Phases: builder, test" in dynamic
@@ -84,10 +84,19 @@ def test_the_dynamic_part_renders_the_task_configuration(packaged):
     assert "Test runs" not in new  # no test phase, so no test-run limit
 
 
+def test_a_multi_line_task_cannot_swallow_the_fields_of_the_card(packaged):
+    # `foundry build x "$(cat spec.md)"`: the task is last, under its own heading, so a
+    # list inside it is never read as more of the card.
+    spec = "Build a todo CLI.\n\n## Requirements\n- add\n- list"
+    dynamic = render_split(packaged, TaskConfig("x", spec, "/w")).dynamic
+    assert dynamic.endswith("## Task\n\n" + spec)
+    assert dynamic.index("- Test runs: 3") < dynamic.index("## Requirements")
+
+
 def test_the_static_part_explains_every_field_of_the_build_card(packaged):
     # The card carries values only; their meaning is cached above the marker.
     static = render_split(packaged).static
-    for field in ("Task", "Working directory", "Mode", "Phases", "Test runs"):
+    for field in ("Working directory", "Mode", "Phases", "Test runs"):
         assert f"- **{field}**:" in static, field
     for rule in ("`existing project`", "Without a test", "but no architect", "`tests_failed`"):
         assert rule in static, rule
