@@ -12,12 +12,18 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from foundry.formatting import money, percent
+from foundry.formatting import money as _money
+from foundry.formatting import percent
 
 if TYPE_CHECKING:
     from foundry.backends.base import Usage
     from foundry.orchestrator.metered import ModelSession, PhaseStats
     from foundry.orchestrator.shell import CommandResult
+
+
+def money(value: float | None) -> str:
+    """A build's cost is None when a model has no price: unknown, which "n/a" says in prose."""
+    return _money(value, missing="n/a")
 
 
 class Events:
@@ -215,5 +221,5 @@ def _cost_line(summary: dict[str, Any]) -> str:
         saved = summary.get("prefill_saved_s")
         reuse = f"; cache reuse saved ~{saved:,.1f} s of prefill" if saved else ""
         return f"  cost           $0 (local model){reuse}"
-    cost, saved = money(summary["cost_usd"], "n/a"), money(summary["saved_usd"], "n/a")
+    cost, saved = money(summary["cost_usd"]), money(summary["saved_usd"])
     return f"  cost           {cost} (saved {saved} by caching)"
