@@ -232,7 +232,7 @@ def _projection(prompt, phase_list, backend_name, model_name, ttl, pricing, turn
 
 
 def _confirm(name, workdir, mode, backend_name, model_name, phase_list, projection) -> None:
-    from foundry.formatting import money
+    from foundry.orchestrator.display import money
 
     expected = money(projection["total"]["cost_usd"])
     ceiling = money(projection["ceiling"]["cost_usd"])

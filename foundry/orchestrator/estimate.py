@@ -171,7 +171,7 @@ def render_estimate(projection: dict[str, Any]) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    from foundry.formatting import money
+    from foundry.orchestrator.display import money
 
     table = Table(
         title=f"projected build: {projection['backend']} {projection['model']}, "
