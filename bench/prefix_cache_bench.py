@@ -25,10 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from foundry.backends.base import Message, ModelRequest  # noqa: E402
 from foundry.config import FoundryConfig  # noqa: E402
-from foundry.local_models import DEFAULT_MODEL, pull, resolve_model  # noqa: E402
+from foundry.local.model_dirs import DEFAULT_MODEL, resolve_model  # noqa: E402
+from foundry.local.pull import pull  # noqa: E402
 from foundry.orchestrator.phases import BY_NAME, first_user_turn  # noqa: E402
 from foundry.orchestrator.tools import tool_specs  # noqa: E402
-from foundry.prompt import TaskConfig, load_template, render_split  # noqa: E402
+from foundry.prompt.split import render_split  # noqa: E402
+from foundry.prompt.template import TaskConfig, load_template  # noqa: E402
 
 TASK = "Build a CLI todo app with tests"
 # Stands in for tool results in turns 2-5 of the conversation benchmark.
@@ -104,8 +106,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
-    from foundry.mlx_engine import prefill, sample
-    from foundry.mlx_runtime import peak_memory_mb, preload_openblas
+    from foundry.local.engine import prefill, sample
+    from foundry.local.runtime import peak_memory_mb, preload_openblas
 
     print(f"OpenBLAS: {preload_openblas() or 'not found'}")
     try:

@@ -1,4 +1,4 @@
-"""foundry.analysis: the cache minimum, the boundary recommendation, cache busters, and the
+"""foundry.prompt.analysis: the cache minimum, the boundary recommendation, cache busters, and the
 cost projection checked against figures worked out by hand."""
 
 from __future__ import annotations
@@ -8,10 +8,11 @@ from decimal import Decimal
 
 import pytest
 
-from foundry import analysis
 from foundry.pricing import ModelPrice, PricingTable
-from foundry.prompt import SAMPLE_TASKS, parse_template, template_from_text
-from foundry.tokens import estimate_tokens
+from foundry.prompt import analysis
+from foundry.prompt.split import SAMPLE_TASKS, parse_template
+from foundry.prompt.template import template_from_text
+from foundry.prompt.tokens import estimate_tokens
 
 M = "<<CACHE_BOUNDARY>>"
 

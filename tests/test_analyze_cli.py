@@ -159,7 +159,8 @@ def test_exact_counts_come_from_count_tokens(cli, anthropic_env):
     assert report["tokens"]["method"] == "exact"
     assert report["tokens"]["relative_error"] == 0
 
-    from foundry.prompt import SAMPLE_TASKS, load_template, render_split
+    from foundry.prompt.split import SAMPLE_TASKS, render_split
+    from foundry.prompt.template import load_template
 
     split = render_split(load_template(), SAMPLE_TASKS[0])
     assert report["static"]["tokens"] == server_count(split.static)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from foundry.backends import create_backend
-from foundry.backends.anthropic import AnthropicBackend, keepalive_request, map_usage
-from foundry.backends.anthropic_cache import build_layout, check_breakpoints
+from foundry.backends.anthropic.client import AnthropicBackend, keepalive_request, map_usage
+from foundry.backends.anthropic.layout import build_layout, check_breakpoints
 from foundry.backends.base import Message, ModelRequest, ToolSpec
 from foundry.config import FoundryConfig
 from foundry.errors import BackendError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from foundry.backends.anthropic import AnthropicBackend
+from foundry.backends.anthropic.client import AnthropicBackend
 from foundry.backends.base import FailedAttempt, Message, ModelRequest
 from foundry.backends.retry import RetryPolicy
 from foundry.config import FoundryConfig

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from foundry.config import FoundryConfig
-from foundry.kvcache import PrefixCacheStore, PrefixIdentity
-from foundry.mlx_engine import load_model, model_identity, prefill
+from foundry.local.engine import load_model, model_identity, prefill
+from foundry.local.prefix_store import PrefixCacheStore, PrefixIdentity
 from tests.tiny_model import build_tiny_model
 
 pytestmark = pytest.mark.mlx

@@ -82,7 +82,7 @@ def test_a_repair_that_would_not_fit_returns_the_text_as_is(model_dir, tmp_path)
 def test_the_context_window_comes_from_config_json_then_cache_config() -> None:
     from pathlib import Path
 
-    from foundry.mlx_engine import LoadedModel, context_window
+    from foundry.local.engine import LoadedModel, context_window
 
     def loaded(config: dict) -> LoadedModel:
         return LoadedModel(None, None, Path("."), "m", config, "float32", None)
@@ -103,7 +103,7 @@ def test_the_context_window_comes_from_config_json_then_cache_config() -> None:
 def test_a_model_without_a_declared_window_uses_cache_config(
     model_dir, tmp_path, monkeypatch
 ) -> None:
-    import foundry.mlx_engine as engine
+    import foundry.local.engine as engine
 
     cfg = FoundryConfig.model_validate(
         {

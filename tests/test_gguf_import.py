@@ -8,7 +8,7 @@ import pytest
 
 from foundry.config import models_dir
 from foundry.errors import LocalModelError, UsageError
-from foundry.gguf_import import import_gguf
+from foundry.local.gguf import import_gguf
 from tests.tiny_model import build_tiny_model, write_tiny_gguf
 
 pytestmark = pytest.mark.mlx
@@ -20,7 +20,7 @@ def tiny(tmp_path_factory):
 
 
 def _logits(path, tokens):
-    from foundry.mlx_runtime import import_mlx
+    from foundry.local.runtime import import_mlx
 
     mx = import_mlx()
     import mlx_lm
@@ -56,7 +56,7 @@ def test_imported_gguf_computes_what_the_original_computes(tiny, tmp_path, dtype
 
 
 def test_keep_dtype_keeps_float16_weights(tiny, tmp_path) -> None:
-    from foundry.mlx_runtime import import_mlx
+    from foundry.local.runtime import import_mlx
 
     mx = import_mlx()
     target = import_gguf(write_tiny_gguf(tiny, tmp_path / "t.gguf", dtype="float16"), dtype="keep")

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from foundry.kvcache import PrefixCacheStore, PrefixIdentity, cache_key
-from foundry.mlx_engine import load_model, model_identity, prefill
+from foundry.local.engine import load_model, model_identity, prefill
+from foundry.local.prefix_store import PrefixCacheStore, PrefixIdentity, cache_key
 from tests.tiny_model import build_tiny_model
 
 pytestmark = pytest.mark.mlx

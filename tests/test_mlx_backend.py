@@ -7,7 +7,7 @@ import pytest
 from foundry.backends.base import Message, ModelRequest, ToolSpec
 from foundry.config import FoundryConfig
 from foundry.errors import LocalModelError
-from foundry.tool_calls import parse_tool_calls, to_chat_messages
+from foundry.local.tool_calls import parse_tool_calls, to_chat_messages
 from tests.tiny_model import build_tiny_model
 
 pytestmark = pytest.mark.mlx
@@ -43,7 +43,7 @@ def assert_cache_is_exact(b) -> None:
     equal replies alone would not show a stale or missing KV entry)."""
     import numpy as np
 
-    from foundry.mlx_engine import prefill
+    from foundry.local.engine import prefill
 
     probe = [5]
     warm = prefill(b._loaded.model, b._cache, probe)
@@ -300,7 +300,7 @@ def test_a_model_of_another_architecture_runs(tmp_path) -> None:
 
 
 def test_openblas_is_found_from_the_environment(tmp_path, monkeypatch) -> None:
-    from foundry.mlx_runtime import openblas_candidates
+    from foundry.local.runtime import openblas_candidates
 
     lib = tmp_path / "libopenblas.so.0"
     lib.write_bytes(b"")
@@ -313,8 +313,8 @@ def test_the_system_turn_appends_compact_schemas_and_no_second_format_text(
 ) -> None:
     import json
 
+    from foundry.local.tool_calls import FALLBACK_FORMAT
     from foundry.orchestrator.tools import tool_specs
-    from foundry.tool_calls import FALLBACK_FORMAT
 
     b = backend(model_dir, config(tmp_path))
     b._ensure_loaded()

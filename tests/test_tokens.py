@@ -1,4 +1,4 @@
-"""foundry.tokens: the offline estimate (its documented per-piece costs) and the exact count
+"""foundry.prompt.tokens: the offline estimate (its documented per-piece costs) and the exact count
 through Anthropic's count_tokens endpoint (against the local test server)."""
 
 from __future__ import annotations
@@ -9,7 +9,12 @@ import pytest
 
 from foundry.config import FoundryConfig
 from foundry.errors import FoundryError
-from foundry.tokens import ESTIMATE_ERROR, ESTIMATE_METHOD, count_tokens_exact, estimate_tokens
+from foundry.prompt.tokens import (
+    ESTIMATE_ERROR,
+    ESTIMATE_METHOD,
+    count_tokens_exact,
+    estimate_tokens,
+)
 from tests.anthropic_server import count_tokens as server_count
 
 

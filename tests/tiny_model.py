@@ -68,7 +68,7 @@ def build_tiny_model(
     directory: Path, *, seed: int = 0, chat_template: str = CHATML_TEMPLATE, **overrides: Any
 ) -> Path:
     """Create the model directory (random weights from `seed`) and return it."""
-    from foundry.mlx_runtime import import_mlx
+    from foundry.local.runtime import import_mlx
 
     mx = import_mlx()
     from mlx.utils import tree_flatten
@@ -89,7 +89,7 @@ def build_tiny_model(
 
 def build_tiny_gpt2(directory: Path, *, seed: int = 0) -> Path:
     """A tiny GPT-2: an architecture whose layers name their parts differently from llama's."""
-    from foundry.mlx_runtime import import_mlx
+    from foundry.local.runtime import import_mlx
 
     mx = import_mlx()
     from mlx.utils import tree_flatten
@@ -118,7 +118,7 @@ def _write_model_dir(
     config: dict[str, Any],
     chat_template: str = CHATML_TEMPLATE,
 ) -> Path:
-    from foundry.mlx_runtime import import_mlx
+    from foundry.local.runtime import import_mlx
 
     import_mlx().save_safetensors(str(directory / "model.safetensors"), weights, {"format": "mlx"})
     (directory / "config.json").write_text(json.dumps(config, indent=2), "utf-8")
@@ -155,7 +155,7 @@ def write_tiny_gguf(
     drop: tuple[str, ...] = (),
 ) -> Path:
     """Write the tiny model as a llama GGUF the way llama.cpp's converter lays it out."""
-    from foundry.mlx_runtime import import_mlx
+    from foundry.local.runtime import import_mlx
 
     mx = import_mlx()
     config = json.loads((model_dir / "config.json").read_text())

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from foundry.config import FoundryConfig
 
 BACKENDS: dict[str, str] = {
-    "anthropic": "foundry.backends.anthropic:AnthropicBackend",
+    "anthropic": "foundry.backends.anthropic.client:AnthropicBackend",
     "mlx": "foundry.backends.mlx:MLXBackend",
 }
 

@@ -29,9 +29,10 @@ from foundry.backends.base import (
 )
 from foundry.config import FoundryConfig
 from foundry.errors import BackendError, FoundryError, LocalModelError
-from foundry.local_models import PULLABLE, pull, resolve_model
+from foundry.local.model_dirs import PULLABLE, resolve_model
+from foundry.local.pull import pull
+from foundry.local.tool_calls import new_tool_use_id, repair_prompt
 from foundry.timestamps import utc_now
-from foundry.tool_calls import new_tool_use_id, repair_prompt
 
 log = logging.getLogger("foundry.mlx")
 MAX_REPAIRS = 1  # how often a malformed tool call is answered before the text goes back as is
@@ -66,7 +67,7 @@ class MLXBackend:
     def check(self) -> None:
         if self._checked:
             return
-        from foundry.mlx_runtime import import_mlx_lm
+        from foundry.local.runtime import import_mlx_lm
 
         import_mlx_lm()
         try:
@@ -87,9 +88,9 @@ class MLXBackend:
     def _ensure_loaded(self) -> Any:
         if self._loaded is not None:
             return self._loaded
-        from foundry.kvcache import PrefixCacheStore
-        from foundry.mlx_chat import ChatRenderer
-        from foundry.mlx_engine import context_window, load_model, model_identity
+        from foundry.local.chat import ChatRenderer
+        from foundry.local.engine import context_window, load_model, model_identity
+        from foundry.local.prefix_store import PrefixCacheStore
 
         self.check()
         path = resolve_model(self.model)
@@ -120,7 +121,7 @@ class MLXBackend:
         """Trim the conversation cache back to its common prefix with `tokens`, if worth it."""
         from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
 
-        from foundry.mlx_chat import common_prefix_length
+        from foundry.local.chat import common_prefix_length
 
         if self._cache is None or not self.reuse_conversation:
             return None
@@ -135,7 +136,7 @@ class MLXBackend:
 
     def _prepare_cache(self, tokens: list[int], prefix: list[int], use_store: bool) -> dict:
         """Leave self._cache holding a proper prefix of `tokens`; report what it took."""
-        from foundry.mlx_engine import prefill
+        from foundry.local.engine import prefill
 
         event: dict[str, Any] = {"reused": 0, "written": 0, "prefilled": 0, "prefill_s": 0.0}
         reused = self._reuse_in_memory(tokens, prefix)
@@ -193,7 +194,7 @@ class MLXBackend:
     # -- one generation ----------------------------------------------------------------------
 
     def _generate(self, rendered: Any, request: ModelRequest, on_text: TextCallback | None):
-        from foundry.mlx_engine import StepTimes, generate_tokens
+        from foundry.local.engine import StepTimes, generate_tokens
 
         use_store = request.ttl is not None
         started = time.perf_counter()
@@ -272,7 +273,7 @@ class MLXBackend:
         on_text: TextCallback | None = None,
         on_failed_attempt: AttemptCallback | None = None,
     ) -> ModelResponse:
-        from foundry.mlx_runtime import peak_memory_mb, reset_peak_memory
+        from foundry.local.runtime import peak_memory_mb, reset_peak_memory
 
         started_at = utc_now()
         loaded = self._ensure_loaded()

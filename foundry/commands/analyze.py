@@ -17,7 +17,7 @@ from foundry.formatting import money
 
 if TYPE_CHECKING:
     from foundry.config import FoundryConfig
-    from foundry.prompt import ParsedTemplate
+    from foundry.prompt.template import ParsedTemplate
 
 EXIT_WILL_NOT_CACHE = 3
 DEFAULT_REQUESTS_PER_BUILD = 20  # ~ scout 4 + architect 3 + builder 10 + one test fix round 4
@@ -72,14 +72,14 @@ def analyze_prompt(
 def _split_and_render(
     config: FoundryConfig, template: Path | None
 ) -> tuple[ParsedTemplate, list[tuple[str, str]], str | None]:
-    from foundry.prompt import (
+    from foundry.prompt.split import (
         SAMPLE_TASKS,
         check_parts,
         contrasting_task,
-        load_template,
         parse_template,
         static_difference,
     )
+    from foundry.prompt.template import load_template
 
     parsed = parse_template(load_template(template), config.caching.boundary_marker)
     variants = [(parsed.render_static(t), parsed.render_dynamic(t)) for t in SAMPLE_TASKS]
@@ -101,9 +101,10 @@ def run_analysis(
     """Everything analyze-prompt reports, as one JSON-ready dict."""
     from dataclasses import asdict
 
-    from foundry import analysis, tokens
     from foundry.pricing import PricingTable
-    from foundry.prompt import SAMPLE_TASKS, text_sha256
+    from foundry.prompt import analysis, tokens
+    from foundry.prompt.split import SAMPLE_TASKS
+    from foundry.prompt.template import text_sha256
 
     parsed, variants, problem = _split_and_render(config, template)
     static, dynamic = variants[0]
@@ -300,7 +301,7 @@ def render_report(report: dict[str, Any], out: Any) -> None:
 
 
 def _sample_names() -> list[str]:
-    from foundry.prompt import SAMPLE_TASKS
+    from foundry.prompt.split import SAMPLE_TASKS
 
     return [t.name for t in SAMPLE_TASKS]
 

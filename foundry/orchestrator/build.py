@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from foundry.config import FoundryConfig
     from foundry.ledger import Ledger
     from foundry.pricing import PricingTable
-    from foundry.prompt import SplitPrompt
+    from foundry.prompt.split import SplitPrompt
 
 EXIT_CODES = {
     "completed": 0,

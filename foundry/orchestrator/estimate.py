@@ -1,5 +1,5 @@
 """`foundry build --estimate`: projected requests, tokens and cost of a build, without
-calling a model. Token counts use foundry.tokens' offline estimate; turn counts and sizes
+calling a model. Token counts use foundry.prompt.tokens' offline estimate; turn counts and sizes
 are the documented assumptions below, so the result is a projection, not a quote."""
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def project(
     max_test_iterations: int,
     ceiling: bool = False,
 ) -> dict[str, Any]:
-    from foundry.tokens import estimate_tokens
+    from foundry.prompt.tokens import estimate_tokens
 
     prefix = estimate_tokens(static) + estimate_tokens(json.dumps([t.to_dict() for t in tools]))
     price = pricing.get(model)
@@ -147,7 +147,7 @@ def _row(name: str, p: Projection) -> dict[str, Any]:
 
 def estimate_build(**kwargs: Any) -> dict[str, Any]:
     """The expected projection plus a ceiling where every phase uses all its turns."""
-    from foundry.tokens import ESTIMATE_METHOD
+    from foundry.prompt.tokens import ESTIMATE_METHOD
 
     expected = project(**kwargs)
     ceiling = project(**kwargs, ceiling=True)

@@ -154,7 +154,7 @@ class ModelSession:
 
     # -- the budget -------------------------------------------------------------------
     def _tokens(self, payload: Any) -> int:
-        from foundry.tokens import estimate_tokens
+        from foundry.prompt.tokens import estimate_tokens
 
         text = payload if isinstance(payload, str) else json.dumps(payload, sort_keys=True)
         return estimate_tokens(text)
@@ -282,7 +282,7 @@ class ModelSession:
             return
         if self.clock() - self.last_request_at < self.keepalive_after_s:
             return
-        from foundry.backends.anthropic import keepalive_request
+        from foundry.backends.anthropic.client import keepalive_request
         from foundry.ledger import utc_now
 
         base = self.last_request or ModelRequest(

@@ -16,13 +16,13 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from foundry.backends.anthropic_cache import build_layout, keepalive_request, map_usage
-from foundry.backends.anthropic_errors import (
+from foundry.backends.anthropic.errors import (
     API_KEY_ENV,
     GAVE_UP_HINT,
     HINTS,
     classify_error,
 )
+from foundry.backends.anthropic.layout import build_layout, keepalive_request, map_usage
 from foundry.backends.base import (
     AttemptCallback,
     FailedAttempt,

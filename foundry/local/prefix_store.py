@@ -24,10 +24,10 @@ from typing import Any
 
 from foundry.config import FoundryConfig, prefix_cache_dir
 from foundry.errors import CacheStoreError
-from foundry.kvstore_manifest import Manifest, last_used_epoch
-from foundry.mlx_runtime import import_mlx
+from foundry.local.manifest import Manifest, last_used_epoch
+from foundry.local.runtime import import_mlx
 
-log = logging.getLogger("foundry.kvcache")
+log = logging.getLogger("foundry.local.prefix_store")
 FORMAT_VERSION = "1"
 STALE_TEMP_S = 3600.0
 TEMP_GRACE_S = 60.0

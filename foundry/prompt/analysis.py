@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from foundry.pricing import ModelPrice
-    from foundry.prompt import VariableUse
+    from foundry.prompt.template import VariableUse
 
 TTL_HOURS: dict[str, float] = {"5m": 5 / 60, "1h": 1.0}
 # Constant text below the marker smaller than this is not worth moving (a heading, a rule).

@@ -16,8 +16,8 @@ from typing import Any
 
 from foundry.errors import LocalModelError
 from foundry.fsutil import write_atomic
-from foundry.kvcache import PrefixIdentity
-from foundry.mlx_runtime import import_mlx, import_mlx_lm, versions
+from foundry.local.prefix_store import PrefixIdentity
+from foundry.local.runtime import import_mlx, import_mlx_lm, versions
 
 PREFILL_STEP = 512
 IDENTITY_FILES = (

@@ -14,8 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from foundry.errors import LocalModelError, UsageError
-from foundry.local_models import Progress, check_name, install_dir, staging_dir, write_provenance
-from foundry.mlx_runtime import import_mlx, is_apple_silicon
+from foundry.local.model_dirs import (
+    Progress,
+    check_name,
+    install_dir,
+    staging_dir,
+    write_provenance,
+)
+from foundry.local.runtime import import_mlx, is_apple_silicon
 
 DTYPES = ("auto", "float32", "float16", "keep")
 GGUF_GROUP_SIZE = 32

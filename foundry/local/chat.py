@@ -13,7 +13,7 @@ from typing import Any
 
 from foundry.backends.base import ModelRequest
 from foundry.errors import LocalModelError
-from foundry.tool_calls import (
+from foundry.local.tool_calls import (
     TAG_OPEN,
     ParsedReply,
     parse_tool_calls,

@@ -1,7 +1,7 @@
 """Loading and rendering the orchestrator prompt template: where it comes from, the Jinja
 sandbox it renders in, includes, and one-line errors with file and line.
 
-foundry.prompt builds the boundary split on top of this; import from there.
+foundry.prompt.split builds the boundary split on top of this; import from there.
 """
 
 from __future__ import annotations

