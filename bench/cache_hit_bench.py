@@ -20,9 +20,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from foundry.backends.anthropic.client import AnthropicBackend  # noqa: E402
-from foundry.backends.base import Message, ModelRequest, ToolSpec, Usage  # noqa: E402
+from foundry.backends.base import Message, ModelRequest, ToolSpec  # noqa: E402
 from foundry.config import FoundryConfig  # noqa: E402
 from foundry.pricing import PricingTable  # noqa: E402
+from foundry.usage import Usage  # noqa: E402
 from tests.fake_anthropic import FakeAnthropic  # noqa: E402
 
 PHASES = ["scout", "architect", "builder", "tester", "deployer"]

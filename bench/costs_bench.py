@@ -24,12 +24,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from foundry.backends.base import Usage  # noqa: E402
+from foundry.backends.registry import is_local  # noqa: E402
 from foundry.ledger import Ledger  # noqa: E402
 from foundry.ledger.periods import resolve_zone  # noqa: E402
 from foundry.ledger.report import Filters, aggregate  # noqa: E402
 from foundry.ledger.store import REQUEST_COLUMNS, format_utc  # noqa: E402
 from foundry.pricing import PricingTable  # noqa: E402
+from foundry.usage import Usage  # noqa: E402
 
 MODELS = [
     ("anthropic", "claude-sonnet-4-6"),
@@ -64,8 +65,8 @@ def build_ledger(path: Path, rows: int, days: int = 730, seed: int = 7) -> None:
     # would dominate the set-up time and the bench is about reading, not recording.
     unit = {}
     for backend, model in MODELS:
-        c = pricing.cost(Usage(1_000_000, 0, 0, 0, 0), model, backend)
-        o = pricing.cost(Usage(0, 1_000_000, 0, 0, 0), model, backend)
+        c = pricing.cost(Usage(1_000_000, 0, 0, 0, 0), model, local=is_local(backend))
+        o = pricing.cost(Usage(0, 1_000_000, 0, 0, 0), model, local=is_local(backend))
         unit[model] = (c.cost_usd or 0.0, o.cost_usd or 0.0, c.pricing_version)
 
     def rows_iter():

@@ -18,7 +18,6 @@ TEMPLATE_FILENAME = "orchestrator_prompt.txt"
 SCHEMA_VERSION = 1
 
 Ttl = Literal["5m", "1h"]
-BackendName = Literal["auto", "anthropic", "mlx"]
 
 
 class _Section(BaseModel):
@@ -43,10 +42,22 @@ class CachingConfig(_Section):
 
 
 class BackendConfig(_Section):
-    # "auto": Claude when ANTHROPIC_API_KEY is set, else the local model.
-    default: BackendName = "auto"
+    # "auto": the first backend in the registry's order that is available (Claude when
+    # ANTHROPIC_API_KEY is set, else the local model).
+    default: str = "auto"
     anthropic_model: str = "claude-sonnet-4-6"
     mlx_model: str = "smollm2-135m"
+
+    @field_validator("default")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        from foundry.backends.registry import AUTO, BACKEND_NAMES
+
+        if value != AUTO and value not in BACKEND_NAMES:
+            raise ValueError(
+                f"unknown backend '{value}'; use one of: {', '.join(BACKEND_NAMES)}, auto"
+            )
+        return value
 
 
 class AnthropicConfig(_Section):
@@ -225,19 +236,3 @@ def prefix_cache_dir(config: FoundryConfig | None = None) -> Path:
     if config is not None and config.prefix_cache.dir:
         return Path(config.prefix_cache.dir).expanduser()
     return foundry_home() / "prefix-cache"
-
-
-def resolve_backend(config: FoundryConfig, requested: str | None = None) -> str:
-    """The backend a command will use: --backend, else the config; "auto" picks by API key."""
-    name = requested or config.backend.default
-    if name == "auto":
-        return "anthropic" if os.environ.get("ANTHROPIC_API_KEY") else "mlx"
-    if name not in ("anthropic", "mlx"):
-        from foundry.errors import UsageError
-
-        raise UsageError(f"unknown backend '{name}'", "use one of: anthropic, mlx, auto")
-    return name
-
-
-def default_model(config: FoundryConfig, backend: str) -> str:
-    return config.backend.anthropic_model if backend == "anthropic" else config.backend.mlx_model

@@ -1,11 +1,22 @@
-"""Atomic file writes: readers see the old file or the new one, never a partial one."""
+"""Files foundry writes: atomic writes (readers see the old file or the new one, never a
+partial one) and the names it accepts for the directories it creates."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 from pathlib import Path
+
+# Build and model names become directory names: no separators, no leading dot or dash.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+SAFE_NAME_RULE = "use letters, digits, '.', '_' or '-' (no slashes, at most 100 characters)"
+
+
+def is_safe_name(name: str) -> bool:
+    """A name usable as one directory name (fullmatch: a trailing newline is no match)."""
+    return _SAFE_NAME.fullmatch(name) is not None and not name.endswith(".")
 
 
 def write_atomic(

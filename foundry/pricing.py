@@ -14,12 +14,11 @@ from typing import TYPE_CHECKING, Any
 from foundry.errors import PricingError
 
 if TYPE_CHECKING:
-    from foundry.backends.base import Usage
     from foundry.config import FoundryConfig
+    from foundry.usage import Usage
 
 _DATED_SUFFIX = re.compile(r"-(\d{8}|latest)$")
 _MILLION = Decimal(1_000_000)
-LOCAL_BACKENDS = frozenset({"mlx"})
 
 
 @dataclass(frozen=True)
@@ -154,9 +153,10 @@ class PricingTable:
     def models(self) -> list[ModelPrice]:
         return list(self._prices.values())
 
-    def cost(self, usage: Usage, model: str, backend: str = "anthropic") -> Cost:
-        """Cost of one request, and what it would have cost with no caching at all."""
-        if backend in LOCAL_BACKENDS:
+    def cost(self, usage: Usage, model: str, *, local: bool = False) -> Cost:
+        """Cost of one request, and what it would have cost with no caching at all. A local
+        backend's requests cost nothing in money (their saving is prefill time)."""
+        if local:
             return Cost(0.0, 0.0, "local")
         price = self.get(model)
         if price is None or not price.priced:

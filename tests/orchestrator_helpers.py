@@ -10,13 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from foundry.backends.base import FailedAttempt, ModelRequest, ModelResponse, Usage
+from foundry.backends.anthropic.layout import keepalive_request
+from foundry.backends.base import FailedAttempt, ModelRequest, ModelResponse
 from foundry.config import FoundryConfig
 from foundry.errors import BackendError
 from foundry.ledger import Ledger
 from foundry.orchestrator.build import BuildPlan, BuildResult, BuildRun
 from foundry.orchestrator.display import Events
 from foundry.pricing import PricingTable
+from foundry.usage import Usage
 
 _ids = itertools.count(1)
 Step = tuple[list[dict], str] | Callable[[ModelRequest], Any] | BaseException
@@ -53,14 +55,22 @@ class FakePrompt:
 
 
 class ScriptedBackend:
-    """Answers each request with the next scripted step; usage mimics a cached prefix."""
+    """Answers each request with the next scripted step; usage mimics a cached prefix.
+    Its capabilities are Claude's: metered, with a cache that keep-alives refresh."""
 
     name = "anthropic"
+    local = False
+    max_tokens = 1000
+    context_window = None
+    endpoint = None
 
     def __init__(self, steps: list[Step], model: str = "claude-sonnet-4-6") -> None:
         self.steps = list(steps)
         self.model = model
         self.requests: list[ModelRequest] = []
+
+    def keepalive_request(self, last: ModelRequest) -> ModelRequest | None:
+        return keepalive_request(last)
 
     def check(self) -> None:
         pass

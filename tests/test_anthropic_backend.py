@@ -11,10 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from foundry.backends import create_backend
-from foundry.backends.anthropic.client import AnthropicBackend, keepalive_request, map_usage
-from foundry.backends.anthropic.layout import build_layout, check_breakpoints
+from foundry.backends.anthropic.client import AnthropicBackend
+from foundry.backends.anthropic.layout import (
+    build_layout,
+    check_breakpoints,
+    keepalive_request,
+    map_usage,
+)
 from foundry.backends.base import Message, ModelRequest, ToolSpec
+from foundry.backends.registry import create_backend
 from foundry.config import FoundryConfig
 from foundry.errors import BackendError
 from foundry.pricing import PricingTable

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from foundry.commands import build as build_command
+from foundry.orchestrator import plan as build_plan
 from tests.orchestrator_helpers import write_template
 
 
@@ -62,7 +63,7 @@ def test_dir_that_is_a_file_or_not_writable(cli, tmp_path, template, monkeypatch
     afile.write_text("x")
     result = cli("build", "hello", "task", "--dir", str(afile), "--db", str(tmp_path / "l.db"))
     assert result.exit_code == 1 and "is a file, not a directory" in result.stderr
-    monkeypatch.setattr(build_command, "is_writable", lambda path: False)
+    monkeypatch.setattr(build_plan, "is_writable", lambda path: False)
     result = cli(
         "build",
         "hello",

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from foundry.backends.base import Usage
 from foundry.orchestrator.summary import BuildSummary
 from foundry.pricing import PricingTable
+from foundry.usage import Usage
 from tests.orchestrator_helpers import write_template
 
 TASK = "Create hello.py that prints hello, with a pytest test"
@@ -150,7 +150,7 @@ def assert_ledger_matches_server(db: Path, server: Any) -> list[dict[str, Any]]:
             usage.cache_write_5m_tokens,
             usage.cache_write_1h_tokens,
         )
-        expected = pricing.cost(usage, row["model"], "anthropic")
+        expected = pricing.cost(usage, row["model"])
         assert row["cost_usd"] == pytest.approx(expected.cost_usd, abs=1e-12)
         assert row["uncached_cost_usd"] == pytest.approx(expected.uncached_cost_usd, abs=1e-12)
     return rows

@@ -13,9 +13,8 @@ from foundry.config import (
     ledger_path,
     load_config,
     parse_config,
-    resolve_backend,
 )
-from foundry.errors import ConfigError, UsageError
+from foundry.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -83,13 +82,3 @@ def test_paths_follow_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("FOUNDRY_DB", str(tmp_path / "env.db"))
     assert ledger_path(config) == tmp_path / "env.db"
     assert ledger_path(config, tmp_path / "flag.db") == tmp_path / "flag.db"
-
-
-def test_auto_backend_picks_claude_only_with_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    config = FoundryConfig()
-    assert resolve_backend(config) == "mlx"
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
-    assert resolve_backend(config) == "anthropic"
-    assert resolve_backend(config, "mlx") == "mlx"
-    with pytest.raises(UsageError, match="unknown backend 'gpt'"):
-        resolve_backend(config, "gpt")

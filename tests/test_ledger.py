@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from foundry.backends.base import Usage
 from foundry.config import parse_config
 from foundry.errors import LedgerError
 from foundry.ledger import Ledger, utc_now
 from foundry.ledger import store as ledger_store
 from foundry.ledger.schema import MIGRATION_NAMES, build_migrations
 from foundry.pricing import PricingTable
+from foundry.usage import Usage
 
 BUILD_COLUMNS = {
     "id", "name", "task", "backend", "model", "workdir", "template_sha256", "static_sha256",

@@ -13,7 +13,7 @@ WORKER = """
 import sys
 import time
 from pathlib import Path
-from foundry.backends.base import Usage
+from foundry.usage import Usage
 from foundry.ledger import Ledger, utc_now
 
 path, barrier = Path(sys.argv[1]), Path(sys.argv[4])
@@ -70,8 +70,8 @@ def test_parallel_processes_lose_no_rows(tmp_path: Path) -> None:
 def test_threads_of_one_process_share_a_ledger(tmp_path: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from foundry.backends.base import Usage
     from foundry.ledger import utc_now
+    from foundry.usage import Usage
 
     with Ledger.open(tmp_path / "l.db") as ledger:
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from foundry.backends.base import FailedAttempt, Usage
+from foundry.backends.base import FailedAttempt
 from foundry.config import FoundryConfig
 from foundry.errors import BackendError
 from foundry.orchestrator.build import EXIT_CODES
@@ -22,6 +22,7 @@ from foundry.orchestrator.phases import parse_phases, saved_test_command
 from foundry.orchestrator.summary import BuildSummary
 from foundry.orchestrator.tools import TOOL_SPECS, tool_specs
 from foundry.pricing import PricingTable
+from foundry.usage import Usage
 from tests.orchestrator_helpers import finish, ledger_rows, run_build, text, tool
 
 PY = shlex.quote(sys.executable)
@@ -282,6 +283,7 @@ def test_estimate_projects_cached_costs_below_uncached() -> None:
         tools=tool_specs(),
         phases=("scout", "architect", "builder", "test", "deploy"),
         backend="anthropic",
+        local=False,
         model="claude-sonnet-4-6",
         ttl="5m",
         pricing=PricingTable(),
@@ -299,6 +301,7 @@ def test_estimate_projects_cached_costs_below_uncached() -> None:
         tools=tool_specs(),
         phases=("builder",),
         backend="mlx",
+        local=True,
         model="smollm2-135m",
         ttl="5m",
         pricing=PricingTable(),
@@ -362,10 +365,12 @@ def test_the_result_lines_show_dollars_for_claude_and_prefill_time_for_a_local_m
         "saved_usd": 0.75,
         "prefill_saved_s": None,
     }
-    claude = "\n".join(summary_lines({**base, "backend": "anthropic"}))
+    claude = "\n".join(summary_lines({**base, "backend": "anthropic"}, local=False))
     assert "saved $0.7500 by caching" in claude and "files created  0\n" in claude
     local = "\n".join(
-        summary_lines({**base, "backend": "mlx", "cost_usd": 0.0, "prefill_saved_s": 87.4})
+        summary_lines(
+            {**base, "backend": "mlx", "cost_usd": 0.0, "prefill_saved_s": 87.4}, local=True
+        )
     )
     assert "$0 (local model); cache reuse saved ~87.4 s of prefill" in local
     assert "by caching" not in local

@@ -6,10 +6,10 @@ from decimal import Decimal
 
 import pytest
 
-from foundry.backends.base import Usage
 from foundry.config import parse_config
 from foundry.errors import PricingError
 from foundry.pricing import PricingTable
+from foundry.usage import Usage
 
 # (model, input $/MTok, output $/MTok) from DESIGN.md's sourced table.
 PRICED = [
@@ -66,7 +66,7 @@ KINDS = [
 @pytest.mark.parametrize(("kind", "expected", "uncached"), KINDS, ids=[k[0] for k in KINDS])
 def test_each_token_kind_costs_its_rate(model, inp, out, kind, expected, uncached) -> None:
     usage = Usage(**{kind: 1_000_000})
-    cost = PricingTable().cost(usage, model, "anthropic")
+    cost = PricingTable().cost(usage, model)
     assert Decimal(str(cost.cost_usd)) == expected(Decimal(inp), Decimal(out))
     assert Decimal(str(cost.uncached_cost_usd)) == uncached(Decimal(inp), Decimal(out))
     assert cost.pricing_version == "2026-08" and cost.warning is None
@@ -87,7 +87,7 @@ def test_each_token_kind_costs_its_rate(model, inp, out, kind, expected, uncache
     ],
 )
 def test_mixed_requests_hand_computed(model, usage, cost, uncached) -> None:
-    result = PricingTable().cost(usage, model, "anthropic")
+    result = PricingTable().cost(usage, model)
     assert result.cost_usd == pytest.approx(cost, abs=1e-12)
     assert result.uncached_cost_usd == pytest.approx(uncached, abs=1e-12)
     assert result.saved_usd == pytest.approx(uncached - cost, abs=1e-12)
@@ -117,7 +117,7 @@ def test_dated_ids_and_aliases_resolve_to_their_family(model: str, canonical: st
 def test_no_substring_guesses(model: str) -> None:
     table = PricingTable()
     assert table.resolve(model) is None
-    cost = table.cost(Usage(1000, 1000), model, "anthropic")
+    cost = table.cost(Usage(1000, 1000), model)
     assert cost.cost_usd is None and cost.uncached_cost_usd is None
     assert model in (cost.warning or "") and "NULL" in (cost.warning or "")
 
@@ -126,12 +126,12 @@ def test_no_substring_guesses(model: str) -> None:
 def test_models_without_a_sourced_price_cost_null_with_a_warning(model: str) -> None:
     table = PricingTable()
     assert table.resolve(model) == model and not table.get(model).priced
-    cost = table.cost(Usage(1000, 1000), model, "anthropic")
+    cost = table.cost(Usage(1000, 1000), model)
     assert cost.cost_usd is None and "no sourced price" in (cost.warning or "")
 
 
 def test_local_backend_costs_zero_money() -> None:
-    cost = PricingTable().cost(Usage(5000, 100, 20_000), "smollm2-135m", "mlx")
+    cost = PricingTable().cost(Usage(5000, 100, 20_000), "smollm2-135m", local=True)
     assert (cost.cost_usd, cost.uncached_cost_usd, cost.warning) == (0.0, 0.0, None)
 
 
@@ -149,7 +149,7 @@ def test_config_overrides_and_additions() -> None:
     table = PricingTable(config)
     assert table.version == "2026-08+config"
     # Newly priced: derived cache prices from the multipliers, 1h at 2x.
-    cost = table.cost(Usage(0, 0, 0, 0, 1_000_000), "claude-opus-5-5", "anthropic")
+    cost = table.cost(Usage(0, 0, 0, 0, 1_000_000), "claude-opus-5-5")
     assert cost.cost_usd == pytest.approx(8.0) and cost.pricing_version == "2026-08+config"
     # A new input price moves the derived cache prices; output stays.
     sonnet = table.get("claude-sonnet-4-6-20260101")

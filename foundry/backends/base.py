@@ -10,8 +10,13 @@ the local backend renders them through the model's chat template:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
+
+from foundry.usage import Usage
+
+if TYPE_CHECKING:
+    from foundry.config import FoundryConfig
 
 Block = dict[str, Any]
 Ttl = Literal["5m", "1h"]
@@ -54,39 +59,6 @@ class ModelRequest:
 
 
 @dataclass
-class Usage:
-    """Token counts with Anthropic's meanings, filled the same way by every backend.
-
-    input_tokens is uncached input only (for a local model: tokens prefilled now);
-    total input = input + cache_read + cache writes.
-    """
-
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_read_tokens: int = 0
-    cache_write_5m_tokens: int = 0
-    cache_write_1h_tokens: int = 0
-    ttft_ms: float | None = None
-    duration_ms: float | None = None
-    # Local-model measurements; None where a backend cannot know them.
-    prefill_tokens_per_s: float | None = None
-    generation_tokens_per_s: float | None = None
-    peak_memory_mb: float | None = None
-    prefill_saved_ms: float | None = None  # estimated prefill time the reused tokens saved
-
-    @property
-    def cache_write_tokens(self) -> int:
-        return self.cache_write_5m_tokens + self.cache_write_1h_tokens
-
-    @property
-    def total_input_tokens(self) -> int:
-        return self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
 class ModelResponse:
     content: list[Block]
     stop_reason: str | None
@@ -122,13 +94,52 @@ AttemptCallback = Callable[[FailedAttempt], None]
 
 @runtime_checkable
 class Backend(Protocol):
-    """A model backend. Construct with (config, model); then `check()` once, `complete()` often."""
+    """A model backend. Construct with (config, model); then `check()` once, `complete()` often.
 
-    name: str
+    Callers ask a backend what it can do, never which one it is: the attributes below are
+    the whole of what the orchestrator, the ledger and the reports may know about it.
+    """
+
+    name: ClassVar[str]  # the registry's name, recorded on the ledger
+    # Runs on this machine: it costs no money, and what its cache saves is prefill time.
+    local: ClassVar[bool]
     model: str
+    max_tokens: int  # the reply cap a build asks for by default
+
+    def __init__(self, config: FoundryConfig, model: str) -> None: ...
+
+    @classmethod
+    def default_model(cls, config: FoundryConfig) -> str:
+        """The model a build uses when --model is not given."""
+        ...
+
+    @classmethod
+    def auto_available(cls, config: FoundryConfig) -> bool:
+        """Whether `--backend auto` may choose this backend (e.g. its API key is set)."""
+        ...
+
+    @property
+    def context_window(self) -> int | None:
+        """Prompt + reply tokens the model takes; None while unknown (before loading)."""
+        ...
+
+    @property
+    def endpoint(self) -> str | None:
+        """Where requests go, for the confirmation and the display; None for in-process."""
+        ...
 
     def check(self) -> None:
         """Fail fast, before any model call, with a FoundryError (missing key, missing model...)."""
+
+    def keepalive_request(self, last: ModelRequest) -> ModelRequest | None:
+        """A minimal request that keeps `last`'s cache entries alive while the build is idle,
+        or None when the backend's cache does not expire (nothing to keep alive)."""
+        ...
+
+    def count_tokens(self, system: str) -> int:
+        """The exact tokens `system` adds to a request for this model, or a FoundryError
+        saying exact counts are not available (the caller then estimates)."""
+        ...
 
     def complete(
         self,

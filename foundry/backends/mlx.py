@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 from foundry import console
 from foundry.backends.base import (
@@ -25,7 +25,6 @@ from foundry.backends.base import (
     ModelRequest,
     ModelResponse,
     TextCallback,
-    Usage,
 )
 from foundry.config import FoundryConfig
 from foundry.errors import BackendError, FoundryError, LocalModelError
@@ -33,15 +32,17 @@ from foundry.local.model_dirs import PULLABLE, resolve_model
 from foundry.local.pull import pull
 from foundry.local.tool_calls import new_tool_use_id, repair_prompt
 from foundry.timestamps import utc_now
+from foundry.usage import Usage
 
-log = logging.getLogger("foundry.mlx")
+log = logging.getLogger(__name__)
 MAX_REPAIRS = 1  # how often a malformed tool call is answered before the text goes back as is
 RATE_SAMPLE_MIN_TOKENS = 64  # prefill rates from fewer tokens are dominated by overhead
 CONTEXT_TOO_LONG = "context_too_long"  # the error class the Claude backend uses too
 
 
 class MLXBackend:
-    name = "mlx"
+    name: ClassVar[str] = "mlx"
+    local: ClassVar[bool] = True
 
     def __init__(
         self, config: FoundryConfig, model: str, *, reuse_conversation: bool = True
@@ -49,6 +50,7 @@ class MLXBackend:
         self.config = config
         self.model = model
         self.reuse_conversation = reuse_conversation
+        self.max_tokens = config.mlx.max_tokens
         self._loaded: Any = None
         self._renderer: Any = None
         self._identity: Any = None
@@ -58,9 +60,35 @@ class MLXBackend:
         self._prefill_rate: float | None = None
         # (tokens, ms) of the static prefix as measured when it was computed: what reuse saves.
         self._prefix_cost: tuple[int, float] | None = None
-        self.context_window: int | None = None  # prompt + reply tokens; None: unknown
+        self._context_window: int | None = None  # known once the model is loaded
         self.last_cache_event: dict[str, Any] = {}  # what the last request did, for reports
         self._checked = False  # check() passed; the build command and _ensure_loaded both call it
+
+    # -- capabilities ------------------------------------------------------------------------
+
+    @classmethod
+    def default_model(cls, config: FoundryConfig) -> str:
+        return config.backend.mlx_model
+
+    @classmethod
+    def auto_available(cls, config: FoundryConfig) -> bool:
+        return True  # the embedded default: no key, no server, pulled on first use
+
+    @property
+    def context_window(self) -> int | None:
+        return self._context_window
+
+    @property
+    def endpoint(self) -> str | None:
+        return None
+
+    def keepalive_request(self, last: ModelRequest) -> ModelRequest | None:
+        return None  # the saved prefix and the in-memory cache never expire
+
+    def count_tokens(self, system: str) -> int:
+        """Exact for this model: `system` through its own tokenizer (without chat framing)."""
+        self._ensure_loaded()
+        return len(self._renderer.encode(system))
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -100,7 +128,7 @@ class MLXBackend:
         )
         self._renderer = ChatRenderer(self._loaded.tokenizer)
         override = self.config.models.get(self.model)
-        self.context_window = context_window(
+        self._context_window = context_window(
             self._loaded, override.context_window if override else None, mlx.max_kv_size
         )
         memo = None
@@ -178,14 +206,14 @@ class MLXBackend:
 
     def _room(self, prompt_tokens: int) -> int | None:
         """Tokens left for the reply after the prompt; None when the window is unknown."""
-        if self.context_window is None:
+        if self._context_window is None:
             return None
-        return self.context_window - prompt_tokens
+        return self._context_window - prompt_tokens
 
     def _too_long(self, prompt_tokens: int) -> BackendError:
         return BackendError(
             f"the prompt is {prompt_tokens:,} tokens, which leaves no room for a reply in local "
-            f"model '{self.model}''s context window of {self.context_window:,} tokens",
+            f"model '{self.model}''s context window of {self._context_window:,} tokens",
             "start a fresh conversation (fewer turns per phase with --max-turns), shorten the "
             "orchestrator prompt, or use a model with a longer context",
             error_class=CONTEXT_TOO_LONG,
@@ -291,7 +319,7 @@ class MLXBackend:
             total: Usage | None = None
             for attempt in range(MAX_REPAIRS + 1):
                 text, usage, hit_max = self._generate(rendered, request, on_text)
-                total = usage if total is None else _add(total, usage)
+                total = usage if total is None else total + usage
                 reply = self._renderer.parse(text, request)
                 if reply.calls or not reply.errors or attempt == MAX_REPAIRS:
                     break
@@ -328,18 +356,3 @@ class MLXBackend:
         ]
         stop = "tool_use" if reply.calls else ("max_tokens" if hit_max else "end_turn")
         return ModelResponse(content, stop, total, loaded.name, None, started_at)
-
-
-def _add(a: Usage, b: Usage) -> Usage:
-    """Two generations of one request (a repair): counts add up, timings start at the first."""
-    return Usage(
-        input_tokens=a.input_tokens + b.input_tokens,
-        output_tokens=a.output_tokens + b.output_tokens,
-        cache_read_tokens=a.cache_read_tokens + b.cache_read_tokens,
-        cache_write_5m_tokens=a.cache_write_5m_tokens + b.cache_write_5m_tokens,
-        ttft_ms=a.ttft_ms,
-        duration_ms=(a.duration_ms or 0) + (b.duration_ms or 0),
-        prefill_tokens_per_s=a.prefill_tokens_per_s,
-        generation_tokens_per_s=b.generation_tokens_per_s,
-        prefill_saved_ms=(a.prefill_saved_ms or 0) + (b.prefill_saved_ms or 0),
-    )

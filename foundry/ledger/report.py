@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from foundry.backends.registry import LOCAL_BACKEND_NAMES
 from foundry.ledger.periods import Zone, bucket_days, day_start
 from foundry.ledger.schema import ROLLUP_SUMS
-from foundry.pricing import LOCAL_BACKENDS
 from foundry.timestamps import format_utc
 
 VIEWS = ("day", "week", "month", "build", "model", "phase")
@@ -37,7 +37,7 @@ _SUMS = "SUM(r.requests), " + ", ".join(
     f"TOTAL(r.{c})" if c in ("cost_usd", "uncached_cost_usd", "prefill_saved_ms") else f"SUM(r.{c})"
     for c in ROLLUP_SUMS
 )
-_LOCAL = f"r.backend IN ({', '.join(repr(b) for b in sorted(LOCAL_BACKENDS))})"
+_LOCAL = f"r.backend IN ({', '.join(repr(b) for b in sorted(LOCAL_BACKEND_NAMES))})"
 
 
 @dataclass

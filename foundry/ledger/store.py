@@ -19,14 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from foundry.backends.registry import is_local
 from foundry.errors import LedgerError
 from foundry.ledger.files import classify, connect, unreadable
 from foundry.ledger.schema import REQUEST_COLUMNS
 from foundry.timestamps import format_utc, normalize_timestamp, utc_now
 
 if TYPE_CHECKING:
-    from foundry.backends.base import Usage
     from foundry.pricing import Cost, PricingTable
+    from foundry.usage import Usage
 
 BUILD_STATUSES = frozenset(
     {"running", "completed", "tests_failed", "failed", "interrupted", "budget_exceeded"}
@@ -240,7 +241,7 @@ class Ledger:
         purpose: str = "turn",
     ) -> RecordedRequest:
         """Store one model request with its cost, computed now and never rewritten."""
-        cost = self.pricing.cost(usage, model, backend)
+        cost = self.pricing.cost(usage, model, local=is_local(backend))
         if cost.warning and model not in _warned_models:
             _warned_models.add(model)
             from foundry import console

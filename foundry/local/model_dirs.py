@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -19,13 +18,12 @@ from typing import Any
 
 from foundry.config import models_dir
 from foundry.errors import LocalModelError, UsageError
-from foundry.fsutil import write_atomic
+from foundry.fsutil import SAFE_NAME_RULE, is_safe_name, write_atomic
 from foundry.timestamps import utc_now
 
 DEFAULT_MODEL = "smollm2-135m"
 PROVENANCE_FILE = "foundry.json"
 REQUIRED_FILES = ("config.json", "tokenizer.json")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 @dataclass(frozen=True)
@@ -47,11 +45,8 @@ Progress = Callable[[str], None]
 
 
 def check_name(name: str) -> str:
-    if not NAME_RE.match(name):
-        raise UsageError(
-            f"invalid model name '{name}'",
-            "use letters, digits, '.', '_' or '-' (at most 100 characters)",
-        )
+    if not is_safe_name(name):
+        raise UsageError(f"invalid model name '{name}'", SAFE_NAME_RULE)
     return name
 
 
@@ -82,7 +77,7 @@ def validate_model_dir(path: Path) -> Path:
 
 def resolve_model(model: str) -> Path:
     """A name from `foundry models list`, else a path to a model directory."""
-    if NAME_RE.match(model) and (models_dir() / model).is_dir():
+    if is_safe_name(model) and (models_dir() / model).is_dir():
         return validate_model_dir(models_dir() / model)
     candidate = Path(model).expanduser()
     if candidate.exists():

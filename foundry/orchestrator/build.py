@@ -39,7 +39,7 @@ from foundry.orchestrator.tools import tool_specs
 from foundry.orchestrator.workspace import SKIPPED_DIRS, Workspace
 
 if TYPE_CHECKING:
-    from foundry.backends.base import Backend
+    from foundry.backends.base import Backend, Ttl
     from foundry.config import FoundryConfig
     from foundry.ledger import Ledger
     from foundry.pricing import PricingTable
@@ -64,7 +64,7 @@ class BuildPlan:
     max_test_iterations: int
     max_turns: int
     max_cost: float | None
-    ttl: str | None
+    ttl: Ttl | None
     max_tokens: int
 
 
@@ -129,10 +129,9 @@ class BuildRun:
         self.pricing = pricing
         self.clock = clock
         self.state = _State(test_command=saved_test_command(plan.workdir))
+        # A backend whose cache never expires answers the first keep-alive with None.
         self.keepalive_after_s = (
-            config.caching.keepalive_after_s
-            if config.caching.keepalive and backend.name == "anthropic"
-            else None
+            config.caching.keepalive_after_s if config.caching.keepalive else None
         )
 
     def _model_phase(self, session: ModelSession, workspace: Workspace, name: str) -> None:

@@ -12,18 +12,12 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from foundry.formatting import money as _money
-from foundry.formatting import percent
+from foundry.formatting import money, percent
 
 if TYPE_CHECKING:
-    from foundry.backends.base import Usage
     from foundry.orchestrator.metered import ModelSession, PhaseStats
     from foundry.orchestrator.shell import CommandResult
-
-
-def money(value: float | None) -> str:
-    """A build's cost is None when a model has no price: unknown, which "n/a" says in prose."""
-    return _money(value, missing="n/a")
+    from foundry.usage import Usage
 
 
 class Events:
@@ -67,7 +61,7 @@ class PlainDisplay(Events):
             f"[{phase}] turn {turn if turn is not None else '-'}: in {usage.input_tokens:,}, "
             f"out {usage.output_tokens:,}, cache read {usage.cache_read_tokens:,}, "
             f"cache write {usage.cache_write_tokens:,}; build so far {money(total.cost_usd)}, "
-            f"hit rate {percent(total.hit_rate)}{left}"
+            f"hit rate {percent(total.usage.hit_rate)}{left}"
         )
 
     def tool_called(self, phase: str, name: str, detail: str, is_error: bool) -> None:
@@ -111,13 +105,13 @@ class LiveDisplay(PlainDisplay):
         grid.add_row("phase", f"{self.phase}  turn {self.turn or '-'}  ({self.state})")
         grid.add_row("last tool", (stats.last_tool if stats else None) or "-")
         if total is not None:
+            usage = total.usage
             grid.add_row(
                 "tokens",
-                f"in {total.input_tokens:,} · out {total.output_tokens:,} · cache read "
-                f"{total.cache_read_tokens:,} · cache write "
-                f"{total.cache_write_5m_tokens + total.cache_write_1h_tokens:,}",
+                f"in {usage.input_tokens:,} · out {usage.output_tokens:,} · cache read "
+                f"{usage.cache_read_tokens:,} · cache write {usage.cache_write_tokens:,}",
             )
-            grid.add_row("cache hit rate", percent(total.hit_rate))
+            grid.add_row("cache hit rate", percent(usage.hit_rate))
             spend = money(total.cost_usd)
             if self.max_cost is not None and total.cost_usd is not None:
                 spend += f"  (budget left {money(self.max_cost - total.cost_usd)})"
@@ -173,19 +167,20 @@ def phase_table(phases: dict[str, PhaseStats], total: PhaseStats) -> Table:
             stats.status if name != "total" else "",
             str(turn_count),
             str(stats.requests),
-            f"{stats.input_tokens:,}",
-            f"{stats.output_tokens:,}",
-            f"{stats.cache_read_tokens:,}",
-            f"{stats.cache_write_5m_tokens + stats.cache_write_1h_tokens:,}",
-            percent(stats.hit_rate),
+            f"{stats.usage.input_tokens:,}",
+            f"{stats.usage.output_tokens:,}",
+            f"{stats.usage.cache_read_tokens:,}",
+            f"{stats.usage.cache_write_tokens:,}",
+            percent(stats.usage.hit_rate),
             money(stats.cost_usd),
             style="bold" if name == "total" else None,
         )
     return table
 
 
-def summary_lines(summary: dict[str, Any]) -> list[str]:
-    """The build's results for stdout, a few lines (rich markup)."""
+def summary_lines(summary: dict[str, Any], *, local: bool) -> list[str]:
+    """The build's results for stdout, a few lines (rich markup). `local`: the backend ran
+    on this machine, so its saving is prefill time, not money."""
     tokens = summary["tokens"]
     created = summary["files_created"]
     more = " ..." if len(created) > 8 else ""
@@ -209,15 +204,15 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         f"{tokens['output']:,}, cache read {tokens['cache_read']:,}, cache write "
         f"{tokens['cache_write_5m'] + tokens['cache_write_1h']:,}; hit rate "
         f"{percent(summary['cache_hit_rate'])}",
-        _cost_line(summary),
+        _cost_line(summary, local),
         f"  summary        {summary['workdir']}/.foundry/summary.json",
     ]
     return lines
 
 
-def _cost_line(summary: dict[str, Any]) -> str:
+def _cost_line(summary: dict[str, Any], local: bool) -> str:
     """Money for API backends; for a local model the saving is prefill time, not dollars."""
-    if summary["backend"] == "mlx":
+    if local:
         saved = summary.get("prefill_saved_s")
         reuse = f"; cache reuse saved ~{saved:,.1f} s of prefill" if saved else ""
         return f"  cost           $0 (local model){reuse}"

@@ -5,12 +5,13 @@ are the documented assumptions below, so the result is a projection, not a quote
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
-from foundry.backends.base import ToolSpec, Usage
+from foundry.backends.base import ToolSpec
+from foundry.orchestrator.metered import PhaseStats
 from foundry.orchestrator.phases import BY_NAME, first_user_turn
 from foundry.pricing import PricingTable
+from foundry.usage import Usage
 
 # Expected model turns per phase (a fix round for the test phase) and per-turn sizes.
 EXPECTED_TURNS = {"scout": 4, "architect": 3, "builder": 10, "test": 4, "deploy": 0}
@@ -18,18 +19,6 @@ OUTPUT_TOKENS_PER_TURN = 500
 TOOL_RESULT_TOKENS_PER_TURN = 600
 ARTIFACT_TOKENS = 700
 EXPECTED_FIX_ROUNDS = 1  # the first test run fails once; the fix passes
-
-
-@dataclass
-class Projection:
-    requests: int = 0
-    usage: Usage | None = None
-    cost_usd: float | None = 0.0
-    uncached_cost_usd: float | None = 0.0
-
-
-def _add(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else a + b
 
 
 def _phase_turns(phase: str, max_turns: int, max_test_iterations: int, ceiling: bool) -> int:
@@ -52,6 +41,7 @@ def project(
     tools: list[ToolSpec],
     phases: tuple[str, ...],
     backend: str,
+    local: bool,
     model: str,
     ttl: str | None,
     pricing: PricingTable,
@@ -66,14 +56,14 @@ def project(
     min_tokens = price.min_cache_tokens if price and price.min_cache_tokens else 0
     static_cached = ttl is not None and prefix >= min_tokens
     rows: list[dict[str, Any]] = []
-    total = Projection(usage=Usage())
+    total = PhaseStats()
     first_request_of_build = True
     artifacts = 0
     for name in phases:
         turns = _phase_turns(name, max_turns, max_test_iterations, ceiling)
         first_turn = estimate_tokens(first_user_turn(dynamic, BY_NAME[name], []))
         first_turn += artifacts * ARTIFACT_TOKENS
-        row = Projection(usage=Usage())
+        row = PhaseStats()
         conversation_cached = 0
         conversation = 0
         for turn in range(1, turns + 1):
@@ -94,25 +84,10 @@ def project(
             else:
                 usage.input_tokens = prefix + conversation
             first_request_of_build = False
-            cost = pricing.cost(usage, model, backend)
-            row.requests += 1
-            for key in (
-                "input_tokens",
-                "output_tokens",
-                "cache_read_tokens",
-                "cache_write_5m_tokens",
-                "cache_write_1h_tokens",
-            ):
-                for target in (row.usage, total.usage):
-                    assert target is not None
-                    setattr(target, key, getattr(target, key) + getattr(usage, key))
-            row.cost_usd = _add(row.cost_usd, cost.cost_usd)
-            row.uncached_cost_usd = _add(row.uncached_cost_usd, cost.uncached_cost_usd)
+            row.add(usage, pricing.cost(usage, model, local=local))
         if BY_NAME[name].artifact:
             artifacts += 1
-        total.requests += row.requests
-        total.cost_usd = _add(total.cost_usd, row.cost_usd)
-        total.uncached_cost_usd = _add(total.uncached_cost_usd, row.uncached_cost_usd)
+        total.merge(row)
         rows.append(_row(name, row))
     return {
         "backend": backend,
@@ -127,8 +102,7 @@ def project(
     }
 
 
-def _row(name: str, p: Projection) -> dict[str, Any]:
-    assert p.usage is not None
+def _row(name: str, p: PhaseStats) -> dict[str, Any]:
     saved = None
     if p.cost_usd is not None and p.uncached_cost_usd is not None:
         saved = p.uncached_cost_usd - p.cost_usd
@@ -171,7 +145,7 @@ def render_estimate(projection: dict[str, Any]) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    from foundry.orchestrator.display import money
+    from foundry.formatting import money
 
     table = Table(
         title=f"projected build: {projection['backend']} {projection['model']}, "

@@ -7,62 +7,46 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from foundry.backends.base import FailedAttempt, Message, ModelRequest, ModelResponse, Usage
+from foundry.backends.base import FailedAttempt, Message, ModelRequest, ModelResponse
 from foundry.errors import BackendError, BudgetExceeded
 from foundry.orchestrator.display import Events
+from foundry.usage import Usage
 
 if TYPE_CHECKING:
-    from foundry.backends.base import Backend, ToolSpec
+    from foundry.backends.base import Backend, ToolSpec, Ttl
     from foundry.ledger import Ledger
-    from foundry.pricing import PricingTable
-
-_MILLION = Decimal(1_000_000)
+    from foundry.pricing import Cost, PricingTable
 
 
 @dataclass
 class PhaseStats:
+    usage: Usage = field(default_factory=Usage)  # token counts summed over the requests
     requests: int = 0
     turns: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_read_tokens: int = 0
-    cache_write_5m_tokens: int = 0
-    cache_write_1h_tokens: int = 0
     cost_usd: float | None = 0.0
     uncached_cost_usd: float | None = 0.0
     status: str = "pending"
     last_tool: str | None = None
 
-    @property
-    def total_input(self) -> int:
-        return (
-            self.input_tokens
-            + self.cache_read_tokens
-            + self.cache_write_5m_tokens
-            + self.cache_write_1h_tokens
-        )
-
-    @property
-    def hit_rate(self) -> float | None:
-        total = self.total_input
-        return self.cache_read_tokens / total if total else None
-
-    def add(self, usage: Usage, cost: float | None, uncached: float | None) -> None:
+    def add(self, usage: Usage, cost: Cost) -> None:
         self.requests += 1
-        self.input_tokens += usage.input_tokens
-        self.output_tokens += usage.output_tokens
-        self.cache_read_tokens += usage.cache_read_tokens
-        self.cache_write_5m_tokens += usage.cache_write_5m_tokens
-        self.cache_write_1h_tokens += usage.cache_write_1h_tokens
+        self.usage += usage
         # One unpriced request makes the total unknown, never silently low.
-        self.cost_usd = None if cost is None or self.cost_usd is None else self.cost_usd + cost
-        if uncached is None or self.uncached_cost_usd is None:
-            self.uncached_cost_usd = None
-        else:
-            self.uncached_cost_usd += uncached
+        self.cost_usd = _plus(self.cost_usd, cost.cost_usd)
+        self.uncached_cost_usd = _plus(self.uncached_cost_usd, cost.uncached_cost_usd)
+
+    def merge(self, other: PhaseStats) -> None:
+        """Add another tally's requests, tokens and costs (turns and status stay)."""
+        self.requests += other.requests
+        self.usage += other.usage
+        self.cost_usd = _plus(self.cost_usd, other.cost_usd)
+        self.uncached_cost_usd = _plus(self.uncached_cost_usd, other.uncached_cost_usd)
+
+
+def _plus(total: float | None, value: float | None) -> float | None:
+    return None if total is None or value is None else total + value
 
 
 @dataclass
@@ -84,7 +68,7 @@ class ModelSession:
         system: str,
         tools: list[ToolSpec],
         max_tokens: int,
-        ttl: str | None,
+        ttl: Ttl | None,
         events: Events,
         max_cost: float | None = None,
         keepalive_after_s: float | None = None,
@@ -147,9 +131,8 @@ class ModelSession:
             purpose=purpose,
         )
         # The ledger itself warns (once per model) when a cost is NULL.
-        cost = recorded.cost
         for stats in (self.stats(phase or "-"), self.total):
-            stats.add(usage, cost.cost_usd, cost.uncached_cost_usd)
+            stats.add(usage, recorded.cost)
         self.events.request_done(phase or "-", turn, usage, self)
 
     # -- the budget -------------------------------------------------------------------
@@ -168,31 +151,24 @@ class ModelSession:
     def estimate_cost(
         self, conversation: Conversation | None, max_tokens: int | None = None
     ) -> float | None:
-        """A conservative cost of the next request: input not sent before at the cache-write
-        price (or the input price, whichever is higher), the rest at the cache-read price,
-        and a full max_tokens of output. None when the model has no price."""
-        price = self.pricing.get(self.backend.model)
-        if self.backend.name == "mlx":
-            return 0.0
-        if price is None or not price.priced:
-            return None
+        """A conservative cost of the next request: input not sent before as a cache write
+        (as uncached input with no TTL), the rest as a cache read, and a full max_tokens of
+        output. None when the model has no price."""
         messages = conversation.messages if conversation else []
         sent = conversation.sent if conversation else 0
         new = self._tokens([m.to_dict() for m in messages[sent:]])
         old = self._tokens([m.to_dict() for m in messages[:sent]]) if sent else 0
-        prefix_expired = self.last_request_at is None or self.ttl is None
-        if prefix_expired:
+        if self.last_request_at is None or self.ttl is None:
             new += self.prefix_tokens()
         else:
             old += self.prefix_tokens()
-        assert price.input is not None and price.output is not None
-        write = {"5m": price.cache_write_5m, "1h": price.cache_write_1h}.get(self.ttl or "")
-        new_price = max(price.input, write or price.input)
-        read_price = price.cache_read if self.ttl else price.input
-        assert read_price is not None
         output = self.max_tokens if max_tokens is None else max_tokens
-        total = new * new_price + old * read_price + output * price.output
-        return float(total / _MILLION)
+        if self.ttl is None:
+            usage = Usage(input_tokens=new + old, output_tokens=output)
+        else:
+            write = "cache_write_1h_tokens" if self.ttl == "1h" else "cache_write_5m_tokens"
+            usage = Usage(output_tokens=output, cache_read_tokens=old, **{write: new})
+        return self.pricing.cost(usage, self.backend.model, local=self.backend.local).cost_usd
 
     def check_budget(
         self, conversation: Conversation | None, max_tokens: int | None = None
@@ -225,7 +201,7 @@ class ModelSession:
             tools=self.tools,
             messages=list(conversation.messages),
             max_tokens=self.max_tokens,
-            ttl=self.ttl,  # type: ignore[arg-type]
+            ttl=self.ttl,
         )
         self.events.request_started(phase, turn)
         self.last_request = request
@@ -282,7 +258,6 @@ class ModelSession:
             return
         if self.clock() - self.last_request_at < self.keepalive_after_s:
             return
-        from foundry.backends.anthropic.client import keepalive_request
         from foundry.ledger import utc_now
 
         base = self.last_request or ModelRequest(
@@ -291,9 +266,12 @@ class ModelSession:
             tools=self.tools,
             messages=[],
             max_tokens=1,
-            ttl=self.ttl,  # type: ignore[arg-type]
+            ttl=self.ttl,
         )
-        request = keepalive_request(base)
+        request = self.backend.keepalive_request(base)
+        if request is None:  # this backend's cache never expires: nothing to keep alive
+            self.keepalive_after_s = None
+            return
         try:
             # Everything in a keep-alive was sent before: priced as cache reads.
             sent = Conversation(list(request.messages), len(request.messages))

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from foundry.errors import UsageError
+from foundry.prompt.template import PHASES as PHASE_NAMES
 
 ARTIFACT_DIR = ".foundry"
 TEST_COMMAND_TAG = "foundry-test-command"
@@ -25,14 +26,12 @@ class Phase:
     model_driven: bool = True  # deploy is done by the orchestrator alone
 
 
-PHASES: tuple[Phase, ...] = (
-    Phase("scout", "scout-report.md"),
-    Phase("architect", "architecture.md"),
-    Phase("builder", "build-log.md"),
-    Phase("test", None),
-    Phase("deploy", None, model_driven=False),
+# The names and their order belong to the prompt's render contract; this adds what the
+# orchestrator needs to know about each.
+_ARTIFACTS = {"scout": "scout-report.md", "architect": "architecture.md", "builder": "build-log.md"}
+PHASES: tuple[Phase, ...] = tuple(
+    Phase(name, _ARTIFACTS.get(name), model_driven=name != "deploy") for name in PHASE_NAMES
 )
-PHASE_NAMES: tuple[str, ...] = tuple(p.name for p in PHASES)
 BY_NAME = {p.name: p for p in PHASES}
 
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from foundry.fsutil import write_atomic
+from foundry.usage import TOKEN_FIELDS, Usage
+
+if TYPE_CHECKING:
+    from foundry.orchestrator.metered import PhaseStats
 
 SCHEMA_VERSION = 1
 BuildStatus = Literal["completed", "tests_failed", "failed", "interrupted", "budget_exceeded"]
@@ -87,32 +91,14 @@ class BuildSummary(_Strict):
     )
 
 
-def token_fields(
-    input: int, output: int, cache_read: int, cache_write_5m: int, cache_write_1h: int
-) -> dict[str, int]:
-    return {
-        "input": input,
-        "output": output,
-        "cache_read": cache_read,
-        "cache_write_5m": cache_write_5m,
-        "cache_write_1h": cache_write_1h,
-    }
-
-
-def phase_fields(name: str, stats: Any, summary: str | None) -> dict[str, Any]:
+def phase_fields(name: str, stats: PhaseStats, summary: str | None) -> dict[str, Any]:
     """One phase's entry, from its PhaseStats."""
     return {
         "name": name,
         "status": stats.status,
         "turns": stats.turns,
         "requests": stats.requests,
-        "tokens": token_fields(
-            stats.input_tokens,
-            stats.output_tokens,
-            stats.cache_read_tokens,
-            stats.cache_write_5m_tokens,
-            stats.cache_write_1h_tokens,
-        ),
+        "tokens": stats.usage.token_counts(),
         "cost_usd": stats.cost_usd,
         "summary": summary,
     }
@@ -121,22 +107,15 @@ def phase_fields(name: str, stats: Any, summary: str | None) -> dict[str, Any]:
 def ledger_fields(totals: dict[str, Any]) -> dict[str, Any]:
     """Requests, tokens, hit rate and costs from Ledger.build_totals: the ledger is the
     record, so the summary repeats its figures. Any unpriced request makes costs null."""
-    tokens = token_fields(
-        totals["input_tokens"],
-        totals["output_tokens"],
-        totals["cache_read_tokens"],
-        totals["cache_write_5m_tokens"],
-        totals["cache_write_1h_tokens"],
-    )
-    total_input = tokens["input"] + tokens["cache_read"]
-    total_input += tokens["cache_write_5m"] + tokens["cache_write_1h"]
+    usage = Usage(**{name: totals[name] for name in TOKEN_FIELDS})
+    hit_rate = usage.hit_rate
     priced = not totals["unpriced_requests"]
     cost = totals["cost_usd"] if priced else None
     uncached = totals["uncached_cost_usd"] if priced else None
     return {
         "requests": totals["requests"],
-        "tokens": tokens,
-        "cache_hit_rate": round(tokens["cache_read"] / total_input, 4) if total_input else None,
+        "tokens": usage.token_counts(),
+        "cache_hit_rate": None if hit_rate is None else round(hit_rate, 4),
         "cost_usd": cost,
         "uncached_cost_usd": uncached,
         "saved_usd": None if cost is None or uncached is None else uncached - cost,

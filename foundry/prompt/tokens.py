@@ -1,5 +1,5 @@
-"""Token counts: an offline *estimate* (no network, no model files) and the exact count from
-Anthropic's count_tokens endpoint.
+"""Token counts: an offline *estimate* (no network, no model files). Exact counts come from a
+backend (`Backend.count_tokens`; for Claude, Anthropic's count_tokens endpoint).
 
 The estimate
 ------------
@@ -28,14 +28,7 @@ differently; use `--exact` (count_tokens) when a figure near a threshold matters
 from __future__ import annotations
 
 import math
-import os
 import re
-from typing import TYPE_CHECKING
-
-from foundry.errors import FoundryError
-
-if TYPE_CHECKING:
-    from foundry.config import FoundryConfig
 
 ESTIMATE_METHOD = (
     "offline estimate: regex pre-tokenization with per-piece costs fitted to Claude's "
@@ -93,52 +86,3 @@ def estimate_tokens(text: str) -> int:
         else:
             total += _NON_ASCII_COST
     return math.ceil(total)
-
-
-def count_tokens_exact(system: str, model: str, config: FoundryConfig) -> int:
-    """Exact tokens that `system` adds to a request for `model`, from Anthropic's
-    count_tokens endpoint (network; needs ANTHROPIC_API_KEY).
-
-    The endpoint needs at least one message, so this counts a one-character user message
-    with and without the system prompt and returns the difference: two requests, and the
-    figure is the system text alone (framing tokens included), as it will be cached.
-    """
-    api_key = os.environ.get("ANTHROPIC_API_KEY")
-    if not api_key:
-        raise FoundryError(
-            "--exact needs an Anthropic API key: ANTHROPIC_API_KEY is not set",
-            "export ANTHROPIC_API_KEY, or leave out --exact for the offline estimate",
-        )
-    import anthropic  # heavy: imported only when an exact count is asked for
-
-    base_url = os.environ.get("ANTHROPIC_BASE_URL") or config.anthropic.base_url
-    client = anthropic.Anthropic(
-        api_key=api_key,
-        base_url=base_url,
-        timeout=min(config.anthropic.timeout_s, 60.0),
-        max_retries=config.anthropic.max_retries,
-    )
-    messages = [{"role": "user", "content": "."}]
-    try:
-        with_system = client.messages.count_tokens(model=model, system=system, messages=messages)
-        baseline = client.messages.count_tokens(model=model, messages=messages)
-    except anthropic.AuthenticationError:
-        raise FoundryError(
-            "count_tokens: the API key was rejected (HTTP 401)", "check ANTHROPIC_API_KEY"
-        ) from None
-    except anthropic.NotFoundError:
-        raise FoundryError(
-            f"count_tokens: model '{model}' was not found (HTTP 404)", "check --model"
-        ) from None
-    except anthropic.APIStatusError as exc:
-        raise FoundryError(
-            f"count_tokens failed with HTTP {exc.status_code}", "try again, or leave out --exact"
-        ) from None
-    except anthropic.APIConnectionError:
-        raise FoundryError(
-            f"count_tokens: cannot reach {base_url or 'the Anthropic API'}",
-            "check the network or ANTHROPIC_BASE_URL, or leave out --exact",
-        ) from None
-    finally:
-        client.close()
-    return max(0, int(with_system.input_tokens) - int(baseline.input_tokens))

@@ -7,13 +7,12 @@ each failure, report every failed attempt's usage, and honour a total time budge
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from foundry.backends.anthropic.errors import (
@@ -23,20 +22,19 @@ from foundry.backends.anthropic.errors import (
     classify_error,
 )
 from foundry.backends.anthropic.layout import build_layout, keepalive_request, map_usage
+from foundry.backends.anthropic.stream import MalformedStream, StreamState, sdk_events
 from foundry.backends.base import (
     AttemptCallback,
     FailedAttempt,
     ModelRequest,
     ModelResponse,
     TextCallback,
-    Usage,
 )
 from foundry.backends.retry import RETRYABLE, RetryPolicy
 from foundry.config import FoundryConfig
-from foundry.errors import BackendError
+from foundry.errors import BackendError, FoundryError
 from foundry.timestamps import utc_now
-
-__all__ = ["AnthropicBackend", "keepalive_request", "map_usage", "classify_error"]
+from foundry.usage import Usage
 
 BASE_URL_ENV = "ANTHROPIC_BASE_URL"
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -60,111 +58,9 @@ class _AttemptFailed(Exception):
         self.retry_after = retry_after
 
 
-class _MalformedStream(Exception):
-    """The server sent a stream the real API never would (retried; its own hint if it stays)."""
-
-
-def _field(obj: Any, name: str, where: str, kind: type = object) -> Any:
-    """A field the API always sends; missing or of the wrong type, the stream is not the API's."""
-    value = getattr(obj, name, None)
-    if value is None or not isinstance(value, kind):
-        raise _MalformedStream(f"{where} event without a valid {name!r}")
-    return value
-
-
-def _events(stream: Any) -> Any:
-    """The SDK's events; data that is not JSON is a malformed stream, not a crash."""
-    iterator = iter(stream)
-    while True:
-        try:
-            event = next(iterator)
-        except StopIteration:
-            return
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise _MalformedStream(
-                f"an event that is not JSON ({exc.__class__.__name__})"
-            ) from None
-        yield event
-
-
-class _Stream:
-    """Accumulates one streamed response from the SDK's raw events."""
-
-    def __init__(self) -> None:
-        self.t0 = time.perf_counter()
-        self.ttft_ms: float | None = None
-        self.blocks: dict[int, dict[str, Any]] = {}
-        self.json_parts: dict[int, list[str]] = {}
-        self.start_usage: dict[str, Any] | None = None
-        self.final_usage: dict[str, Any] | None = None
-        self.model: str | None = None
-        self.message_id: str | None = None
-        self.stop_reason: str | None = None
-        self.stopped = False
-
-    def _first_token(self) -> None:
-        if self.ttft_ms is None:
-            self.ttft_ms = (time.perf_counter() - self.t0) * 1000
-
-    def handle(self, event: Any) -> str | None:
-        """Take one event; return the text it adds, for the caller to stream. An event the
-        real API would never send (a proxy's, a "compatible" server's) is _MalformedStream."""
-        kind = getattr(event, "type", None)
-        if kind == "message_start":
-            message = _field(event, "message", kind)
-            self.start_usage = _field(message, "usage", kind).model_dump()
-            self.model, self.message_id = (
-                getattr(message, "model", None),
-                getattr(message, "id", None),
-            )
-        elif kind == "content_block_start":
-            block, index = _field(event, "content_block", kind), _field(event, "index", kind, int)
-            if block.type == "text":
-                self.blocks[index] = {"type": "text", "text": block.text or ""}
-            elif block.type == "tool_use":
-                self.blocks[index] = {
-                    "type": "tool_use",
-                    "id": block.id,
-                    "name": block.name,
-                    "input": {},
-                }
-                self.json_parts[index] = []
-            else:
-                self.blocks[index] = block.model_dump(exclude_none=True)
-        elif kind == "content_block_delta":
-            self._first_token()
-            index, delta = _field(event, "index", kind), _field(event, "delta", kind)
-            if delta.type == "text_delta":
-                block = self.blocks.get(index)
-                if block is None or block.get("type") != "text":
-                    raise _MalformedStream(f"a text delta for block {index!r}, no text block")
-                text = _field(delta, "text", "a text delta", str)
-                block["text"] += text
-                return text
-            if delta.type == "input_json_delta":
-                if index not in self.json_parts:
-                    raise _MalformedStream(f"a tool input delta for block {index!r}, no tool")
-                self.json_parts[index].append(_field(delta, "partial_json", "a delta", str))
-        elif kind == "content_block_stop" and getattr(event, "index", None) in self.json_parts:
-            raw = "".join(self.json_parts.pop(event.index))
-            try:
-                self.blocks[event.index]["input"] = json.loads(raw) if raw else {}
-            except ValueError:
-                raise _MalformedStream("a tool_use input arrived as invalid JSON") from None
-        elif kind == "message_delta":
-            self.stop_reason = getattr(_field(event, "delta", kind), "stop_reason", None)
-            self.final_usage = _field(event, "usage", kind).model_dump()
-        elif kind == "message_stop":
-            self.stopped = True
-        return None
-
-    @property
-    def elapsed_ms(self) -> float:
-        return (time.perf_counter() - self.t0) * 1000
-
-
 class AnthropicBackend:
-    name = "anthropic"
+    name: ClassVar[str] = "anthropic"
+    local: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -181,8 +77,29 @@ class AnthropicBackend:
             os.environ.get(BASE_URL_ENV) or config.anthropic.base_url or DEFAULT_BASE_URL
         ).rstrip("/")
         self._sleep, self._clock, self._rng = sleep, clock, rng
+        self.max_tokens = config.anthropic.max_tokens
         self._client: Any = None
         self._key: str | None = None
+
+    @classmethod
+    def default_model(cls, config: FoundryConfig) -> str:
+        return config.backend.anthropic_model
+
+    @classmethod
+    def auto_available(cls, config: FoundryConfig) -> bool:
+        return bool(os.environ.get(API_KEY_ENV, "").strip())
+
+    @property
+    def context_window(self) -> int | None:
+        override = self.config.models.get(self.model)
+        return override.context_window if override else None
+
+    @property
+    def endpoint(self) -> str | None:
+        return self._safe_url()
+
+    def keepalive_request(self, last: ModelRequest) -> ModelRequest | None:
+        return keepalive_request(last)
 
     def __repr__(self) -> str:  # never the key
         return f"AnthropicBackend(model={self.model!r}, base_url={self._safe_url()!r})"
@@ -246,6 +163,28 @@ class AnthropicBackend:
                 timeout=self.config.anthropic.timeout_s,
             )
         return self._client
+
+    def count_tokens(self, system: str) -> int:
+        from foundry.backends.anthropic.count import count_system_tokens
+
+        if not os.environ.get(API_KEY_ENV, "").strip():
+            raise FoundryError(
+                f"--exact needs an Anthropic API key: {API_KEY_ENV} is not set",
+                f"export {API_KEY_ENV}, or leave out --exact for the offline estimate",
+            )
+        import anthropic
+
+        # The SDK's own retries: a count is idempotent and nothing here is recorded.
+        client = anthropic.Anthropic(
+            api_key=self._api_key(),
+            base_url=self.base_url,
+            timeout=min(self.config.anthropic.timeout_s, 60.0),
+            max_retries=self.config.anthropic.max_retries,
+        )
+        try:
+            return count_system_tokens(client, system, self.model, self._safe_url())
+        finally:
+            client.close()
 
     def close(self) -> None:
         if self._client is not None:
@@ -329,12 +268,12 @@ class AnthropicBackend:
         import anthropic
         import httpx2
 
-        state = _Stream()
+        state = StreamState()
         request_id: str | None = None
         try:
             with client.messages.create(**params, stream=True) as stream:
                 request_id = stream.response.headers.get("request-id")
-                for event in _events(stream):
+                for event in sdk_events(stream):
                     text = state.handle(event)
                     if text and on_text is not None:
                         on_text(text)
@@ -351,7 +290,7 @@ class AnthropicBackend:
                 request_id,
                 retry_after,
             ) from None
-        except _MalformedStream as exc:
+        except MalformedStream as exc:
             raise _AttemptFailed(
                 "malformed_stream",
                 f"the server sent a stream that is not the Anthropic API's: {exc}",
@@ -377,7 +316,7 @@ class AnthropicBackend:
         )
 
     @staticmethod
-    def _usage(state: _Stream, request: ModelRequest) -> Usage:
+    def _usage(state: StreamState, request: ModelRequest) -> Usage:
         usage = map_usage(state.start_usage, state.final_usage, request.ttl)
         usage.ttft_ms = state.ttft_ms
         return usage

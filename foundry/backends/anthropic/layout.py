@@ -22,7 +22,8 @@ import copy
 from dataclasses import dataclass, replace
 from typing import Any
 
-from foundry.backends.base import Message, ModelRequest, ToolSpec, Usage
+from foundry.backends.base import Message, ModelRequest, ToolSpec
+from foundry.usage import Usage
 
 MAX_BREAKPOINTS = 4
 LOOKBACK_BLOCKS = 20

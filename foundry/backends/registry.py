@@ -1,0 +1,104 @@
+"""The one list of backend names. Each maps to a class imported on first use, so heavy SDKs
+load only when a backend is really created; the few facts reports need without creating a
+backend (is it local?) are written here beside the name.
+
+Adding a backend: its own package under foundry/backends/, one entry in REGISTRY, its docs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from foundry.errors import UsageError
+
+if TYPE_CHECKING:
+    from foundry.backends.base import Backend
+    from foundry.config import FoundryConfig
+
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    name: str
+    target: str  # "module:Class", imported on first use
+    summary: str  # one line for --help and error hints
+    local: bool  # mirrors the class's `local`, for reports that read names off the ledger
+
+    def load(self) -> type[Backend]:
+        module_name, class_name = self.target.split(":")
+        cls: type[Backend] = getattr(importlib.import_module(module_name), class_name)
+        return cls
+
+
+# In `auto` order: the first whose auto_available() says yes is chosen.
+REGISTRY: tuple[BackendEntry, ...] = (
+    BackendEntry(
+        "anthropic",
+        "foundry.backends.anthropic.client:AnthropicBackend",
+        "Claude through the Anthropic API (auto picks it when ANTHROPIC_API_KEY is set)",
+        local=False,
+    ),
+    BackendEntry(
+        "mlx",
+        "foundry.backends.mlx:MLXBackend",
+        "a local model with mlx-lm, on this machine (auto's fallback: no key, no server)",
+        local=True,
+    ),
+)
+BACKEND_NAMES: tuple[str, ...] = tuple(entry.name for entry in REGISTRY)
+LOCAL_BACKEND_NAMES: frozenset[str] = frozenset(e.name for e in REGISTRY if e.local)
+
+
+def entry(name: str) -> BackendEntry:
+    for candidate in REGISTRY:
+        if candidate.name == name:
+            return candidate
+    raise UsageError(
+        f"unknown backend '{name}'", f"use one of: {', '.join((*BACKEND_NAMES, AUTO))}"
+    )
+
+
+def is_local(name: str) -> bool:
+    """Whether requests recorded under this backend name ran on this machine."""
+    return name in LOCAL_BACKEND_NAMES
+
+
+def resolve_backend(config: FoundryConfig, requested: str | None = None) -> str:
+    """The backend a command will use: --backend, else the config; `auto` takes the first
+    backend in REGISTRY order that says it is available."""
+    name = requested or config.backend.default
+    if name != AUTO:
+        return entry(name).name
+    for candidate in REGISTRY:
+        if candidate.load().auto_available(config):
+            return candidate.name
+    return REGISTRY[-1].name
+
+
+def backend_class(name: str) -> type[Backend]:
+    return entry(name).load()
+
+
+def create_backend(name: str, config: FoundryConfig, model: str | None = None) -> Backend:
+    """A backend for `model` (default: the backend's configured default model)."""
+    cls = backend_class(name)
+    return cls(config, model or cls.default_model(config))
+
+
+def exact_token_counter(config: FoundryConfig, model: str) -> Callable[[str], int]:
+    """A function giving the exact tokens a system text adds to a request for `model`, from
+    the metered backend that serves it; FoundryError when exact counts cannot be had."""
+    metered = next(e for e in REGISTRY if not e.local)
+
+    def count(system: str) -> int:
+        backend = create_backend(metered.name, config, model)
+        try:
+            return backend.count_tokens(system)
+        finally:
+            backend.close()
+
+    return count

@@ -1,0 +1,25 @@
+"""Options that recur across commands, declared once as `Annotated` aliases for Typer.
+
+A command writes `config: ConfigOption = None`, so every command spells, types and explains
+`--config`, `--db` and `--json` the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="cache_config.json to use (default: ./cache_config.json, else the packaged one).",
+    ),
+]
+DbOption = Annotated[
+    Path | None,
+    typer.Option("--db", help="Ledger file (default: $FOUNDRY_DB, else FOUNDRY_HOME's)."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]

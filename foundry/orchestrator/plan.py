@@ -1,0 +1,179 @@
+"""From `foundry build`'s options to a plan: every check that can fail without a model (task,
+name, directory, phases, config, template, backend) runs here, before the ledger is touched
+or a model is called. The command then confirms, runs and reports; it decides nothing."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from foundry.errors import UsageError, WorkspaceError
+from foundry.fsutil import SAFE_NAME_RULE, is_safe_name
+
+if TYPE_CHECKING:
+    from foundry.backends.base import Backend, Ttl
+    from foundry.config import FoundryConfig
+    from foundry.orchestrator.build import BuildPlan
+    from foundry.pricing import PricingTable
+    from foundry.prompt.split import SplitPrompt
+    from foundry.prompt.template import Mode
+
+IGNORED_FOR_MODE = {".foundry", ".git"}
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """What the user asked for, as given (None: not given, take the config's default)."""
+
+    name: str
+    task: str
+    dir: Path | None = None
+    backend: str | None = None
+    model: str | None = None
+    ttl: str | None = None
+    phases: str | None = None
+    max_test_iterations: int | None = None
+    max_turns: int | None = None
+    max_cost: float | None = None
+    estimate: bool = False
+    config: Path | None = None
+    template: Path | None = None
+    db: Path | None = None
+
+
+@dataclass
+class PreparedBuild:
+    config: FoundryConfig
+    plan: BuildPlan
+    backend: Backend  # created, not yet checked: nothing heavy has loaded
+    prompt: SplitPrompt
+    pricing: PricingTable
+    projection: dict[str, Any]  # what --estimate prints and the confirmation quotes
+    db: Path
+
+
+def is_writable(path: Path) -> bool:
+    return os.access(path, os.W_OK | os.X_OK)
+
+
+def check_name(name: str) -> None:
+    if not is_safe_name(name):
+        raise UsageError(f"'{name}' is not a valid build name", SAFE_NAME_RULE)
+
+
+def check_workdir(workdir: Path) -> Mode:
+    """Refuse unusable directories; return the mode: "new" or "existing"."""
+    if workdir.exists() and not workdir.is_dir():
+        raise WorkspaceError(f"--dir {workdir} is a file, not a directory", "choose a directory")
+    probe = workdir
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise WorkspaceError(f"cannot create {workdir}: {probe} is a file", "choose another --dir")
+    if not is_writable(probe):
+        raise WorkspaceError(f"{probe} is not writable", "choose a directory you can write to")
+    if workdir.is_dir() and any(p.name not in IGNORED_FOR_MODE for p in workdir.iterdir()):
+        return "existing"
+    return "new"
+
+
+def check_ttl(ttl: str | None, config: FoundryConfig) -> Ttl | None:
+    if ttl is None:
+        return config.caching.ttl if config.caching.enabled else None
+    if ttl not in ("5m", "1h"):
+        raise UsageError(f"--ttl must be 5m or 1h, not '{ttl}'", "use --ttl 5m or --ttl 1h")
+    return cast("Ttl", ttl)
+
+
+def _check_test_phase(phases: tuple[str, ...], workdir: Path) -> None:
+    """Without architect and builder nothing can change the answer before the test phase."""
+    from foundry.orchestrator.phases import saved_test_command
+    from foundry.orchestrator.test_detect import detect_test_command
+
+    if (
+        "test" in phases
+        and not {"architect", "builder"} & set(phases)
+        and not saved_test_command(workdir)
+        and detect_test_command(workdir) is None
+    ):
+        raise UsageError(
+            "the test phase needs a test command: no earlier build recorded one and none "
+            f"can be detected in {workdir}",
+            "include architect in --phases, or add tests foundry can detect (test_*.py, "
+            "a package.json test script, go.mod, Cargo.toml)",
+        )
+
+
+def prepare_build(options: BuildOptions) -> PreparedBuild:
+    from foundry.backends.registry import create_backend, resolve_backend
+    from foundry.config import ledger_path, load_config
+    from foundry.orchestrator.build import BuildPlan
+    from foundry.orchestrator.deploy import require_git
+    from foundry.orchestrator.estimate import estimate_build
+    from foundry.orchestrator.phases import parse_phases
+    from foundry.orchestrator.tools import tool_specs
+    from foundry.pricing import PricingTable
+    from foundry.prompt.split import render_split
+    from foundry.prompt.template import TaskConfig, load_template
+
+    task = options.task.strip()
+    if not task:
+        raise UsageError("the task is empty", 'say what to build: foundry build NAME "TASK"')
+    check_name(options.name)
+    if options.max_cost is not None and not options.max_cost > 0:
+        raise UsageError(
+            f"--max-cost must be more than 0, not {options.max_cost}", "give a USD amount"
+        )
+    config = load_config(options.config)
+    phases = parse_phases(options.phases)
+    ttl = check_ttl(options.ttl, config)
+    workdir = Path(os.path.abspath((options.dir or Path(options.name)).expanduser()))
+    mode = check_workdir(workdir)
+    _check_test_phase(phases, workdir)
+    if "deploy" in phases and not options.estimate:
+        require_git()
+    backend = create_backend(resolve_backend(config, options.backend), config, options.model)
+    iterations = options.max_test_iterations or config.build.max_test_iterations
+    turns = options.max_turns or config.build.max_turns_per_phase
+    task_config = TaskConfig(
+        name=options.name,
+        task=task,
+        workdir=str(workdir),
+        mode=mode,
+        phases=phases,
+        max_test_iterations=iterations,
+    )
+    prompt = render_split(
+        load_template(options.template), task_config, marker=config.caching.boundary_marker
+    )
+    pricing = PricingTable(config)
+    projection = estimate_build(
+        static=prompt.static,
+        dynamic=prompt.dynamic,
+        tools=tool_specs(),
+        phases=phases,
+        backend=backend.name,
+        local=backend.local,
+        model=backend.model,
+        ttl=ttl,
+        pricing=pricing,
+        max_turns=turns,
+        max_test_iterations=iterations,
+    )
+    plan = BuildPlan(
+        name=options.name,
+        task=task,
+        workdir=workdir,
+        mode=mode,
+        phases=phases,
+        max_test_iterations=iterations,
+        max_turns=turns,
+        max_cost=options.max_cost,
+        ttl=ttl,
+        max_tokens=backend.max_tokens,
+    )
+    return PreparedBuild(
+        config, plan, backend, prompt, pricing, projection, ledger_path(config, options.db)
+    )

@@ -1,0 +1,88 @@
+"""The backend registry and the capability interface: the one list of names, `auto`, and
+the rule that callers ask a backend what it can do instead of which one it is."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from foundry.backends.base import Backend
+from foundry.backends.registry import (
+    BACKEND_NAMES,
+    LOCAL_BACKEND_NAMES,
+    REGISTRY,
+    backend_class,
+    create_backend,
+    is_local,
+    resolve_backend,
+)
+from foundry.config import FoundryConfig, parse_config
+from foundry.errors import ConfigError, UsageError
+
+PACKAGE = Path(__file__).resolve().parent.parent / "foundry"
+
+
+def test_auto_backend_picks_claude_only_with_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = FoundryConfig()
+    assert resolve_backend(config) == "mlx"
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
+    assert resolve_backend(config) == "anthropic"
+    assert resolve_backend(config, "mlx") == "mlx"
+    with pytest.raises(UsageError, match="unknown backend 'gpt'") as caught:
+        resolve_backend(config, "gpt")
+    assert "anthropic, mlx, auto" in str(caught.value)
+
+
+def test_the_config_names_only_registered_backends() -> None:
+    assert parse_config({"backend": {"default": "mlx"}}, "c").backend.default == "mlx"
+    with pytest.raises(ConfigError, match="unknown backend 'gpt'"):
+        parse_config({"backend": {"default": "gpt"}}, "c")
+
+
+@pytest.mark.parametrize("entry", REGISTRY, ids=lambda e: e.name)
+def test_every_entry_loads_a_backend_that_says_what_it_can_do(entry) -> None:
+    cls = backend_class(entry.name)
+    assert cls.name == entry.name
+    assert cls.local is entry.local is is_local(entry.name)
+    config = FoundryConfig()
+    backend = create_backend(entry.name, config)  # nothing heavy happens before check()
+    try:
+        assert isinstance(backend, Backend)
+        assert backend.model == cls.default_model(config)
+        assert backend.max_tokens > 0
+    finally:
+        backend.close()
+
+
+def test_local_names_come_from_the_registry() -> None:
+    assert {e.name for e in REGISTRY if e.local} == LOCAL_BACKEND_NAMES
+    assert set(BACKEND_NAMES) == {e.name for e in REGISTRY}
+    assert not is_local("a-backend-nobody-registered")
+
+
+# A string literal that is a backend's name, compared or matched against something.
+_NAME = "|".join(re.escape(name) for name in BACKEND_NAMES)
+_COMPARISON = re.compile(rf"""(==|!=|\bin)\s*\(?["']({_NAME})["']|["']({_NAME})["']\s*(==|!=)""")
+
+
+def test_no_module_outside_the_backends_package_compares_a_backend_name() -> None:
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if "backends" in path.relative_to(PACKAGE).parts:
+            continue
+        for number, line in enumerate(path.read_text("utf-8").splitlines(), 1):
+            if _COMPARISON.search(line):
+                offenders.append(f"{path.relative_to(PACKAGE)}:{number}: {line.strip()}")
+    assert offenders == []
+
+
+def test_the_orchestrator_imports_no_backend_specific_module() -> None:
+    specific = re.compile(r"foundry\.backends\.(?!base\b|registry\b|retry\b)\w+")
+    offenders = [
+        str(path.relative_to(PACKAGE))
+        for path in (PACKAGE / "orchestrator").rglob("*.py")
+        if specific.search(path.read_text("utf-8"))
+    ]
+    assert offenders == []
