@@ -1,25 +1,29 @@
-"""foundry cache: list, stats, clear and prune the local prefix-cache store."""
+"""`foundry cache`: list, stats, clear and prune the local prefix-cache store.
+
+The store (foundry.local.prefix_store) is the core; this module picks it from the config,
+calls it, and prints the result as a table, a line, or JSON."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
 from foundry import console
+from foundry.commands.options import ConfigOption, JsonOption
+
+if TYPE_CHECKING:
+    from foundry.local.prefix_store import PrefixCacheStore
 
 app = typer.Typer(
     help="Inspect and manage the saved prefix KV caches of local models.",
     no_args_is_help=True,
 )
 
-CONFIG_OPTION = typer.Option(None, "--config", help="Path to cache_config.json.")
-JSON_OPTION = typer.Option(False, "--json", help="Print JSON on stdout.")
 
-
-def _store(config_path: Path | None):
+def _store(config_path: Path | None) -> PrefixCacheStore:
     from foundry.config import load_config
     from foundry.local.prefix_store import PrefixCacheStore
 
@@ -31,11 +35,12 @@ def _mb(size: int) -> str:
 
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:
+    # The identity's fields are what the store matches on; identity_digest stands for them.
     return {k: v for k, v in row.items() if k != "identity"}
 
 
 @app.command("list")
-def list_entries(config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION) -> None:
+def list_entries(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """List saved prefixes, most recently used first."""
     rows = [_public(r) for r in _store(config).entries()]
     if as_json:
@@ -59,7 +64,7 @@ def list_entries(config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTIO
 
 
 @app.command("stats")
-def stats(config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION) -> None:
+def stats(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Totals: entries, bytes against the cap, hits, the TTL and memory budget."""
     data = _store(config).stats()
     if as_json:
@@ -77,8 +82,8 @@ def clear(
     pattern: str | None = typer.Argument(
         None, help="Glob or key prefix matched against keys and model names; all without one."
     ),
-    config: Path | None = CONFIG_OPTION,
-    as_json: bool = JSON_OPTION,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Remove saved prefixes (all of them, or those matching PATTERN)."""
     removed = _store(config).clear(pattern)
@@ -90,7 +95,7 @@ def clear(
 
 
 @app.command("prune")
-def prune(config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION) -> None:
+def prune(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Apply the TTL and byte cap, and remove stale temp files and unknown files."""
     result = _store(config).prune()
     if as_json:

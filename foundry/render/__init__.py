@@ -1,0 +1,2 @@
+"""Human views of command results: rich tables and text; the data comes from the core,
+already computed."""
