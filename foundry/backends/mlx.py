@@ -227,6 +227,7 @@ class MLXBackend:
         use_store = request.ttl is not None
         started = time.perf_counter()
         event = self._prepare_cache(rendered.tokens, rendered.prefix, use_store)
+        assert self._cache is not None  # _prepare_cache always leaves one
         new_tokens = rendered.tokens[len(self._cache_tokens) :]
         times = StepTimes()
         detok = self._loaded.tokenizer.detokenizer
@@ -316,10 +317,10 @@ class MLXBackend:
                         FailedAttempt(CONTEXT_TOO_LONG, error.message, started_at=started_at)
                     )
                 raise error
-            total: Usage | None = None
+            total = Usage()
             for attempt in range(MAX_REPAIRS + 1):
                 text, usage, hit_max = self._generate(rendered, request, on_text)
-                total = usage if total is None else total + usage
+                total += usage
                 reply = self._renderer.parse(text, request)
                 if reply.calls or not reply.errors or attempt == MAX_REPAIRS:
                     break

@@ -157,8 +157,8 @@ def phase_table(phases: dict[str, PhaseStats], total: PhaseStats) -> Table:
     )
     headers = ("phase", "status", "turns", "reqs", "in", "out", "read", "write", "hit", "cost")
     for header in headers:
-        justify = "left" if header in ("phase", "status") else "right"
-        table.add_column(header, justify=justify, no_wrap=True)
+        left = header in ("phase", "status")
+        table.add_column(header, justify="left" if left else "right", no_wrap=True)
     turns = sum(stats.turns for stats in phases.values())
     rows = [(name, stats, stats.turns) for name, stats in phases.items()]
     for name, stats, turn_count in [*rows, ("total", total, turns)]:

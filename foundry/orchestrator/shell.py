@@ -4,6 +4,7 @@ with a timeout, a scrubbed environment and bounded output (head and tail kept)."
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -127,9 +128,11 @@ def run_command(
         start_new_session=True,
     )
 
+    stdout = proc.stdout
+    assert isinstance(stdout, io.BufferedReader)  # a binary pipe: read1 returns what is there
+
     def pump() -> None:
-        assert proc.stdout is not None
-        for raw in iter(lambda: proc.stdout.read1(65536), b""):  # type: ignore[union-attr]
+        for raw in iter(lambda: stdout.read1(65536), b""):
             sink.add(raw.decode("utf-8", errors="replace"))
 
     reader = threading.Thread(target=pump, daemon=True)

@@ -15,7 +15,7 @@ from foundry.usage import TOKEN_FIELDS, Usage
 if TYPE_CHECKING:
     from foundry.orchestrator.metered import PhaseStats
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 BuildStatus = Literal["completed", "tests_failed", "failed", "interrupted", "budget_exceeded"]
 PhaseName = Literal["scout", "architect", "builder", "test", "deploy"]
 

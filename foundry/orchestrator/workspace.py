@@ -77,6 +77,8 @@ def validate_input(name: str, args: Any) -> dict[str, Any]:
             raise ToolFailure(
                 f"{name}: '{key}' must be {article} {expected}, got {type(value).__name__}"
             )
+        if not isinstance(value, int | float):
+            continue
         minimum = props[key].get("minimum")
         if minimum is not None and value < minimum:
             raise ToolFailure(f"{name}: '{key}' must be at least {minimum}")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 
 import jinja2
 from jinja2 import nodes
+from jinja2.sandbox import SandboxedEnvironment
 
 from foundry.errors import TemplateError
 from foundry.prompt.template import (
@@ -191,7 +192,7 @@ def parse_template(template: TemplateSource, marker: str = DEFAULT_MARKER) -> Pa
 
 
 def _missing_marker(
-    template: TemplateSource, env: jinja2.Environment, marker: str
+    template: TemplateSource, env: SandboxedEnvironment, marker: str
 ) -> TemplateError:
     """No literal marker line: say whether an expression or include produces one."""
     try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from importlib.abc import Traversable
@@ -146,7 +146,9 @@ class _IncludeLoader(BaseLoader):
         self.served: dict[str, str] = {}  # display name -> source, for locating text later
         self.by_name: dict[str, str] = {}  # include name -> source, for the template's identity
 
-    def get_source(self, environment: jinja2.Environment, template: str):  # type: ignore[override]
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str, Callable[[], bool] | None]:
         pieces = split_template_path(template)  # raises TemplateNotFound for '..'
         for label, root in self.roots:
             node = root.joinpath(*pieces)
@@ -225,6 +227,9 @@ def template_error(exc: Exception, known: set[str], default: str) -> TemplateErr
 # --------------------------------------------------------------------------- parsing
 
 
+Part = Literal["static", "dynamic"]
+
+
 @dataclass(frozen=True)
 class VariableUse:
     """A render variable used by the template, and where."""
@@ -233,7 +238,7 @@ class VariableUse:
     file: str
     line: int
     template_line: int  # the line in the main template (the include statement for an include)
-    part: Literal["static", "dynamic"]
+    part: Part
 
 
 @dataclass
@@ -249,6 +254,12 @@ class ParsedTemplate:
     @property
     def name(self) -> str:
         return self.source.name
+
+    @property
+    def _loader(self) -> _IncludeLoader:
+        loader = self.env.loader
+        assert isinstance(loader, _IncludeLoader)  # environment() always installs it
+        return loader
 
     def _known_files(self) -> set[str]:
         loader = self.env.loader
@@ -287,9 +298,13 @@ class ParsedTemplate:
     def variable_uses(self) -> list[VariableUse]:
         """Every use of a render variable, in the template and the files it includes."""
         uses: list[VariableUse] = []
-        for part, text in (("static", self.static_source), ("dynamic", self.dynamic_source)):
+        parts: tuple[tuple[Part, str], ...] = (
+            ("static", self.static_source),
+            ("dynamic", self.dynamic_source),
+        )
+        for part, text in parts:
             for name, file, line, top in self._walk(text, self.name, None, set()):
-                uses.append(VariableUse(name, file, line, top, part))  # type: ignore[arg-type]
+                uses.append(VariableUse(name, file, line, top, part))
         return sorted(uses, key=lambda u: (u.template_line, u.file, u.line, u.name))
 
     def _walk(
@@ -307,7 +322,7 @@ class ParsedTemplate:
             if not isinstance(target, nodes.Const) or not isinstance(target.value, str):
                 continue
             try:
-                source, shown, _ = self.env.loader.get_source(self.env, target.value)  # type: ignore[union-attr]
+                source, shown, _ = self._loader.get_source(self.env, target.value)
             except (TemplateNotFound, TemplateError):
                 continue
             if shown in seen:
@@ -317,8 +332,7 @@ class ParsedTemplate:
     def template_sha256(self) -> str:
         """SHA-256 of the template text and every file it included (by include name, so
         the same template in another directory hashes the same)."""
-        loader = self.env.loader
-        assert isinstance(loader, _IncludeLoader)
+        loader = self._loader
         self.variable_uses()  # loads every literal include, even those a branch skipped
         digest = hashlib.sha256(self.source.text.encode("utf-8"))
         for name in sorted(loader.by_name):
@@ -327,7 +341,7 @@ class ParsedTemplate:
 
     def locate(self, snippet: str) -> str | None:
         """'file:line' where `snippet` is written literally in the template or an include."""
-        files = {self.name: self.source.text, **self.env.loader.served}  # type: ignore[union-attr]
+        files = {self.name: self.source.text, **self._loader.served}
         for file, text in files.items():
             for number, line in enumerate(text.split("\n"), start=1):
                 if snippet in line:
