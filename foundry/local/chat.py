@@ -22,7 +22,7 @@ from foundry.local.tool_calls import (
     tools_for_template,
 )
 
-log = logging.getLogger("foundry.mlx")
+log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any
 from foundry.fsutil import write_atomic
 from foundry.timestamps import parse_utc, utc_now
 
-log = logging.getLogger("foundry.local.prefix_store")
+log = logging.getLogger(__name__)
 
 
 def last_used_epoch(value: str | None, now: float) -> float:

@@ -27,7 +27,7 @@ from foundry.errors import CacheStoreError
 from foundry.local.manifest import Manifest, last_used_epoch
 from foundry.local.runtime import import_mlx
 
-log = logging.getLogger("foundry.local.prefix_store")
+log = logging.getLogger(__name__)
 FORMAT_VERSION = "1"
 STALE_TEMP_S = 3600.0
 TEMP_GRACE_S = 60.0
