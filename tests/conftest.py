@@ -19,10 +19,33 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     home = tmp_path_factory.mktemp("foundry-home")
     workdir = tmp_path_factory.mktemp("cwd")
     monkeypatch.setenv("FOUNDRY_HOME", str(home))
-    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "FOUNDRY_DB", "FOUNDRY_DEBUG"):
+    for name in (
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_BASE_URL",
+        "FOUNDRY_DB",
+        "FOUNDRY_DEBUG",
+        "FOUNDRY_LOG",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(workdir)
     return home
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory):
+    """The default tiny random-weight model, built once per session. Read-only: tests that
+    need a different model call tests.tiny_model.build_tiny_model themselves."""
+    from tests.tiny_model import build_tiny_model
+
+    # Session-wide, so outside any test's FOUNDRY_HOME.
+    path = build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model")
+    before = _snapshot(path)
+    yield path
+    assert _snapshot(path) == before, "a test changed the shared tiny model; build its own"
+
+
+def _snapshot(directory: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in directory.iterdir()}
 
 
 @pytest.fixture

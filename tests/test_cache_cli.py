@@ -10,15 +10,13 @@ import pytest
 from foundry.config import FoundryConfig
 from foundry.local.engine import load_model, model_identity, prefill
 from foundry.local.prefix_store import PrefixCacheStore, PrefixIdentity
-from tests.tiny_model import build_tiny_model
 
 pytestmark = pytest.mark.mlx
 
 
 @pytest.fixture(scope="module")
-def loaded(tmp_path_factory):
-    path = build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-    return load_model(path, "tiny", kv_dtype="auto", max_kv_size=None)
+def loaded(tiny_model_dir):
+    return load_model(tiny_model_dir, "tiny", kv_dtype="auto", max_kv_size=None)
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from tests.tiny_model import build_tiny_model
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 # -- the MLX backend -----------------------------------------------------------------------
@@ -72,7 +72,7 @@ def test_a_prompt_with_no_room_fails_before_any_prefill(model_dir, tmp_path) -> 
 def test_a_repair_that_would_not_fit_returns_the_text_as_is(model_dir, tmp_path) -> None:
     b = backend(model_dir, config(tmp_path))
     seen = _scripted(b, ['<tool_call>{"name": "read_file", "arguments": {path: a}}</tool_call>'])
-    b.context_window = len(b._renderer.render(request()).tokens) + 4  # too small for a repair
+    b._context_window = len(b._renderer.render(request()).tokens) + 4  # too small for a repair
     response = b.complete(request())
     assert len(seen) == 1 and response.stop_reason == "end_turn"
     assert response.text.startswith("<tool_call>")

@@ -9,14 +9,14 @@ import pytest
 from foundry.config import models_dir
 from foundry.errors import LocalModelError, UsageError
 from foundry.local.gguf import import_gguf
-from tests.tiny_model import build_tiny_model, write_tiny_gguf
+from tests.tiny_model import write_tiny_gguf
 
 pytestmark = pytest.mark.mlx
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+def tiny(tiny_model_dir):
+    return tiny_model_dir
 
 
 def _logits(path, tokens):

@@ -11,16 +11,14 @@ import pytest
 
 from foundry.local.engine import load_model, model_identity, prefill
 from foundry.local.prefix_store import PrefixCacheStore, PrefixIdentity, cache_key
-from tests.tiny_model import build_tiny_model
 
 pytestmark = pytest.mark.mlx
 TOKENS = [(i * 37 + 11) % 300 + 3 for i in range(64)]
 
 
 @pytest.fixture(scope="module")
-def loaded(tmp_path_factory):
-    path = build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-    return load_model(path, "tiny", kv_dtype="auto", max_kv_size=None)
+def loaded(tiny_model_dir):
+    return load_model(tiny_model_dir, "tiny", kv_dtype="auto", max_kv_size=None)
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ SYSTEM = "You are a careful build orchestrator. " * 40
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 def config(tmp_path, **prefix_cache) -> FoundryConfig:

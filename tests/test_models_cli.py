@@ -9,15 +9,14 @@ import zipfile
 import pytest
 
 from foundry.config import models_dir
-from tests.tiny_model import build_tiny_model, write_tiny_gguf
+from tests.tiny_model import write_tiny_gguf
 
 pytestmark = pytest.mark.mlx
 
 
 @pytest.fixture(scope="module")
-def gguf(tmp_path_factory):
-    base = tmp_path_factory.mktemp("gguf")
-    return write_tiny_gguf(build_tiny_model(base / "model"), base / "Tiny-Model.F32.gguf")
+def gguf(tiny_model_dir, tmp_path_factory):
+    return write_tiny_gguf(tiny_model_dir, tmp_path_factory.mktemp("gguf") / "Tiny-Model.F32.gguf")
 
 
 def test_list_shows_the_pullable_default_before_anything_is_imported(cli) -> None:
