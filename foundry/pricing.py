@@ -22,6 +22,17 @@ _MILLION = Decimal(1_000_000)
 
 
 @dataclass(frozen=True)
+class Rates:
+    """A priced model's rates in USD per million tokens."""
+
+    input: Decimal
+    output: Decimal
+    cache_write_5m: Decimal
+    cache_write_1h: Decimal
+    cache_read: Decimal
+
+
+@dataclass(frozen=True)
 class ModelPrice:
     """Prices in USD per million tokens (None: no sourced price), and the cache minimum."""
 
@@ -34,14 +45,23 @@ class ModelPrice:
     min_cache_tokens: int | None
 
     @property
-    def priced(self) -> bool:
-        return None not in (
-            self.input,
-            self.output,
-            self.cache_write_5m,
-            self.cache_write_1h,
-            self.cache_read,
+    def rates(self) -> Rates | None:
+        """Every price, when every one is sourced; None for an unpriced model."""
+        if (
+            self.input is None
+            or self.output is None
+            or self.cache_write_5m is None
+            or self.cache_write_1h is None
+            or self.cache_read is None
+        ):
+            return None
+        return Rates(
+            self.input, self.output, self.cache_write_5m, self.cache_write_1h, self.cache_read
         )
+
+    @property
+    def priced(self) -> bool:
+        return self.rates is not None
 
 
 @dataclass(frozen=True)
@@ -159,7 +179,8 @@ class PricingTable:
         if local:
             return Cost(0.0, 0.0, "local")
         price = self.get(model)
-        if price is None or not price.priced:
+        rates = price.rates if price is not None else None
+        if rates is None:
             reason = "is not in the pricing table" if price is None else "has no sourced price"
             return Cost(
                 None,
@@ -168,17 +189,14 @@ class PricingTable:
                 f"model '{model}' {reason}; its cost is recorded as NULL — set its prices "
                 f"under 'models' in cache_config.json",
             )
-        assert price.input is not None and price.output is not None
-        assert price.cache_read is not None
-        assert price.cache_write_5m is not None and price.cache_write_1h is not None
         cost = (
-            usage.input_tokens * price.input
-            + usage.output_tokens * price.output
-            + usage.cache_read_tokens * price.cache_read
-            + usage.cache_write_5m_tokens * price.cache_write_5m
-            + usage.cache_write_1h_tokens * price.cache_write_1h
+            usage.input_tokens * rates.input
+            + usage.output_tokens * rates.output
+            + usage.cache_read_tokens * rates.cache_read
+            + usage.cache_write_5m_tokens * rates.cache_write_5m
+            + usage.cache_write_1h_tokens * rates.cache_write_1h
         ) / _MILLION
         uncached = (
-            usage.total_input_tokens * price.input + usage.output_tokens * price.output
+            usage.total_input_tokens * rates.input + usage.output_tokens * rates.output
         ) / _MILLION
         return Cost(float(cost), float(uncached), self.version)

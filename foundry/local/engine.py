@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from foundry.errors import LocalModelError
 from foundry.fsutil import write_atomic
@@ -92,7 +92,8 @@ def activation_dtype(model: Any) -> str:
     mx = import_mlx()
     from mlx.utils import tree_flatten
 
-    for _, value in tree_flatten(model.parameters()):
+    leaves = cast("list[tuple[str, Any]]", tree_flatten(model.parameters()))
+    for _, value in leaves:
         if mx.issubdtype(value.dtype, mx.floating):
             return str(value.dtype).removeprefix("mlx.core.")
     return "unknown"

@@ -167,10 +167,11 @@ def _write_tokenizer(meta: dict[str, Any], directory: Path) -> None:
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     if meta.get("tokenizer.ggml.pre") == "smollm":  # SmolLM splits digits one by one
-        byte_level = pre_tokenizers.Sequence(
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
             [pre_tokenizers.Digits(individual_digits=True), byte_level]
         )
-    tokenizer.pre_tokenizer = byte_level
+    else:
+        tokenizer.pre_tokenizer = byte_level
     tokenizer.decoder = decoders.ByteLevel()
     types = meta.get("tokenizer.ggml.token_type")
     types = types.tolist() if types is not None else [0] * len(tokens)

@@ -303,6 +303,9 @@ def break_even_builds_per_hour(write_5m: float, write_1h: float, read: float) ->
     return max(0.0, rate)
 
 
+RecommendedTtl = Literal["5m", "1h", "none"]
+
+
 @dataclass(frozen=True)
 class ModelProjection:
     model: str
@@ -312,7 +315,7 @@ class ModelProjection:
     uncached_usd: float | None = None
     cached_5m_usd: float | None = None
     cached_1h_usd: float | None = None
-    recommended_ttl: Literal["5m", "1h", "none"] | None = None
+    recommended_ttl: RecommendedTtl | None = None
     saving_usd: float | None = None  # uncached minus the recommended option
     break_even_requests: dict[str, int | None] = field(default_factory=dict)
     break_even_builds_per_hour: float | None = None  # 1h beats 5m above this rate
@@ -329,10 +332,11 @@ def project_model(
     """The static prefix's cost over `builds` builds: uncached, 5m and 1h (module docstring)."""
     minimum = price.min_cache_tokens
     caches = None if minimum is None else static_tokens >= minimum
-    if not price.priced:
+    rates = price.rates
+    if rates is None:
         return ModelProjection(price.model, minimum, caches, priced=False)
-    base, read = float(price.input), float(price.cache_read)  # type: ignore[arg-type]
-    writes = {"5m": float(price.cache_write_5m), "1h": float(price.cache_write_1h)}  # type: ignore[arg-type]
+    base, read = float(rates.input), float(rates.cache_read)
+    writes = {"5m": float(rates.cache_write_5m), "1h": float(rates.cache_write_1h)}
     s, r, n = static_tokens / 1_000_000, requests_per_build, builds  # prices are per MTok
     uncached = n * r * s * base
     cached: dict[str, float] = {}
@@ -344,7 +348,11 @@ def project_model(
         cold = s * (write + (r - 1) * read)
         expected = s * (p * read + (1 - p) * write + (r - 1) * read)
         cached[ttl] = cold + (n - 1) * expected
-    options = [("5m", cached["5m"]), ("1h", cached["1h"]), ("none", uncached)]
+    options: list[tuple[RecommendedTtl, float]] = [
+        ("5m", cached["5m"]),
+        ("1h", cached["1h"]),
+        ("none", uncached),
+    ]
     best, best_cost = min(options, key=lambda o: o[1])  # ties keep the earlier option
     if caches is False:
         best, best_cost = "none", uncached
@@ -356,7 +364,7 @@ def project_model(
         uncached_usd=uncached,
         cached_5m_usd=cached["5m"],
         cached_1h_usd=cached["1h"],
-        recommended_ttl=best,  # type: ignore[arg-type]
+        recommended_ttl=best,
         saving_usd=uncached - best_cost,
         break_even_requests={
             ttl: break_even_requests(write, read, base) for ttl, write in writes.items()
