@@ -16,7 +16,7 @@ from foundry.config import FoundryConfig
 from foundry.errors import BackendError
 from foundry.ledger import Ledger
 from foundry.orchestrator.build import BuildPlan, BuildResult, BuildRun
-from foundry.orchestrator.display import Events
+from foundry.orchestrator.events import Events
 from foundry.pricing import PricingTable
 from foundry.usage import Usage
 

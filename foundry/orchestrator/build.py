@@ -13,7 +13,7 @@ from foundry.backends.base import Message
 from foundry.errors import BudgetExceeded, FoundryError
 from foundry.fsutil import write_atomic
 from foundry.orchestrator.deploy import deploy
-from foundry.orchestrator.display import Events
+from foundry.orchestrator.events import Events
 from foundry.orchestrator.loop import run_turns
 from foundry.orchestrator.metered import Conversation, ModelSession, PhaseStats
 from foundry.orchestrator.phases import (

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from foundry.backends.base import FailedAttempt, Message, ModelRequest, ModelResponse
 from foundry.errors import BackendError, BudgetExceeded
-from foundry.orchestrator.display import Events
+from foundry.orchestrator.events import Events
 from foundry.usage import Usage
 
 if TYPE_CHECKING:
