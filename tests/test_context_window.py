@@ -140,7 +140,7 @@ def test_a_conversation_past_the_context_window_ends_its_phase_like_a_turn_limit
         ([finish("one module", "# Arch\n", test_command=TEST_CMD)], "tool_use"),
     ]
     result, backend, db = run_build(tmp_path, steps, phases=("scout", "architect"))
-    assert result.status == "completed", result.error
+    assert result.status == "incomplete", result.error
     assert result.phases["scout"].status == "turn_limit" and result.phases["scout"].turns == 2
     report = (tmp_path / "hello" / ".foundry" / "scout-report.md").read_text()
     assert "context window at turn 3" in report

@@ -146,14 +146,19 @@ def test_the_models_claim_of_success_is_never_trusted(tmp_path: Path) -> None:
     assert not (tmp_path / "hello" / ".git").exists()
 
 
-def test_a_phase_ends_at_its_turn_limit_and_the_build_goes_on(tmp_path: Path) -> None:
+def test_a_phase_ends_at_its_turn_limit_and_the_build_ends_incomplete(tmp_path: Path) -> None:
     steps = [
         ([text("hmm")], "end_turn"),
         ([tool("list_files")], "tool_use"),
         ([tool("list_files")], "tool_use"),
     ]
-    result, backend, _ = run_build(tmp_path, steps, phases=("scout",), max_turns=3)
-    assert result.status == "completed"
+    result, backend, db = run_build(tmp_path, steps, phases=("scout",), max_turns=3)
+    # A requested phase that did not finish is not "completed": its own status and exit code,
+    # the same in the result, the summary and the ledger.
+    assert (result.status, result.exit_code) == ("incomplete", 5)
+    assert result.error == "not every requested phase finished: scout (turn_limit)"
+    assert result.summary["status"] == "incomplete" and result.summary["phases_completed"] == []
+    assert ledger_rows(db, "builds")[0]["status"] == "incomplete"
     assert result.phases["scout"].status == "turn_limit" and result.phases["scout"].turns == 3
     assert backend.requests[1].messages[-1].content[-1]["text"] == NO_TOOL_NUDGE
     assert backend.requests[2].messages[-1].content[-1]["text"] == LAST_TURN_NOTE

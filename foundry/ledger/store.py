@@ -30,7 +30,15 @@ if TYPE_CHECKING:
     from foundry.usage import Usage
 
 BUILD_STATUSES = frozenset(
-    {"running", "completed", "tests_failed", "failed", "interrupted", "budget_exceeded"}
+    {
+        "running",
+        "completed",
+        "incomplete",
+        "tests_failed",
+        "failed",
+        "interrupted",
+        "budget_exceeded",
+    }
 )
 # Total time a write keeps retrying past the busy timeout before giving up with an error.
 WRITE_DEADLINE_S = 120.0

@@ -50,6 +50,7 @@ EXIT_CODES = {
     "failed": 1,
     "tests_failed": 3,
     "budget_exceeded": 4,
+    "incomplete": 5,
     "interrupted": 130,
 }
 
@@ -291,6 +292,13 @@ class BuildRun:
                         f"the tests still failed after {plan.max_test_iterations} run(s)"
                     )
                     break
+            unfinished = [n for n in plan.phases if n not in self.state.completed]
+            if status == "completed" and unfinished:
+                # Every phase ran, but not every one finished: not what "completed" promises.
+                status = "incomplete"
+                error = "not every requested phase finished: " + ", ".join(
+                    f"{n} ({session.stats(n).status})" for n in unfinished
+                )
         except BudgetExceeded as exc:
             status, error = "budget_exceeded", str(exc)
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM raised as errors.Terminated

@@ -16,7 +16,9 @@ if TYPE_CHECKING:
     from foundry.orchestrator.metered import PhaseStats
 
 SCHEMA_VERSION: Literal[1] = 1
-BuildStatus = Literal["completed", "tests_failed", "failed", "interrupted", "budget_exceeded"]
+BuildStatus = Literal[
+    "completed", "incomplete", "tests_failed", "failed", "interrupted", "budget_exceeded"
+]
 PhaseName = Literal["scout", "architect", "builder", "test", "deploy"]
 
 
