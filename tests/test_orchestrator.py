@@ -211,6 +211,21 @@ def test_max_cost_stops_before_the_request_that_would_exceed_it(tmp_path: Path) 
     assert 0 < len(backend.requests) < 6 and spent <= 0.022
 
 
+def test_the_budget_is_checked_before_every_retry_too(tmp_path: Path) -> None:
+    # Streams cut after 8,000 output tokens ($0.12 each on Sonnet 4.6), retried: the check
+    # before the first attempt passes ($0 spent); the one before the first retry sees $0.12
+    # recorded plus a full reply's worth and stops, so spend never passes --max-cost.
+    cut = FailedAttempt("stream_interrupted", "cut", Usage(50, 8000), None, None, True)
+    steps = [cut, cut, cut, cut, cut, ([tool("list_files")], "tool_use")]
+    result, backend, db = run_build(tmp_path, steps, max_cost=0.20, max_tokens=8192)
+    assert (result.status, result.exit_code) == ("budget_exceeded", 4)
+    assert "stopped before a retry" in (result.error or "")
+    rows = ledger_rows(db, "requests")
+    assert [(r["status"], r["error_class"]) for r in rows] == [("error", "stream_interrupted")]
+    assert sum(r["cost_usd"] for r in rows) <= 0.20
+    assert len(backend.steps) == 5  # no second attempt was made
+
+
 def test_ctrl_c_marks_the_build_interrupted_and_keeps_what_was_recorded(tmp_path: Path) -> None:
     steps = [([tool("list_files")], "tool_use"), KeyboardInterrupt()]
     result, _, db = run_build(tmp_path, steps)

@@ -171,8 +171,14 @@ class ModelSession:
         return self.pricing.cost(usage, self.backend.model, local=self.backend.local).cost_usd
 
     def check_budget(
-        self, conversation: Conversation | None, max_tokens: int | None = None
+        self,
+        conversation: Conversation | None,
+        max_tokens: int | None = None,
+        *,
+        before: str = "the next request",
     ) -> None:
+        """Stop before an attempt that could take spend past --max-cost. Runs before every
+        attempt, retries included, against what the ledger has recorded so far."""
         if self.max_cost is None:
             return
         spent = self.total.cost_usd
@@ -184,8 +190,8 @@ class ModelSession:
             return
         if spent + estimate > self.max_cost:
             raise BudgetExceeded(
-                f"stopped before the next request: ${spent:.4f} spent + about ${estimate:.4f} "
-                f"for the next request would exceed --max-cost ${self.max_cost:.2f}",
+                f"stopped before {before}: ${spent:.4f} spent + about ${estimate:.4f} "
+                f"for it would exceed --max-cost ${self.max_cost:.2f}",
                 "raise --max-cost, or resume with --phases",
             )
 
@@ -205,13 +211,14 @@ class ModelSession:
         )
         self.events.request_started(phase, turn)
         self.last_request = request
-        response = self._complete(request, phase, turn, "turn", utc_now())
+        response = self._complete(request, conversation, phase, turn, "turn", utc_now())
         conversation.sent = len(conversation.messages)
         return response
 
     def _complete(
         self,
         request: ModelRequest,
+        conversation: Conversation,  # what the budget estimate of a retry prices
         phase: str | None,
         turn: int | None,
         purpose: str,
@@ -228,10 +235,18 @@ class ModelSession:
                 error_class=attempt.error_class,
                 request_id=attempt.request_id,
             )
+            stop: BudgetExceeded | None = None
+            if attempt.will_retry:  # a retry is paid like a request: check before it
+                try:
+                    self.check_budget(conversation, request.max_tokens, before="a retry")
+                except BudgetExceeded as exc:
+                    stop = exc
+            retrying = " (retrying)" if attempt.will_retry and stop is None else ""
             self.events.warning(
-                f"{phase} turn {turn}: {attempt.error_class}: {attempt.message}"
-                + (" (retrying)" if attempt.will_retry else "")
+                f"{phase} turn {turn}: {attempt.error_class}: {attempt.message}{retrying}"
             )
+            if stop is not None:
+                raise stop
 
         try:
             response = self.backend.complete(
@@ -283,6 +298,9 @@ class ModelSession:
             return
         self.events.note(f"cache keep-alive after {self.keepalive_after_s:.0f}s idle")
         try:
-            self._complete(request, self.current_phase, None, "keepalive", utc_now())
+            self._complete(request, sent, self.current_phase, None, "keepalive", utc_now())
+        except BudgetExceeded:  # its retry could pass --max-cost: no more keep-alives
+            self.keepalive_after_s = None
+            self.warn_once("cache keep-alives stopped: the next one could exceed --max-cost")
         except BackendError as exc:  # recorded as failed attempts; the build goes on
             self.events.warning(f"cache keep-alive failed: {exc}")
