@@ -44,9 +44,12 @@ class CachingConfig(_Section):
 
 class BackendConfig(_Section):
     # "auto": the first backend in the registry's order that is available (Claude when
-    # ANTHROPIC_API_KEY is set, else the local model).
+    # ANTHROPIC_API_KEY is set, an OpenAI-compatible server when one is configured, else
+    # the local model).
     default: str = "auto"
     anthropic_model: str = "claude-sonnet-4-6"
+    # None: the one model the server lists (an error naming them when it lists several).
+    openai_model: str | None = None
     mlx_model: str = "smollm2-135m"
 
     @field_validator("default")
@@ -67,6 +70,25 @@ class AnthropicConfig(_Section):
     max_retries: int = Field(default=4, ge=0, le=20)
     retry_budget_s: float = Field(default=120.0, gt=0)
     max_tokens: int = Field(default=8192, gt=0)
+    # The most one attempt may take, whatever the server streams (pings keep a socket
+    # alive past any read timeout); past it the attempt fails as a timeout.
+    deadline_s: float = Field(default=900.0, gt=0)
+
+
+class OpenAIConfig(_Section):
+    """An OpenAI-compatible Chat Completions server (vLLM, SGLang, llama.cpp, Ollama, ...)."""
+
+    base_url: str | None = None  # OPENAI_BASE_URL and --base-url take precedence
+    # "native": OpenAI function calling; "text": foundry's <tool_call> text format; "auto":
+    # native, switching to text when the server refuses tools or its model answers in text.
+    tool_format: Literal["auto", "native", "text"] = "auto"
+    # None: decided from the base URL (loopback or private network: free, unless the model
+    # has prices under `models`); true / false say it outright.
+    local: bool | None = None
+    timeout_s: float = Field(default=600.0, gt=0)
+    max_retries: int = Field(default=4, ge=0, le=20)
+    retry_budget_s: float = Field(default=120.0, gt=0)
+    max_tokens: int = Field(default=4096, gt=0)
 
 
 class ModelOverride(_Section):
@@ -118,6 +140,7 @@ class FoundryConfig(_Section):
     caching: CachingConfig = Field(default_factory=CachingConfig)
     backend: BackendConfig = Field(default_factory=BackendConfig)
     anthropic: AnthropicConfig = Field(default_factory=AnthropicConfig)
+    openai: OpenAIConfig = Field(default_factory=OpenAIConfig)
     mlx: MlxConfig = Field(default_factory=MlxConfig)
     models: dict[str, ModelOverride] = Field(default_factory=dict)
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from foundry.backends.anthropic.client import AnthropicBackend
@@ -88,6 +90,23 @@ def test_a_slow_server_times_out_then_the_retry_succeeds(anthropic_server, monke
     failed: list[FailedAttempt] = []
     assert be.complete(request(), on_failed_attempt=failed.append).text == "OK"
     assert [f.error_class for f in failed] == ["timeout"]
+
+
+def test_a_server_that_only_pings_hits_the_deadline_then_the_retry_succeeds(
+    anthropic_server, monkeypatch
+):
+    # A ping every 0.1 s keeps the socket alive past any read timeout; only the attempt's
+    # own deadline ends it.
+    be, _ = make(anthropic_server, monkeypatch, deadline_s=0.5)
+    anthropic_server.enqueue_fault("pings", every_s=0.1, for_s=10.0)
+    failed: list[FailedAttempt] = []
+    started = time.monotonic()
+    assert be.complete(request(), on_failed_attempt=failed.append).text == "OK"
+    assert time.monotonic() - started < 5.0
+    assert [(f.error_class, f.will_retry) for f in failed] == [("timeout", True)]
+    assert "within 0.5 s (anthropic.deadline_s)" in failed[0].message
+    # A failed attempt records how long it took, as a successful one does.
+    assert failed[0].usage.duration_ms is not None and failed[0].usage.duration_ms >= 500
 
 
 def test_a_slow_but_timely_response_just_succeeds(anthropic_server, monkeypatch):

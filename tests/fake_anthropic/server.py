@@ -54,7 +54,7 @@ GARBLED_EVENTS = {
         {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta"}},
     ),
 }
-STREAM_FAULTS = ("stream_cut", "sse_error", "garbled")
+STREAM_FAULTS = ("stream_cut", "sse_error", "garbled", "pings")
 FAULT_KINDS = {*ERROR_FAULTS, "error", *STREAM_FAULTS, "slow", "drop"}
 
 
@@ -307,6 +307,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._chunk(b"")
             self.close_connection = True
             return None
+        if kind == "pings":  # alive but never answering: a ping every every_s for for_s
+            every, until = float(options.get("every_s", 0.1)), float(options.get("for_s", 5.0))
+            stop_at = time.monotonic() + until
+            with contextlib.suppress(OSError):  # the client gives up and hangs up first
+                while time.monotonic() < stop_at:
+                    self._chunk(sse.event("ping", {"type": "ping"}))
+                    time.sleep(every)
+            return self._cut()
         if kind == "garbled":
             body_events = list(sse.body_events(message))
             self._chunk(body_events[0])  # content_block_start of block 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -58,6 +59,11 @@ class _AttemptFailed(Exception):
         self.retry_after = retry_after
 
 
+def _expire(stream: Any, expired: threading.Event) -> None:
+    expired.set()
+    stream.response.close()
+
+
 class AnthropicBackend:
     name: ClassVar[str] = "anthropic"
     local: ClassVar[bool] = False
@@ -67,14 +73,19 @@ class AnthropicBackend:
         config: FoundryConfig,
         model: str,
         *,
+        base_url: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] = random.random,
     ) -> None:
         self.config = config
         self.model = model
+        # --base-url, else ANTHROPIC_BASE_URL, else anthropic.base_url, else the API.
         self.base_url = (
-            os.environ.get(BASE_URL_ENV) or config.anthropic.base_url or DEFAULT_BASE_URL
+            base_url
+            or os.environ.get(BASE_URL_ENV)
+            or config.anthropic.base_url
+            or DEFAULT_BASE_URL
         ).rstrip("/")
         self._sleep, self._clock, self._rng = sleep, clock, rng
         self.max_tokens = config.anthropic.max_tokens
@@ -160,7 +171,7 @@ class AnthropicBackend:
                 api_key=self._api_key(),
                 base_url=self.base_url,
                 max_retries=0,
-                timeout=self.config.anthropic.timeout_s,
+                timeout=min(self.config.anthropic.timeout_s, self.config.anthropic.deadline_s),
             )
         return self._client
 
@@ -270,14 +281,34 @@ class AnthropicBackend:
 
         state = StreamState()
         request_id: str | None = None
+        deadline_s = self.config.anthropic.deadline_s
+        expired = threading.Event()
         try:
             with client.messages.create(**params, stream=True) as stream:
                 request_id = stream.response.headers.get("request-id")
-                for event in sdk_events(stream):
-                    text = state.handle(event)
-                    if text and on_text is not None:
-                        on_text(text)
-        except (anthropic.APIError, httpx2.HTTPError, httpx2.StreamError) as exc:
+                # The SDK swallows pings, so no event may arrive while a server keeps the
+                # socket alive: a timer closes the response at the deadline instead.
+                left_s = max(deadline_s - state.elapsed_ms / 1000, 0.0)
+                timer = threading.Timer(left_s, _expire, (stream, expired))
+                timer.daemon = True
+                timer.start()
+                try:
+                    for event in sdk_events(stream):
+                        text = state.handle(event)
+                        if text and on_text is not None:
+                            on_text(text)
+                finally:
+                    timer.cancel()
+        except (anthropic.APIError, httpx2.HTTPError, httpx2.StreamError, MalformedStream) as exc:
+            if expired.is_set():  # whatever the cut-off stream looked like, it was the deadline
+                raise self._past_deadline(state, request, request_id) from None
+            if isinstance(exc, MalformedStream):
+                raise _AttemptFailed(
+                    "malformed_stream",
+                    f"the server sent a stream that is not the Anthropic API's: {exc}",
+                    self._usage(state, request),
+                    request_id,
+                ) from None
             error_class, retry_after = classify_error(
                 exc, streaming_started=state.start_usage is not None
             )
@@ -290,13 +321,8 @@ class AnthropicBackend:
                 request_id,
                 retry_after,
             ) from None
-        except MalformedStream as exc:
-            raise _AttemptFailed(
-                "malformed_stream",
-                f"the server sent a stream that is not the Anthropic API's: {exc}",
-                self._usage(state, request),
-                request_id,
-            ) from None
+        if expired.is_set():
+            raise self._past_deadline(state, request, request_id)
         if not state.stopped:
             raise _AttemptFailed(
                 "stream_interrupted",
@@ -305,7 +331,6 @@ class AnthropicBackend:
                 request_id,
             )
         usage = self._usage(state, request)
-        usage.duration_ms = state.elapsed_ms
         content = [state.blocks[i] for i in sorted(state.blocks)]
         return ModelResponse(
             content=content,
@@ -315,8 +340,21 @@ class AnthropicBackend:
             request_id=request_id or state.message_id,
         )
 
+    def _past_deadline(
+        self, state: StreamState, request: ModelRequest, request_id: str | None
+    ) -> _AttemptFailed:
+        deadline_s = self.config.anthropic.deadline_s
+        return _AttemptFailed(
+            "timeout",
+            f"no complete response within {deadline_s:g} s (anthropic.deadline_s)",
+            self._usage(state, request),
+            request_id,
+        )
+
     @staticmethod
     def _usage(state: StreamState, request: ModelRequest) -> Usage:
+        """What the attempt reported so far, and how long it took (failed ones too)."""
         usage = map_usage(state.start_usage, state.final_usage, request.ttl)
         usage.ttft_ms = state.ttft_ms
+        usage.duration_ms = state.elapsed_ms
         return usage
