@@ -13,8 +13,14 @@ stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True, soft_wrap=True)
 
 
+def one_line(message: str) -> str:
+    """An error is one line, whatever a server's message or a user's input held: line
+    breaks are shown escaped, as in a log."""
+    return message.replace("\r\n", "\n").replace("\r", "\\r").replace("\n", "\\n")
+
+
 def error(message: str) -> None:
-    stderr.print(Text.assemble(("error: ", "bold red"), (message, "red")))
+    stderr.print(Text.assemble(("error: ", "bold red"), (one_line(message), "red")))
 
 
 def warning(message: str) -> None:

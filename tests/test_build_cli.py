@@ -41,7 +41,10 @@ def _closed_port() -> int:
         (["hello", "task", "--phases", "scout,review"], 2, "unknown phase(s) in --phases: review"),
         (["hello", "task", "--phases", "test"], 2, "needs a test command"),
         (["hello", "task", "--ttl", "10m"], 2, "--ttl must be 5m or 1h"),
-        (["hello", "task", "--max-cost", "0"], 2, "--max-cost must be more than 0"),
+        (["hello", "task", "--max-cost", "0"], 2, "--max-cost must be a positive, finite"),
+        (["hello", "task", "--max-cost", "inf"], 2, "--max-cost must be a positive, finite"),
+        (["hello", "task", "--max-cost", "nan"], 2, "--max-cost must be a positive, finite"),
+        (["abc\n", "task"], 2, "not a valid build name"),  # no name ends in a newline
         (["hello", "task", "--max-turns", "0"], 2, ""),
         (["hello", "task", "--backend", "gpt"], 2, "unknown backend"),
     ],
@@ -56,6 +59,18 @@ def test_bad_input_is_one_line_and_touches_nothing(cli, tmp_path, template, args
         assert len(result.stderr.strip().splitlines()) == 1
     _no_ledger(tmp_path)
     assert not Path("hello").exists()
+
+
+@pytest.mark.mlx
+def test_a_bad_ledger_leaves_no_build_directory(cli, tmp_path, template, tiny_model_dir):
+    bad = tmp_path / "not-a-ledger.db"
+    bad.write_text("not a database")
+    result = cli(
+        "build", "hello", "task", "--backend", "mlx", "--model", str(tiny_model_dir),
+        "--db", str(bad), "--template", template, "--yes",
+    )  # fmt: skip
+    assert result.exit_code == 1 and "is not a SQLite database" in result.stderr
+    assert not Path("hello").exists() and bad.read_text() == "not a database"
 
 
 def test_dir_that_is_a_file_or_not_writable(cli, tmp_path, template, monkeypatch):
@@ -179,3 +194,13 @@ def test_confirmation_on_a_terminal(cli, tmp_path, template, monkeypatch, anthro
     assert "projected cost" in result.stderr
     _no_ledger(tmp_path)
     assert anthropic_env.requests == []
+
+
+def test_a_foundry_dir_that_is_a_file_is_refused_before_the_build(cli, tmp_path, template):
+    Path("hello").mkdir()
+    Path("hello/.foundry").write_text("not a directory")
+    result = cli("build", "hello", "task", "--db", str(tmp_path / "l.db"), "--template", template)
+    assert result.exit_code == 1 and ".foundry is not a directory" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    _no_ledger(tmp_path)
+    assert Path("hello/.foundry").read_text() == "not a directory"

@@ -252,6 +252,7 @@ def test_budget_warnings_at_80_90_100(cli, tmp_path, millionths, expected) -> No
         (["--by", "year"], "not a view"),
         (["--tz", "Mars/Olympus"], "unknown time zone"),
         (["--since", "last tuesday"], "not a date"),
+        (["--since", "9999999d"], "reaches back before year 1"),
         (["--since", "2026-05-02", "--until", "2026-05-01"], "after --until"),
         (["--json", "--csv"], "cannot be combined"),
     ],

@@ -268,3 +268,22 @@ def test_rollup_matches_the_rows_through_insert_update_delete(tmp_path: Path) ->
         assert buckets == {"2026-03-29T00:00", "2026-03-29T00:15", "2026-03-29T00:30"}
         conn.execute("DELETE FROM requests")
         assert conn.execute("SELECT COUNT(*) FROM request_rollup").fetchone()[0] == 0
+
+
+def test_a_damaged_byte_in_a_text_column_reads_as_a_replacement_character(tmp_path: Path):
+    from foundry.ledger.periods import resolve_zone
+    from foundry.ledger.report import Filters, aggregate
+
+    path = tmp_path / "l.db"
+    with Ledger.open(path) as ledger:
+        ledger.record_request(
+            build_id=new_build(ledger), phase="scout", turn=1, backend="anthropic",
+            model="claude-sonnet-4-6", usage=Usage(10, 5), started_at=utc_now(),
+        )  # fmt: skip
+        ledger.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray(path.read_bytes())
+    data[data.index(b"scout")] = 0xFF  # no longer UTF-8
+    path.write_bytes(bytes(data))
+    with Ledger.open(path) as ledger:
+        rows = aggregate(ledger.conn, "phase", resolve_zone("UTC"), Filters())
+    assert [(r.key, r.requests) for r in rows] == [("\ufffdcout", 1)]

@@ -407,3 +407,20 @@ def test_every_final_build_status_has_an_exit_code_and_a_ledger_value():
     final = set(get_args(BuildStatus))
     assert final == set(EXIT_CODES)
     assert final | {"running"} == BUILD_STATUSES
+
+
+def test_a_planted_artifact_symlink_is_refused_never_followed(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("mine")
+    steps = [
+        ([tool("run_command", command="rm -rf .foundry && ln -s ../outside .foundry")], "tool_use"),
+        ([finish("scouted", "# Scout report\n")], "tool_use"),
+    ]
+    result, _, db = run_build(tmp_path, steps, phases=("scout",))
+    assert result.status == "failed"
+    assert ".foundry is a symlink" in (result.error or "")
+    assert "summary.json not written" in (result.error or "")
+    assert sorted(p.name for p in outside.iterdir()) == ["keep.txt"]
+    assert (outside / "keep.txt").read_text() == "mine"
+    assert ledger_rows(db, "builds")[0]["status"] == "failed"

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from foundry import console
-from foundry.commands.options import ConfigOption, DbOption, JsonOption
+from foundry.commands.options import BaseUrlOption, ConfigOption, DbOption, JsonOption
 from foundry.errors import FoundryError, Terminated
 
 if TYPE_CHECKING:
@@ -30,11 +30,12 @@ def build(
         Path | None, typer.Option("--dir", help="Working directory (default ./NAME).")
     ] = None,
     backend: Annotated[
-        str | None, typer.Option("--backend", help="anthropic, mlx or auto.")
+        str | None, typer.Option("--backend", help="anthropic, openai, mlx or auto.")
     ] = None,
     model: Annotated[
         str | None, typer.Option("--model", help="Model id (default from config).")
     ] = None,
+    base_url: BaseUrlOption = None,
     ttl: Annotated[str | None, typer.Option("--ttl", help="Cache TTL: 5m or 1h.")] = None,
     phases: Annotated[
         str | None,
@@ -72,6 +73,7 @@ def build(
         dir=dir,
         backend=backend,
         model=model,
+        base_url=base_url,
         ttl=ttl,
         phases=phases,
         max_test_iterations=max_test_iterations,
@@ -108,7 +110,6 @@ def _build(options: BuildOptions, *, json_output: bool, yes: bool) -> None:
         prepared.backend.check()
         if not yes and stdin_is_tty():
             _confirm(prepared)
-        prepared.plan.workdir.mkdir(parents=True, exist_ok=True)
         result = _run(prepared)
     finally:
         prepared.backend.close()
@@ -146,7 +147,13 @@ def _run(prepared: PreparedBuild) -> BuildResult:
     from foundry.orchestrator.build import BuildRun
     from foundry.orchestrator.display import make_display, phase_table
 
+    # The ledger first: a bad --db must not leave an empty build directory behind.
     ledger = Ledger.open(prepared.db, prepared.pricing)
+    try:
+        prepared.plan.workdir.mkdir(parents=True, exist_ok=True)
+    except BaseException:
+        ledger.close()
+        raise
     display = make_display(console.stderr, prepared.plan.max_cost)
     try:
         result = BuildRun(

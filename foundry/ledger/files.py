@@ -64,6 +64,10 @@ def unreadable(path: Path, exc: sqlite3.DatabaseError) -> LedgerError:
     )
 
 
+def _decode_text(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")
+
+
 def connect(path: Path) -> sqlite3.Connection:
     try:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so no implicit transactions.
@@ -72,6 +76,9 @@ def connect(path: Path) -> sqlite3.Connection:
         )
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA foreign_keys = ON")
+        # A damaged byte in a text column (a bad disk, a hand edit) reads as U+FFFD rather
+        # than making every report fail.
+        conn.text_factory = _decode_text
     except sqlite3.DatabaseError as exc:
         raise LedgerError(
             f"cannot open the ledger {path}: {exc}", "check the path and its permissions"

@@ -67,7 +67,13 @@ def parse_day(text: str, zone: Zone, now: datetime | None = None, option: str = 
         return current - timedelta(days=1)
     match = _RELATIVE.match(value)
     if match:
-        return current - timedelta(days=int(match.group(1)))
+        try:
+            return current - timedelta(days=int(match.group(1)))
+        except OverflowError:  # e.g. 9999999d: before year 1
+            raise UsageError(
+                f"{option} {text!r} reaches back before year 1",
+                "give fewer days, or a date as YYYY-MM-DD",
+            ) from None
     try:
         return date.fromisoformat(value)
     except ValueError:

@@ -316,7 +316,7 @@ class BuildRun:
             summary: dict[str, Any] | None = self._summary(
                 build_id, status, error, started_at, started_at_mono, before, session
             )
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, FoundryError) as exc:
             # The ledger still gets the final status, whatever happened to the directory.
             summary, error = None, f"{error or status}; summary.json not written: {exc}"
             status = "failed" if status == "completed" else status
@@ -374,5 +374,5 @@ class BuildRun:
             "commit": state.commit,
             **ledger_fields(totals),
         }
-        path = plan.workdir / ARTIFACT_DIR / "summary.json"
+        path = artifact_path(plan.workdir, "summary.json")
         return write_summary(path, data).model_dump(mode="json")

@@ -12,6 +12,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from foundry.console import one_line
 from foundry.formatting import money, percent
 from foundry.orchestrator.events import Events
 
@@ -61,7 +62,7 @@ class PlainDisplay(Events):
         self._line(message, "dim")
 
     def warning(self, message: str) -> None:
-        self.console.print(Text.assemble(("warning: ", "bold yellow"), message))
+        self.console.print(Text.assemble(("warning: ", "bold yellow"), one_line(message)))
 
 
 class LiveDisplay(PlainDisplay):

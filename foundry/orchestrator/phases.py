@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from foundry.errors import UsageError
+from foundry.errors import UsageError, WorkspaceError
 from foundry.prompt.template import PHASES as PHASE_NAMES
 
 ARTIFACT_DIR = ".foundry"
@@ -59,8 +59,21 @@ def parse_phases(value: str | None) -> tuple[str, ...]:
     return tuple(names)
 
 
+def artifact_dir(workdir: Path) -> Path:
+    """workdir/.foundry, checked each time it is used: a symlink or a file there (planted by
+    a command the model ran, or by the project) is refused, never followed."""
+    path = workdir / ARTIFACT_DIR
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        kind = "a symlink" if path.is_symlink() else "not a directory"
+        raise WorkspaceError(
+            f"{path} is {kind}; foundry keeps its artifacts only in a real directory there",
+            f"move {ARTIFACT_DIR} aside (foundry creates a new one) and run the build again",
+        )
+    return path
+
+
 def artifact_path(workdir: Path, filename: str) -> Path:
-    return workdir / ARTIFACT_DIR / filename
+    return artifact_dir(workdir) / filename
 
 
 DETECT_LATER_NOTE = (

@@ -4,6 +4,7 @@ or a model is called. The command then confirms, runs and reports; it decides no
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ class BuildOptions:
     dir: Path | None = None
     backend: str | None = None
     model: str | None = None
+    base_url: str | None = None  # a server backend's address (--base-url)
     ttl: str | None = None
     phases: str | None = None
     max_test_iterations: int | None = None
@@ -60,7 +62,7 @@ def is_writable(path: Path) -> bool:
 
 def check_name(name: str) -> None:
     if not is_safe_name(name):
-        raise UsageError(f"'{name}' is not a valid build name", SAFE_NAME_RULE)
+        raise UsageError(f"{name!r} is not a valid build name", SAFE_NAME_RULE)
 
 
 def check_workdir(workdir: Path) -> Mode:
@@ -112,7 +114,7 @@ def prepare_build(options: BuildOptions) -> PreparedBuild:
     from foundry.orchestrator.build import BuildPlan
     from foundry.orchestrator.deploy import require_git
     from foundry.orchestrator.estimate import estimate_build
-    from foundry.orchestrator.phases import parse_phases
+    from foundry.orchestrator.phases import artifact_dir, parse_phases
     from foundry.orchestrator.tools import tool_specs
     from foundry.pricing import PricingTable
     from foundry.prompt.split import render_split
@@ -122,19 +124,24 @@ def prepare_build(options: BuildOptions) -> PreparedBuild:
     if not task:
         raise UsageError("the task is empty", 'say what to build: foundry build NAME "TASK"')
     check_name(options.name)
-    if options.max_cost is not None and not options.max_cost > 0:
+    if options.max_cost is not None and not 0 < options.max_cost < math.inf:
         raise UsageError(
-            f"--max-cost must be more than 0, not {options.max_cost}", "give a USD amount"
+            f"--max-cost must be a positive, finite amount, not {options.max_cost}",
+            "give a USD amount such as --max-cost 2.50",
         )
     config = load_config(options.config)
     phases = parse_phases(options.phases)
     ttl = check_ttl(options.ttl, config)
     workdir = Path(os.path.abspath((options.dir or Path(options.name)).expanduser()))
     mode = check_workdir(workdir)
+    if workdir.is_dir():
+        artifact_dir(workdir)  # a planted .foundry symlink is refused before anything runs
     _check_test_phase(phases, workdir)
     if "deploy" in phases and not options.estimate:
         require_git()
-    backend = create_backend(resolve_backend(config, options.backend), config, options.model)
+    backend = create_backend(
+        resolve_backend(config, options.backend), config, options.model, options.base_url
+    )
     iterations = options.max_test_iterations or config.build.max_test_iterations
     turns = options.max_turns or config.build.max_turns_per_phase
     task_config = TaskConfig(

@@ -10,7 +10,13 @@ from foundry.backends.base import Message
 from foundry.fsutil import write_atomic
 from foundry.orchestrator.loop import run_turns
 from foundry.orchestrator.metered import Conversation, ModelSession
-from foundry.orchestrator.phases import ARTIFACT_DIR, BY_NAME, first_user_turn, read_artifacts
+from foundry.orchestrator.phases import (
+    BY_NAME,
+    artifact_dir,
+    artifact_path,
+    first_user_turn,
+    read_artifacts,
+)
 from foundry.orchestrator.shell import CommandResult, run_command
 from foundry.orchestrator.workspace import Workspace
 
@@ -63,7 +69,7 @@ def failure_text(iteration: int, result: CommandResult) -> str:
 
 
 def clear_old_results(workdir: Path) -> None:
-    for old in (workdir / ARTIFACT_DIR).glob("test-results-*.md"):
+    for old in artifact_dir(workdir).glob("test-results-*.md"):
         old.unlink(missing_ok=True)
 
 
@@ -96,7 +102,7 @@ def run_test_phase(
         )
         filename = f"test-results-{iteration}.md"
         write_atomic(
-            workdir / ARTIFACT_DIR / filename,
+            artifact_path(workdir, filename),
             results_markdown(iteration, result, detected=detected),
         )
         session.events.test_run(iteration, result)
