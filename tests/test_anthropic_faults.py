@@ -190,6 +190,9 @@ def test_retry_after_beyond_the_budget_gives_up_without_sleeping(anthropic_serve
     with pytest.raises(BackendError) as info:
         be.complete(request())
     assert info.value.error_class == "rate_limited" and fake.sleeps == []
+    # It says why it gave up at once: the wait asked for, not "retries exhausted".
+    assert "asked to retry after 60 s, past the retry budget" in (info.value.hint or "")
+    assert "retries exhausted" not in str(info.value)
 
 
 def test_retry_policy_backoff_and_jitter():
@@ -244,3 +247,29 @@ def test_a_bug_in_the_text_callback_is_raised_not_retried_as_a_server_fault(
     with pytest.raises(KeyError, match="display bug"):
         be.complete(request(), on_text=broken)
     assert fake.sleeps == [] and len(anthropic_server.requests) == 1
+
+
+def test_a_whole_json_message_for_a_streaming_request_is_taken_with_its_usage(
+    anthropic_server, monkeypatch
+):
+    # LiteLLM's mock answers a streaming request with a plain JSON Message.
+    be, fake = make(anthropic_server, monkeypatch)
+    anthropic_server.enqueue([{"type": "text", "text": "a whole message"}])
+    anthropic_server.enqueue_fault("json_for_stream")
+    failed: list[FailedAttempt] = []
+    texts: list[str] = []
+    response = be.complete(request(), on_text=texts.append, on_failed_attempt=failed.append)
+    assert failed == [] and fake.sleeps == [] and len(anthropic_server.requests) == 1
+    assert response.text == "a whole message" and texts == ["a whole message"]
+    reported = anthropic_server.responses_usage[0]
+    assert response.usage.cache_write_5m_tokens == reported["cache_creation_input_tokens"] > 0
+    assert response.usage.output_tokens == reported["output_tokens"] > 0
+    assert response.stop_reason == "end_turn" and response.usage.duration_ms is not None
+
+
+def test_the_key_goes_as_x_api_key_as_well_as_bearer(anthropic_server, monkeypatch):
+    be, _ = make(anthropic_server, monkeypatch)
+    be.complete(request())
+    sent = anthropic_server.headers[-1]
+    key = anthropic_server.api_key
+    assert sent["x-api-key"] == key and sent["authorization"] == f"Bearer {key}"

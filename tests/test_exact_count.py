@@ -57,3 +57,26 @@ def test_exact_count_with_an_unreachable_server(monkeypatch):
     config.anthropic.max_retries = 0
     with pytest.raises(FoundryError, match=f"cannot reach http://127.0.0.1:{port}"):
         count_tokens_exact("text", "claude-sonnet-4-6", config)
+
+
+def test_a_server_without_count_tokens_says_so(anthropic_env):
+    from foundry.backends.anthropic.count import ExactCountUnavailable
+
+    anthropic_env.count_tokens_endpoint = False
+    with pytest.raises(ExactCountUnavailable, match="has no count_tokens endpoint") as caught:
+        count_tokens_exact("text", "claude-sonnet-4-6", FoundryConfig())
+    assert "model" not in caught.value.message  # not blamed on --model
+
+
+def test_an_unknown_model_is_named(anthropic_env):
+    anthropic_env.unknown_models = {"claude-sonet-4-6"}
+    with pytest.raises(FoundryError, match="model 'claude-sonet-4-6' was not found"):
+        count_tokens_exact("text", "claude-sonet-4-6", FoundryConfig())
+
+
+def test_a_server_error_keeps_the_servers_reason(anthropic_env):
+    anthropic_env.count_tokens_status = 500
+    config = FoundryConfig()
+    config.anthropic.max_retries = 0
+    with pytest.raises(FoundryError, match="HTTP 500: tokenizer backend is down"):
+        count_tokens_exact("text", "claude-sonnet-4-6", config)

@@ -55,7 +55,8 @@ GARBLED_EVENTS = {
     ),
 }
 STREAM_FAULTS = ("stream_cut", "sse_error", "garbled", "pings")
-FAULT_KINDS = {*ERROR_FAULTS, "error", *STREAM_FAULTS, "slow", "drop"}
+# json_for_stream: a whole JSON Message answers a streaming request, as LiteLLM's mock does.
+FAULT_KINDS = {*ERROR_FAULTS, "error", *STREAM_FAULTS, "slow", "drop", "json_for_stream"}
 
 
 class FakeClock:
@@ -84,6 +85,11 @@ class FakeAnthropic:
         self.headers: list[dict[str, str]] = []  # headers of every request, in order
         self.responses_usage: list[dict[str, Any]] = []  # usage sent back, in order
         self.min_cache_tokens: dict[str, int] = {}  # per-model overrides of the pricing table
+        # Off: count_tokens answers a bare 404, as a proxy or "compatible" server without it.
+        self.count_tokens_endpoint = True
+        # Set: count_tokens answers this HTTP status with a reason, as a server in trouble.
+        self.count_tokens_status: int | None = None
+        self.unknown_models: set[str] = set()  # answered 404 not_found_error, as the API does
         self.cache = PromptCache(self.clock, self._minimum_for)
         self._replies: deque[Reply] = deque()
         self._faults: deque[tuple[str, dict[str, Any]]] = deque()
@@ -207,6 +213,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _plain(self, status: int, text: str) -> None:
+        data = text.encode()
+        self.send_response(status)
+        self.send_header("content-type", "text/plain")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def _error(
         self, status: int, error_type: str, message: str, headers: dict[str, str] | None = None
     ) -> None:
@@ -232,6 +246,10 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length else b""
         fake.headers.append({k.lower(): v for k, v in self.headers.items()})
         path = self.path.split("?")[0]
+        if path.endswith("count_tokens") and not fake.count_tokens_endpoint:
+            return self._plain(404, "404 page not found")
+        if path.endswith("count_tokens") and fake.count_tokens_status:
+            return self._error(fake.count_tokens_status, "api_error", "tokenizer backend is down")
         if path not in ("/v1/messages", "/v1/messages/count_tokens"):
             return self._error(404, "not_found_error", f"Not found: {path}")
         bearer = self.headers.get("authorization", "")
@@ -251,6 +269,8 @@ class _Handler(BaseHTTPRequestHandler):
         problem = _validate(body, counting=path.endswith("count_tokens"))
         if problem:
             return self._error(400, "invalid_request_error", problem)
+        if body["model"] in fake.unknown_models:
+            return self._error(404, "not_found_error", f"model: {body['model']}")
         if path.endswith("count_tokens"):
             fake.count_requests.append(body)
             return self._send_json(200, {"input_tokens": fake.prompt_tokens(body)})
@@ -284,7 +304,7 @@ class _Handler(BaseHTTPRequestHandler):
         message = sse.message_json(message_id, body["model"], content, stop_reason, usage)
         fake.cache.commit(plan)  # the response starts now: its writes become readable
         fake.responses_usage.append(usage)
-        if not body.get("stream"):
+        if not body.get("stream") or kind == "json_for_stream":
             return self._send_json(200, message)
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")

@@ -7,6 +7,7 @@ each failure, report every failed attempt's usage, and honour a total time budge
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import socket
@@ -167,9 +168,13 @@ class AnthropicBackend:
         if self._client is None:
             import anthropic
 
+            key = self._api_key()
             self._client = anthropic.Anthropic(
-                api_key=self._api_key(),
+                api_key=key,
                 base_url=self.base_url,
+                # The SDK sends only the bearer header; the API and many compatible servers
+                # and proxies read x-api-key.
+                default_headers={"x-api-key": key},
                 max_retries=0,
                 timeout=min(self.config.anthropic.timeout_s, self.config.anthropic.deadline_s),
             )
@@ -186,9 +191,11 @@ class AnthropicBackend:
         import anthropic
 
         # The SDK's own retries: a count is idempotent and nothing here is recorded.
+        key = self._api_key()
         client = anthropic.Anthropic(
-            api_key=self._api_key(),
+            api_key=key,
             base_url=self.base_url,
+            default_headers={"x-api-key": key},
             timeout=min(self.config.anthropic.timeout_s, 60.0),
             max_retries=self.config.anthropic.max_retries,
         )
@@ -260,9 +267,19 @@ class AnthropicBackend:
                     retryable = failure.error_class in RETRYABLE
                     attempts = f" after {retries + 1} attempts" if retries else ""
                     what = f"Anthropic request failed ({failure.error_class}){attempts}"
+                    hint = HINTS.get(failure.error_class) or (GAVE_UP_HINT if retryable else None)
+                    elapsed = self._clock() - first
+                    if retryable and policy.waits_past_budget(
+                        elapsed_s=elapsed, retry_after_s=failure.retry_after
+                    ):
+                        hint = (
+                            f"the server asked to retry after {failure.retry_after:g} s, past "
+                            f"the retry budget (anthropic.retry_budget_s = {policy.budget_s:g} s); "
+                            "try again later, or raise the budget in cache_config.json"
+                        )
                     raise BackendError(
                         f"{what}: {failure.message}",
-                        HINTS.get(failure.error_class) or (GAVE_UP_HINT if retryable else None),
+                        hint,
                         error_class=failure.error_class,
                         retryable=retryable,
                     ) from None
@@ -286,6 +303,10 @@ class AnthropicBackend:
         try:
             with client.messages.create(**params, stream=True) as stream:
                 request_id = stream.response.headers.get("request-id")
+                if "json" in stream.response.headers.get("content-type", ""):
+                    # A whole Message for a streaming request (some proxies' mocks): take it
+                    # as it is, usage included, rather than retrying it as a broken stream.
+                    return self._whole_message(stream.response, state, request, request_id, on_text)
                 # The SDK swallows pings, so no event may arrive while a server keeps the
                 # socket alive: a timer closes the response at the deadline instead.
                 left_s = max(deadline_s - state.elapsed_ms / 1000, 0.0)
@@ -338,6 +359,32 @@ class AnthropicBackend:
             usage=usage,
             model=state.model or params["model"],
             request_id=request_id or state.message_id,
+        )
+
+    def _whole_message(
+        self,
+        response: Any,
+        state: StreamState,
+        request: ModelRequest,
+        request_id: str | None,
+        on_text: TextCallback | None,
+    ) -> ModelResponse:
+        try:
+            message = json.loads(response.read())
+            content = [dict(block) for block in message["content"]]
+            usage = map_usage(message["usage"], None, request.ttl)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise MalformedStream(f"a JSON body that is not a Message ({exc!r})") from None
+        text = "".join(b.get("text", "") for b in content if b.get("type") == "text")
+        if text and on_text is not None:
+            on_text(text)
+        usage.ttft_ms = usage.duration_ms = state.elapsed_ms
+        return ModelResponse(
+            content=content,
+            stop_reason=message.get("stop_reason"),
+            usage=usage,
+            model=message.get("model") or request.model or self.model,
+            request_id=request_id or message.get("id"),
         )
 
     def _past_deadline(

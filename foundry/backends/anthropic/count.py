@@ -7,6 +7,19 @@ from typing import Any
 from foundry.errors import FoundryError
 
 
+class ExactCountUnavailable(FoundryError):
+    """The server cannot count tokens at all (no endpoint): estimating is the honest answer."""
+
+
+def _names_the_model(exc: Any) -> bool:
+    """A 404 about the model (the API's not_found_error says `model: <id>`), not a server
+    without the endpoint (a bare 404 page)."""
+    body = getattr(exc, "body", None)
+    error = body.get("error") if isinstance(body, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return isinstance(message, str) and "model" in message.lower()
+
+
 def count_system_tokens(client: Any, system: str, model: str, where: str) -> int:
     """Exact tokens that `system` adds to a request for `model`.
 
@@ -24,13 +37,20 @@ def count_system_tokens(client: Any, system: str, model: str, where: str) -> int
         raise FoundryError(
             "count_tokens: the API key was rejected (HTTP 401)", "check ANTHROPIC_API_KEY"
         ) from None
-    except anthropic.NotFoundError:
-        raise FoundryError(
-            f"count_tokens: model '{model}' was not found (HTTP 404)", "check --model"
+    except anthropic.NotFoundError as exc:
+        if _names_the_model(exc):
+            raise FoundryError(
+                f"count_tokens: model '{model}' was not found (HTTP 404)", "check --model"
+            ) from None
+        raise ExactCountUnavailable(
+            f"the server at {where} has no count_tokens endpoint (HTTP 404)",
+            "leave out --exact for the offline estimate, or point ANTHROPIC_BASE_URL at the API",
         ) from None
     except anthropic.APIStatusError as exc:
+        reason = getattr(exc, "api_message", None) or ""
         raise FoundryError(
-            f"count_tokens failed with HTTP {exc.status_code}", "try again, or leave out --exact"
+            f"count_tokens failed with HTTP {exc.status_code}" + (f": {reason}" if reason else ""),
+            "try again, or leave out --exact",
         ) from None
     except anthropic.APIConnectionError:
         raise FoundryError(
