@@ -4,6 +4,10 @@ the ledger, pricing and the reports.
 Meanings are Anthropic's, whichever backend filled them: input_tokens is uncached input only
 (for a local model: the tokens prefilled now), and total input = input + cache read + cache
 writes. A write's TTL decides its price, so writes are split by TTL.
+
+A server that does not say how much of a prompt it served from its cache (some
+OpenAI-compatible ones) leaves the split unknown: its prompt is all in input_tokens and also
+in cache_read_unknown_tokens, so hit rates count only the input whose split is known.
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ class Usage:
     generation_tokens_per_s: float | None = None
     peak_memory_mb: float | None = None
     prefill_saved_ms: float | None = None  # estimated prefill time the reused tokens saved
+    # Input (already in input_tokens) whose cached share the server did not report. The
+    # ledger records such a request's cache_read_tokens as NULL, never as a miss.
+    cache_read_unknown_tokens: int = 0
 
     @property
     def cache_write_tokens(self) -> int:
@@ -51,9 +58,10 @@ class Usage:
 
     @property
     def hit_rate(self) -> float | None:
-        """Share of all input read from the cache; None when there was no input."""
-        total = self.total_input_tokens
-        return self.cache_read_tokens / total if total else None
+        """Share of the input read from the cache, over the input whose split is known; None
+        when there was none (no input, or no server said what it cached)."""
+        known = self.total_input_tokens - self.cache_read_unknown_tokens
+        return self.cache_read_tokens / known if known > 0 else None
 
     def token_counts(self) -> dict[str, int]:
         """The counts under their short names (input, output, cache_read, ...), as
@@ -74,6 +82,8 @@ class Usage:
             generation_tokens_per_s=other.generation_tokens_per_s or self.generation_tokens_per_s,
             peak_memory_mb=max(peaks) if peaks else None,
             prefill_saved_ms=_sum(self.prefill_saved_ms, other.prefill_saved_ms),
+            cache_read_unknown_tokens=self.cache_read_unknown_tokens
+            + other.cache_read_unknown_tokens,
         )
 
     def to_dict(self) -> dict[str, object]:

@@ -59,3 +59,11 @@ def cli():
         return runner.invoke(app, list(args), input=input, env=env, catch_exceptions=False)
 
     return invoke
+
+
+@pytest.fixture(autouse=True)
+def no_openai_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No OpenAI-compatible server or key from the developer's environment: with one set,
+    `--backend auto` would pick it."""
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)

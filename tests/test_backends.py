@@ -32,7 +32,31 @@ def test_auto_backend_picks_claude_only_with_a_key(monkeypatch: pytest.MonkeyPat
     assert resolve_backend(config, "mlx") == "mlx"
     with pytest.raises(UsageError, match="unknown backend 'gpt'") as caught:
         resolve_backend(config, "gpt")
-    assert "anthropic, mlx, auto" in str(caught.value)
+    assert "anthropic, openai, mlx, auto" in str(caught.value)
+
+
+def test_auto_picks_an_openai_server_only_when_one_is_configured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = FoundryConfig()
+    assert resolve_backend(config) == "mlx"
+    config.openai.base_url = "http://127.0.0.1:8000/v1"
+    assert resolve_backend(config) == "openai"
+    config.openai.base_url = None
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:8000/v1")
+    assert resolve_backend(config) == "openai"
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")  # Claude comes first in auto order
+    assert resolve_backend(config) == "anthropic"
+
+
+def test_base_url_reaches_server_backends_and_is_refused_in_process() -> None:
+    config = FoundryConfig()
+    for name in ("anthropic", "openai"):
+        backend = create_backend(name, config, base_url="http://127.0.0.1:9/v9")
+        assert backend.endpoint == "http://127.0.0.1:9/v9"
+        backend.close()
+    with pytest.raises(UsageError, match="--base-url does not apply to the mlx backend"):
+        create_backend("mlx", config, base_url="http://127.0.0.1:9/v1")
 
 
 def test_the_config_names_only_registered_backends() -> None:

@@ -26,7 +26,9 @@ class BackendEntry:
     name: str
     target: str  # "module:Class", imported on first use
     summary: str  # one line for --help and error hints
-    local: bool  # mirrors the class's `local`, for reports that read names off the ledger
+    # Mirrors the class's `local` (an instance may know better: an OpenAI-compatible server
+    # on loopback is local). The ledger records each request's own word, not this.
+    local: bool
 
     def load(self) -> type[Backend]:
         module_name, class_name = self.target.split(":")
@@ -40,6 +42,13 @@ REGISTRY: tuple[BackendEntry, ...] = (
         "anthropic",
         "foundry.backends.anthropic.client:AnthropicBackend",
         "Claude through the Anthropic API (auto picks it when ANTHROPIC_API_KEY is set)",
+        local=False,
+    ),
+    BackendEntry(
+        "openai",
+        "foundry.backends.openai.client:OpenAIBackend",
+        "an OpenAI-compatible server: vLLM, SGLang, llama.cpp, Ollama, LM Studio, OpenRouter "
+        "(auto picks it when OPENAI_BASE_URL or openai.base_url is set)",
         local=False,
     ),
     BackendEntry(
@@ -83,10 +92,13 @@ def backend_class(name: str) -> type[Backend]:
     return entry(name).load()
 
 
-def create_backend(name: str, config: FoundryConfig, model: str | None = None) -> Backend:
-    """A backend for `model` (default: the backend's configured default model)."""
+def create_backend(
+    name: str, config: FoundryConfig, model: str | None = None, base_url: str | None = None
+) -> Backend:
+    """A backend for `model` (default: the backend's configured default model), at
+    `base_url` (--base-url) when given; a backend without a server refuses one."""
     cls = backend_class(name)
-    return cls(config, model or cls.default_model(config))
+    return cls(config, model or cls.default_model(config), base_url=base_url)
 
 
 def exact_token_counter(config: FoundryConfig, model: str) -> Callable[[str], int]:

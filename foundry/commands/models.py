@@ -13,9 +13,12 @@ import typer
 from rich.table import Table
 
 from foundry import console
-from foundry.commands.options import JsonOption
+from foundry.commands.options import BaseUrlOption, JsonOption
 
-app = typer.Typer(help="Local models for the MLX backend.", no_args_is_help=True)
+app = typer.Typer(
+    help="Local models for the MLX backend, and the models a server serves.",
+    no_args_is_help=True,
+)
 
 T = TypeVar("T")
 # import-gguf and pull both convert into a model directory, so they share these two.
@@ -30,8 +33,12 @@ ForceOption = Annotated[bool, typer.Option("--force", help="Replace a model of t
 
 
 @app.command("list")
-def list_models(as_json: JsonOption = False) -> None:
-    """Models in $FOUNDRY_HOME/models, and the ones `foundry models pull` can fetch."""
+def list_models(as_json: JsonOption = False, base_url: BaseUrlOption = None) -> None:
+    """Models in $FOUNDRY_HOME/models, and the ones `foundry models pull` can fetch; with
+    --base-url, the models an OpenAI-compatible server serves."""
+    if base_url is not None:
+        _list_server_models(base_url, as_json)
+        return
     from foundry.local.model_dirs import list_models as rows_of
 
     rows = rows_of()
@@ -43,6 +50,21 @@ def list_models(as_json: JsonOption = False) -> None:
         size = f"{r['size_bytes'] / 1e6:,.0f} MB" if r.get("size_bytes") else "-"
         path = r["path"] or "not pulled: foundry models pull " + r["name"]
         table.add_row(r["name"], size, str(r.get("dtype") or "-"), str(r.get("source")), path)
+    console.stdout.print(table)
+
+
+def _list_server_models(base_url: str, as_json: bool) -> None:
+    from foundry.backends.openai.endpoint import list_models as server_models
+    from foundry.backends.openai.endpoint import safe_url
+
+    models = server_models(base_url.rstrip("/"))
+    if as_json:
+        console.emit_json({"base_url": safe_url(base_url), "models": models})
+        return
+    table = Table("id", "owned by", "context", title=f"models at {safe_url(base_url)}")
+    for m in models:
+        window = m.get("max_model_len")  # vLLM says it; most servers do not
+        table.add_row(m["id"], str(m.get("owned_by") or "-"), f"{window:,}" if window else "-")
     console.stdout.print(table)
 
 

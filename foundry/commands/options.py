@@ -23,3 +23,11 @@ DbOption = Annotated[
     typer.Option("--db", help="Ledger file (default: $FOUNDRY_DB, else FOUNDRY_HOME's)."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+BaseUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--base-url",
+        help="A server backend's address, e.g. http://127.0.0.1:8000/v1 for an "
+        "OpenAI-compatible server (default: OPENAI_BASE_URL / ANTHROPIC_BASE_URL, the config).",
+    ),
+]

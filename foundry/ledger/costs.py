@@ -55,6 +55,7 @@ ROW_FIELDS = (
     "unpriced_requests",
     "tokens_reused",
     "prefill_saved_s",
+    "unknown_cache_requests",  # last, so CSV columns read by position keep their places
 )
 BUDGET_LEVELS = (100, 90, 80)
 
@@ -174,17 +175,20 @@ def _pct(part: float, whole: float) -> float | None:
 
 
 def _figures(values: dict[str, Any], local: bool) -> dict[str, Any]:
-    """Derived figures: hit rate, saved, and the local-model equivalents."""
+    """Derived figures: hit rate, saved, and the local-model equivalents. The hit rate is
+    over the input whose cached share is known: a request whose server did not say is left
+    out (all unknown: no hit rate), never counted as a miss."""
     read = values["cache_read_tokens"]
-    total_in = (
+    known_in = (
         values["input_tokens"]
         + values["cache_write_5m_tokens"]
         + values["cache_write_1h_tokens"]
         + read
+        - values["unknown_cache_input_tokens"]
     )
     cost, uncached = values["cost_usd"], values["uncached_cost_usd"]
     return {
-        "hit_rate_pct": _pct(read, total_in),
+        "hit_rate_pct": _pct(read, known_in),
         "cost_usd": round(cost, 6),
         "uncached_cost_usd": round(uncached, 6),
         "saved_usd": round(uncached - cost, 6),
@@ -210,6 +214,7 @@ def report_row(by: str, row: ReportRow) -> dict[str, Any]:
         "cost_usd": row.cost_usd,
         "uncached_cost_usd": row.uncached_cost_usd,
         "prefill_saved_ms": row.prefill_saved_ms,
+        "unknown_cache_input_tokens": row.unknown_cache_input_tokens,
     }
     out: dict[str, Any] = {
         "key": row.key,
@@ -219,6 +224,7 @@ def report_row(by: str, row: ReportRow) -> dict[str, Any]:
         **{f: values[f] for f in TOKEN_FIELDS},
         **_figures(values, row.local),
         "unpriced_requests": row.unpriced_requests,
+        "unknown_cache_requests": row.unknown_cache_requests,
     }
     if by == "build":
         out["build"] = row.build or None
@@ -231,6 +237,7 @@ def totals(rows: list[ReportRow]) -> dict[str, Any]:
         "cost_usd": sum(r.cost_usd for r in rows),
         "uncached_cost_usd": sum(r.uncached_cost_usd for r in rows),
         "prefill_saved_ms": sum(r.prefill_saved_ms for r in rows if r.local),
+        "unknown_cache_input_tokens": sum(r.unknown_cache_input_tokens for r in rows),
     }
     figures = _figures(values, local=False)
     local = [r for r in rows if r.local]
@@ -244,6 +251,7 @@ def totals(rows: list[ReportRow]) -> dict[str, Any]:
         **{f: values[f] for f in TOKEN_FIELDS},
         **figures,
         "unpriced_requests": sum(r.unpriced_requests for r in rows),
+        "unknown_cache_requests": sum(r.unknown_cache_requests for r in rows),
     }
 
 

@@ -4,8 +4,9 @@ Reports read `request_rollup` (sums per UTC quarter hour, kept exact by triggers
 million requests cost a few thousand rows to read. A period is a [start, end) UTC interval
 between local midnights computed with tzdata; if one ever falls off a quarter hour (a
 historic zone offset), the same query runs on the raw `requests` rows instead.
-Rows are grouped by the view's key and by whether the backend is local, because local rows
-report tokens reused and prefill time saved rather than dollars.
+Rows are grouped by the view's key and by whether the request ran on a local model (its
+pricing_version is 'local'), because local rows report tokens reused and prefill time saved
+rather than dollars.
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from foundry.backends.registry import LOCAL_BACKEND_NAMES
 from foundry.ledger.periods import Zone, bucket_days, day_start
-from foundry.ledger.schema import ROLLUP_SUMS
+from foundry.ledger.schema import ROLLUP_COLUMNS
 from foundry.timestamps import format_utc
 
 VIEWS = ("day", "week", "month", "build", "model", "phase")
@@ -27,17 +27,22 @@ _ROLLUP_FORMAT = "%Y-%m-%dT%H:%M"
 # The raw rows shaped like rollup rows; SQLite flattens this, so started_at's index serves.
 _RAW = (
     "(SELECT started_at AS bucket, backend, model, COALESCE(phase, '') AS phase,"
-    " COALESCE(build_id, '') AS build_id, 1 AS requests, input_tokens, output_tokens,"
-    " cache_read_tokens, cache_write_5m_tokens, cache_write_1h_tokens,"
+    " COALESCE(build_id, '') AS build_id, COALESCE(pricing_version = 'local', 0) AS local,"
+    " 1 AS requests, input_tokens, output_tokens,"
+    " COALESCE(cache_read_tokens, 0) AS cache_read_tokens, cache_write_5m_tokens,"
+    " cache_write_1h_tokens,"
     " COALESCE(cost_usd, 0) AS cost_usd, COALESCE(uncached_cost_usd, 0) AS uncached_cost_usd,"
-    " cost_usd IS NULL AS unpriced_requests, COALESCE(prefill_saved_ms, 0) AS prefill_saved_ms"
+    " cost_usd IS NULL AS unpriced_requests, COALESCE(prefill_saved_ms, 0) AS prefill_saved_ms,"
+    " cache_read_tokens IS NULL AS unknown_cache_requests,"
+    " CASE WHEN cache_read_tokens IS NULL THEN input_tokens ELSE 0 END"
+    " AS unknown_cache_input_tokens"
     " FROM requests) r"
 )
 _SUMS = "SUM(r.requests), " + ", ".join(
     f"TOTAL(r.{c})" if c in ("cost_usd", "uncached_cost_usd", "prefill_saved_ms") else f"SUM(r.{c})"
-    for c in ROLLUP_SUMS
+    for c in ROLLUP_COLUMNS
 )
-_LOCAL = f"r.backend IN ({', '.join(repr(b) for b in sorted(LOCAL_BACKEND_NAMES))})"
+_LOCAL = "r.local"
 
 
 @dataclass
@@ -83,6 +88,10 @@ class ReportRow:
     uncached_cost_usd: float
     unpriced_requests: int
     prefill_saved_ms: float
+    # Requests whose server did not say what it cached (cache_read_tokens NULL), and their
+    # input: hit rates leave them out rather than count them as misses.
+    unknown_cache_requests: int = 0
+    unknown_cache_input_tokens: int = 0
     build: dict[str, Any] = field(default_factory=dict)
 
 

@@ -56,7 +56,7 @@ COLUMNS: list[tuple[str, Any]] = [
     ("Write 1h", lambda r: tokens(r["cache_write_1h_tokens"])),
     ("Writes", lambda r: tokens(r["cache_write_5m_tokens"] + r["cache_write_1h_tokens"])),
     ("Read", lambda r: tokens(r["cache_read_tokens"])),
-    ("Hit", lambda r: _pct_text(r["hit_rate_pct"])),
+    ("Hit", lambda r: _hit_cell(r)),
     ("Cost", lambda r: _cost_cell(r)),
     ("Uncached", lambda r: _local_or(r, "—", money(r["uncached_cost_usd"]))),
     ("Saved", lambda r: _saved_cell(r)),
@@ -111,6 +111,13 @@ def _saved_cell(row: dict[str, Any]) -> str:
     return money(row["saved_usd"])
 
 
+def _hit_cell(row: dict[str, Any]) -> str:
+    """The hit rate over requests whose server said what it cached; † when some did not."""
+    if not row.get("unknown_cache_requests"):
+        return _pct_text(row["hit_rate_pct"])
+    return "unknown" if row["hit_rate_pct"] is None else _pct_text(row["hit_rate_pct"]) + "†"
+
+
 def _cost_cell(row: dict[str, Any]) -> str:
     text = "local" if row["kind"] == "local" else money(row["cost_usd"])
     return text + ("*" if row["unpriced_requests"] else "")
@@ -122,8 +129,15 @@ def _notes(report: dict[str, Any], wide: bool) -> list[str]:
     if any(r["kind"] == "local" for r in report["rows"]):
         notes.append(
             f"Cost 'local' rows ran on a local model and cost nothing in money: Read is tokens "
-            f"reused from the saved prefix cache ({total['tokens_reused']:,} in all), Saved is "
-            f"prefill time saved ({total['prefill_saved_s']:,.1f} s in all)."
+            "reused from its cache (the saved prefix, or a local server's; "
+            f"{total['tokens_reused']:,} in all), Saved is prefill time saved "
+            f"({total['prefill_saved_s']:,.1f} s in all)."
+        )
+    if total["unknown_cache_requests"]:
+        notes.append(
+            f"† {total['unknown_cache_requests']:,} request(s) went to a server that did not "
+            "say how much of the prompt it served from its cache (cache_read_tokens NULL in the "
+            "ledger): Hit counts only the requests that did, and says unknown where none did."
         )
     if total["unpriced_requests"]:
         notes.append(
