@@ -11,7 +11,7 @@ import typer
 from typer.core import TyperGroup
 
 from foundry import __version__, console
-from foundry.commands import analyze, build, cache, costs, models
+from foundry.commands import analyze, build, cache, costs, models, resume, serve
 from foundry.errors import FoundryError
 from foundry.logs import level_for, setup_logging
 
@@ -123,10 +123,12 @@ def _root(
 
 
 app.command("build")(build.build)
+app.command("resume")(resume.resume)
 app.command("analyze-prompt")(analyze.analyze_prompt)
 app.command("costs")(costs.costs)
 app.add_typer(cache.app, name="cache")
 app.add_typer(models.app, name="models")
+app.command("serve")(serve.serve)
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ the local backend renders them through the model's chat template:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
@@ -94,19 +95,25 @@ AttemptCallback = Callable[[FailedAttempt], None]
 
 @runtime_checkable
 class Backend(Protocol):
-    """A model backend. Construct with (config, model); then `check()` once, `complete()` often.
+    """A model backend. Construct with (config, model, base_url=...); then `check()` once,
+    `complete()` often. `base_url` (--base-url) points a server backend elsewhere; a backend
+    without a server refuses it with a UsageError.
 
     Callers ask a backend what it can do, never which one it is: the attributes below are
     the whole of what the orchestrator, the ledger and the reports may know about it.
     """
 
     name: ClassVar[str]  # the registry's name, recorded on the ledger
-    # Runs on this machine: it costs no money, and what its cache saves is prefill time.
-    local: ClassVar[bool]
+    # Runs on this machine (or a free server of one's own): it costs no money, and what its
+    # cache saves is prefill time. The class says it; an instance whose locality depends on
+    # its endpoint (an OpenAI-compatible server on loopback or a hosted API) says it too.
+    local: bool
     model: str
     max_tokens: int  # the reply cap a build asks for by default
 
-    def __init__(self, config: FoundryConfig, model: str) -> None: ...
+    def __init__(
+        self, config: FoundryConfig, model: str, *, base_url: str | None = None
+    ) -> None: ...
 
     @classmethod
     def default_model(cls, config: FoundryConfig) -> str:
@@ -147,11 +154,14 @@ class Backend(Protocol):
         *,
         on_text: TextCallback | None = None,
         on_failed_attempt: AttemptCallback | None = None,
+        cancel: threading.Event | None = None,
     ) -> ModelResponse:
         """Run one model request (streaming text deltas to on_text) and return the response.
 
         Retries happen inside; each failed attempt is reported to on_failed_attempt. When no
-        attempt succeeds, raises BackendError with the error_class set.
+        attempt succeeds, raises BackendError with the error_class set. A backend that can
+        stop mid-request does so soon after `cancel` is set (error_class "cancelled"); one
+        that cannot may ignore it.
         """
         ...
 

@@ -1,4 +1,4 @@
-"""`foundry cache`: list, stats, clear and prune the local prefix-cache store.
+"""`foundry cache`: list, stats, clear and prune the local prefix-cache store, and warm a cache.
 
 The store (foundry.local.prefix_store) is the core; this module picks it from the config,
 calls it, and prints the result as a table, a line, or JSON."""
@@ -6,13 +6,13 @@ calls it, and prints the result as a table, a line, or JSON."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from foundry import console
-from foundry.commands.options import ConfigOption, JsonOption
+from foundry.commands.options import ConfigOption, DbOption, JsonOption
 
 if TYPE_CHECKING:
     from foundry.local.prefix_store import PrefixCacheStore
@@ -104,4 +104,62 @@ def prune(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     console.stdout.print(
         f"removed {len(result['removed'])} saved prefixes, {len(result['temp_files'])} stale "
         f"temp files, {len(result['unknown_files'])} unknown files"
+    )
+
+
+@app.command("warm")
+def warm(
+    backend: Annotated[
+        str | None, typer.Option("--backend", help="anthropic, mlx or auto (as a build picks).")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Model id or local model (default from config).")
+    ] = None,
+    request: Annotated[
+        Path | None,
+        typer.Option(
+            "--request",
+            help="A Messages API request (JSON) a `foundry serve` client sends: warm its "
+            "system prompt and tools instead of the orchestrator prompt.",
+        ),
+    ] = None,
+    template: Annotated[
+        Path | None, typer.Option("--template", help="Orchestrator prompt template.")
+    ] = None,
+    ttl: Annotated[str | None, typer.Option("--ttl", help="Claude's cache TTL: 5m or 1h.")] = None,
+    config: ConfigOption = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Compute and save a prompt prefix ahead of time, so the first real request is a hit.
+
+    A local model saves it to the prefix store; Claude gets one minimal request (one output
+    token) that writes it to Anthropic's cache. Either is recorded on the ledger."""
+    from foundry.server.warm import WarmOptions
+    from foundry.server.warm import warm as run_warm
+
+    result = run_warm(
+        WarmOptions(
+            backend=backend,
+            model=model,
+            request_file=request,
+            template=template,
+            ttl=ttl,
+            config=config,
+            db=db,
+        )
+    )
+    if as_json:
+        console.emit_json(result.to_dict())
+        return
+    usage = result.usage
+    where = "the prefix store" if result.local else "Anthropic's cache"
+    if result.already_warm:
+        what = f"already warm: {usage.cache_read_tokens:,} prefix tokens read from {where}"
+    else:
+        what = f"{usage.cache_write_tokens:,} prefix tokens written to {where}"
+    cost = "" if result.cost_usd is None else f", cost ${result.cost_usd:.4f}"
+    console.stdout.print(
+        f"warmed {result.model} ({result.source}): {what} in {result.seconds:.1f} s{cost}",
+        highlight=False,
     )

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from foundry.backends.base import ModelRequest
+from foundry.backends.base import Message, ModelRequest
 from foundry.errors import LocalModelError
 from foundry.local.tool_calls import (
     TAG_OPEN,
@@ -23,6 +23,18 @@ from foundry.local.tool_calls import (
 )
 
 log = logging.getLogger(__name__)
+# A shorter prefix (an empty system turn) costs less to prefill than a file costs to keep.
+MIN_SAVED_TOKENS = 32
+
+
+@dataclass
+class ClientRequest(ModelRequest):
+    """A request as an API client sent it to `foundry serve`: where its cache breakpoints
+    sit, and when to stop. Message blocks keep their own `cache_control` keys."""
+
+    # Offsets in `system` where a system block with cache_control ends.
+    system_breakpoints: tuple[int, ...] = ()
+    stop_sequences: tuple[str, ...] = ()
 
 
 @dataclass
@@ -55,6 +67,12 @@ class ChatRenderer:
             )
         self.native = uses_native_tools(tokenizer)
         self._warned = False
+
+    @property
+    def tool_call_tag(self) -> str:
+        """The text that opens a tool call in this model's replies."""
+        start = getattr(self.tokenizer, "tool_call_start", None) if self.native else None
+        return start or TAG_OPEN
 
     def system_text(self, request: ModelRequest) -> str:
         if self.native or not request.tools:
@@ -106,6 +124,40 @@ class ChatRenderer:
             )
             self._warned = True
         return RenderedPrompt(full, full[:shared], False, chat)
+
+    def cache_points(self, request: ModelRequest, rendered: RenderedPrompt) -> list[int]:
+        """Prompt lengths (in tokens) whose KV caches are worth saving: the system turn, and
+        the prefix up to each client cache breakpoint (a system block or a message block with
+        cache_control). Each is the part of the prompt that a rendering cut at the breakpoint
+        shares with the full one, so it is always an exact token prefix of the prompt."""
+        tokens = rendered.tokens
+        points = {len(rendered.prefix)}
+        system = request.system
+        for offset in getattr(request, "system_breakpoints", ()):
+            if offset >= len(system):
+                continue  # the whole system text: the system turn, already in
+            cut = [{"role": "system", "content": system[:offset]}]
+            points.add(common_prefix_length(tokens, self._encode_turns(request, cut)))
+        system_turn = [{"role": "system", "content": self.system_text(request)}]
+        for index, message in enumerate(request.messages):
+            for position, block in enumerate(message.content):
+                if not block.get("cache_control"):
+                    continue
+                upto = [
+                    *request.messages[:index],
+                    Message(message.role, message.content[: position + 1]),
+                ]
+                chat = to_chat_messages(upto, native=self.native)
+                points.add(
+                    common_prefix_length(tokens, self._encode_turns(request, system_turn + chat))
+                )
+        return sorted(p for p in points if MIN_SAVED_TOKENS <= p < len(tokens))
+
+    def _encode_turns(self, request: ModelRequest, turns: list[dict[str, Any]]) -> list[int]:
+        try:
+            return self.encode(self._template(turns, request, gen=False))
+        except LocalModelError:
+            return []
 
     def _system_turn(self, request: ModelRequest, system: list[dict[str, Any]]) -> list[int]:
         """The system turn's tokens; [] when the template cannot render it at all."""

@@ -140,16 +140,36 @@ def model_identity(loaded: LoadedModel, memo_file: Path | None = None) -> Prefix
     return PrefixIdentity(fields=fields, model=loaded.name)
 
 
-def prefill(model: Any, cache: list[Any], tokens: list[int], step: int = PREFILL_STEP) -> Any:
-    """Run `tokens` through the model into `cache`; returns the last position's logits."""
+class Cancelled(Exception):
+    """The caller asked a running prefill or generation to stop (a client went away)."""
+
+
+def prefill(
+    model: Any,
+    cache: list[Any],
+    tokens: list[int],
+    step: int = PREFILL_STEP,
+    *,
+    stop: Callable[[], bool] | None = None,
+    fed: Callable[[list[int]], None] | None = None,
+) -> Any:
+    """Run `tokens` through the model into `cache`; returns the last position's logits.
+
+    `stop()` is asked before each chunk (Cancelled is raised when it says so); `fed(chunk)`
+    hears every chunk that entered the cache, so a cancelled prefill leaves a cache whose
+    tokens are still known exactly."""
     mx = import_mlx()
     if not tokens:
         raise ValueError("prefill needs at least one token")
     logits = None
     for start in range(0, len(tokens), step):
-        chunk = mx.array(tokens[start : start + step])[None]
-        logits = model(chunk, cache=cache)[:, -1, :]
+        if stop is not None and stop():
+            raise Cancelled()
+        chunk = tokens[start : start + step]
+        logits = model(mx.array(chunk)[None], cache=cache)[:, -1, :]
         mx.eval(logits, [layer.state for layer in cache])
+        if fed is not None:
+            fed(chunk)
     return logits
 
 
@@ -178,18 +198,23 @@ def generate_tokens(
     temperature: float,
     times: StepTimes,
     fed: Callable[[int], None],
+    stop: Callable[[], bool] | None = None,
 ) -> Iterator[int]:
     """Prefill `new_tokens`, then yield sampled tokens until EOS or max_tokens.
 
     `fed(token)` is called for every token that enters the KV cache, so the caller always
-    knows exactly which tokens the cache holds.
+    knows exactly which tokens the cache holds. `stop()` is asked between prefill chunks
+    (Cancelled is raised); between generated tokens the caller stops by closing the iterator.
     """
     mx = import_mlx()
     eos = set(loaded.tokenizer.eos_token_ids)
     started = time.perf_counter()
-    logits = prefill(loaded.model, cache, new_tokens)
-    for token in new_tokens:
-        fed(token)
+
+    def fed_chunk(chunk: list[int]) -> None:
+        for token in chunk:
+            fed(token)
+
+    logits = prefill(loaded.model, cache, new_tokens, stop=stop, fed=fed_chunk)
     times.prefill_s = time.perf_counter() - started
     token = sample(logits, temperature)
     times.first_token_s = time.perf_counter() - started

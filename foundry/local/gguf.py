@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from foundry.errors import LocalModelError, UsageError
+from foundry.local.gguf_check import validate_gguf
 from foundry.local.model_dirs import (
     Progress,
     check_name,
@@ -76,6 +77,7 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     mx = import_mlx()
     if not path.is_file():
         raise UsageError(f"GGUF file not found: {path}", "check the path")
+    validate_gguf(path)  # mlx trusts the header: a crafted one crashes it
     try:
         return mx.load(str(path), return_metadata=True)
     except Exception as exc:  # mlx raises plain RuntimeError/ValueError for unreadable files

@@ -124,6 +124,10 @@ class PrefixCacheStore:
 
     # -- lookup ------------------------------------------------------------------------------
 
+    def has(self, identity: PrefixIdentity, tokens: list[int]) -> bool:
+        """Whether a file for exactly these tokens exists (cheap: no read, no verification)."""
+        return self.path_for(cache_key(identity, tokens)).is_file()
+
     def load(self, identity: PrefixIdentity, tokens: list[int]) -> Lookup:
         key = cache_key(identity, tokens)
         lookup = self._load(key, identity, tokens)

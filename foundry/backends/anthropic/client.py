@@ -151,7 +151,11 @@ class AnthropicBackend:
         return text.replace(self._key, "[redacted]") if self._key else text
 
     def check(self) -> None:
-        """Key present and the server's port reachable (a TCP connect; no HTTP request)."""
+        """A model the pricing table knows (a typo is named, not sent), the key present and
+        the server's port reachable (a TCP connect; no HTTP request)."""
+        from foundry.pricing import PricingTable
+
+        PricingTable(self.config).require(self.model)
         self._api_key()
         endpoint = self._endpoint()
         try:
@@ -232,6 +236,7 @@ class AnthropicBackend:
         *,
         on_text: TextCallback | None = None,
         on_failed_attempt: AttemptCallback | None = None,
+        cancel: threading.Event | None = None,  # accepted; a Claude request runs to its end
     ) -> ModelResponse:
         client = self._get_client()
         params = self.params(request)

@@ -1,0 +1,7 @@
+"""`foundry serve`: a local model behind the Anthropic Messages API, with its caches.
+
+protocol (request validation and response shapes), stream (the SSE event sequence), queue
+(one model, many clients), response_cache (L2), context (the small-window policy), stats,
+session (the ledger), service (what runs a request), app (the ASGI routes), run (uvicorn).
+The in-memory KV caches (L1), the memory guard and cancellation live in the local backend.
+"""

@@ -1,0 +1,395 @@
+"""The ASGI routes (Starlette): the Messages API, count_tokens, models, health and cache stats.
+
+Starlette rather than FastAPI: the API's shapes are checked by foundry.server.protocol
+(errors must be Anthropic's, not a validation framework's), so all that is needed is
+routing and streaming responses, which is what FastAPI itself sits on.
+
+A request's HTTP status is decided before its first byte: the model's worker admits it (the
+memory guard passed, the cache plan made) before the stream starts, so a 529 is a real 529
+and message_start carries the real usage. A client that disconnects cancels its request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from foundry.server.protocol import (
+    ApiError,
+    message_json,
+    models_json,
+    parse_request,
+)
+from foundry.server.queue import Job, JobCancelled, QueueFull
+from foundry.server.service import Prepared, ServeService, api_error_for
+from foundry.server.stream import (
+    ContentStream,
+    error_event,
+    message_end,
+    message_start,
+    ping,
+    replay_events,
+)
+from foundry.usage import Usage
+
+log = logging.getLogger(__name__)
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+def error_response(exc: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(
+        exc.body(), status_code=exc.status, headers={**(headers or {}), **exc.headers}
+    )
+
+
+def _service(request: Request) -> ServeService:
+    service: ServeService = request.app.state.service
+    return service
+
+
+def check_auth(request: Request, service: ServeService) -> None:
+    """With --api-key, a request must carry it (x-api-key or Authorization: Bearer)."""
+    expected = service.settings.api_key
+    if expected is None:
+        return
+    given = request.headers.get("x-api-key")
+    if given is None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        given = token.strip() if scheme.lower() == "bearer" else None
+    if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise ApiError(401, "invalid x-api-key")
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"request body is {int(declared):,} bytes, over the {limit:,} limit")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"request body is over the {limit:,}-byte limit")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+
+
+class DisconnectWatch:
+    """Notices a client that goes away while its request waits or runs."""
+
+    def __init__(self, request: Request) -> None:
+        self.task = asyncio.ensure_future(self._listen(request))
+
+    @staticmethod
+    async def _listen(request: Request) -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    @property
+    def gone(self) -> bool:
+        return self.task.done() and not self.task.cancelled()
+
+    def close(self) -> None:
+        self.task.cancel()
+
+
+async def next_event(job: Job, watch: DisconnectWatch | None, timeout: float | None):
+    """The job's next event; None on timeout; JobCancelled when the client went away."""
+    getter = asyncio.ensure_future(job.events.get())
+    waiting: set[asyncio.Future[Any]] = {getter}
+    if watch is not None:
+        waiting.add(watch.task)
+    done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    if getter in done:
+        return getter.result()
+    getter.cancel()
+    if watch is not None and watch.gone:
+        raise JobCancelled("the client disconnected")
+    return None
+
+
+async def create_message(request: Request) -> Response:
+    service = _service(request)
+    try:
+        check_auth(request, service)
+        body = await read_json(request, service.settings.max_request_bytes)
+        parsed = parse_request(body, service.settings.model)
+        service.check_model(parsed.model_id)
+        prepared = service.begin(parsed)
+        reply = service.replay(prepared)
+        if reply is not None:
+            return _replay(service, prepared, reply)
+        await anyio.to_thread.run_sync(service.fit, prepared)
+    except ApiError as exc:
+        return error_response(exc)
+    headers = prepared.headers()
+    job = Job(prepared, asyncio.get_running_loop())
+    try:
+        service.queue.submit(job)
+    except QueueFull as exc:
+        service.reject(prepared, "rate_limit")
+        error = ApiError(
+            429,
+            f"the model is busy: {exc.waiting} requests are waiting; retry after "
+            f"{exc.retry_after_s} s",
+            headers={"retry-after": str(exc.retry_after_s)},
+        )
+        return error_response(error, headers)
+    except JobCancelled as exc:
+        service.reject(prepared, "overloaded")
+        return error_response(ApiError(529, exc.reason), headers)
+    watch = DisconnectWatch(request)
+    try:
+        kind, value = await _admitted(job, watch)
+    except JobCancelled:
+        watch.close()
+        service.queue.cancel(job, "the client disconnected")
+        return Response(status_code=499)
+    if kind == "error":
+        watch.close()
+        return error_response(api_error_for(value), headers)
+    if not prepared.parsed.stream:
+        try:
+            return await _whole(service, prepared, job, watch, headers)
+        finally:
+            watch.close()
+    watch.close()  # from here Starlette's StreamingResponse watches for the disconnect
+    return StreamingResponse(
+        _events(service, prepared, job, value),
+        media_type="text/event-stream",
+        headers={**headers, **SSE_HEADERS},
+    )
+
+
+async def _admitted(job: Job, watch: DisconnectWatch) -> tuple[str, Any]:
+    """Wait until the worker has planned the request (or failed it)."""
+    while True:
+        event = await next_event(job, watch, timeout=None)
+        if event is not None and event[0] in ("plan", "error"):
+            return event
+
+
+async def _whole(
+    service: ServeService, prepared: Prepared, job: Job, watch: DisconnectWatch, headers: dict
+) -> Response:
+    while True:
+        try:
+            event = await next_event(job, watch, timeout=None)
+        except JobCancelled:
+            service.queue.cancel(job, "the client disconnected")
+            return Response(status_code=499)
+        if event is None or event[0] in ("text", "plan"):
+            continue
+        kind, value = event
+        if kind == "error":
+            return error_response(api_error_for(value), headers)
+        response, stop_sequence = value
+        service.remember(prepared, response, response.content, stop_sequence, [])
+        body = message_json(
+            prepared.message_id,
+            prepared.parsed.model_id,
+            response.content,
+            response.stop_reason,
+            stop_sequence,
+            response.usage,
+        )
+        return JSONResponse(body, headers=headers)
+
+
+def _plan_usage(plan: dict[str, Any]) -> Usage:
+    read, write = plan["cache_read"], plan["cache_write"]
+    return Usage(
+        input_tokens=plan["prompt_tokens"] - read - write,
+        cache_read_tokens=read,
+        cache_write_5m_tokens=write,
+    )
+
+
+async def _events(
+    service: ServeService, prepared: Prepared, job: Job, plan: dict[str, Any]
+) -> AsyncIterator[bytes]:
+    content = ContentStream(service.tool_tag)
+    finished = False
+    try:
+        yield message_start(prepared.message_id, prepared.parsed.model_id, _plan_usage(plan))
+        yield ping()
+        while True:
+            event = await next_event(job, None, timeout=service.settings.ping_interval_s)
+            if event is None:  # a long prefill or a slow token: keep the connection alive
+                yield ping()
+                continue
+            kind, value = event
+            if kind == "text":
+                for chunk in content.text(value):
+                    yield chunk
+            elif kind == "error":
+                finished = True
+                error = api_error_for(value)
+                yield error_event(error.error_type, error.message)
+                return
+            elif kind == "done":
+                finished = True
+                response, stop_sequence = value
+                chunks, received = content.finish(response.content)
+                for chunk in chunks:
+                    yield chunk
+                for chunk in message_end(response.stop_reason, stop_sequence, response.usage):
+                    yield chunk
+                service.remember(prepared, response, received, stop_sequence, content.deltas)
+                return
+    finally:
+        if not finished:  # the client went away mid-stream: stop the model
+            service.queue.cancel(job, "the client disconnected")
+
+
+def _replay(service: ServeService, prepared: Prepared, reply: Any) -> Response:
+    usage = Usage(cache_read_tokens=prepared.prompt_tokens, output_tokens=reply.output_tokens)
+    headers = {**prepared.headers(), "x-foundry-cache": "response"}
+    # The ledger row is written after the reply has gone out: a replay's whole point is speed.
+    record = BackgroundTask(service.record_replay, prepared, reply)
+    model_id = prepared.parsed.model_id
+    if not prepared.parsed.stream:
+        body = message_json(
+            prepared.message_id,
+            model_id,
+            reply.content,
+            reply.stop_reason,
+            reply.stop_sequence,
+            usage,
+        )
+        return JSONResponse(body, headers=headers, background=record)
+
+    async def events() -> AsyncIterator[bytes]:
+        yield message_start(
+            prepared.message_id, model_id, Usage(cache_read_tokens=usage.cache_read_tokens)
+        )
+        yield ping()
+        for chunk in replay_events(reply.content, reply.text_deltas):
+            yield chunk
+        for chunk in message_end(reply.stop_reason, reply.stop_sequence, usage):
+            yield chunk
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={**headers, **SSE_HEADERS},
+        background=record,
+    )
+
+
+async def count_tokens(request: Request) -> Response:
+    service = _service(request)
+    try:
+        check_auth(request, service)
+        body = await read_json(request, service.settings.max_request_bytes)
+        parsed = parse_request(body, service.settings.model, default_max_tokens=1)
+        service.check_model(parsed.model_id)
+        tokens = await anyio.to_thread.run_sync(service.count, parsed.request)
+    except ApiError as exc:
+        return error_response(exc)
+    return JSONResponse({"input_tokens": tokens})
+
+
+async def list_models(request: Request) -> Response:
+    service = _service(request)
+    try:
+        check_auth(request, service)
+    except ApiError as exc:
+        return error_response(exc)
+    return JSONResponse(models_json(service.settings.model_name, service.stats.started_at))
+
+
+async def get_model(request: Request) -> Response:
+    service = _service(request)
+    try:
+        check_auth(request, service)
+        service.check_model(request.path_params["model_id"])
+    except ApiError as exc:
+        return error_response(exc)
+    return JSONResponse(
+        models_json(service.settings.model_name, service.stats.started_at)["data"][0]
+    )
+
+
+async def root(request: Request) -> Response:
+    service = _service(request)
+    if request.method == "HEAD":
+        return Response(status_code=200)
+    return JSONResponse(
+        {
+            "name": "foundry serve",
+            "model": service.settings.model_name,
+            "api": "Anthropic Messages API",
+            "endpoints": [
+                "POST /v1/messages",
+                "POST /v1/messages/count_tokens",
+                "GET /v1/models",
+                "GET /cache/stats",
+                "GET /health",
+            ],
+        }
+    )
+
+
+async def health(request: Request) -> Response:
+    service = _service(request)
+    status = "shutting_down" if service.shutting_down else "ok"
+    if request.method == "HEAD":
+        return Response(status_code=200 if status == "ok" else 503)
+    return JSONResponse(
+        {"status": status, "model": service.settings.model_name, "busy": service.queue.busy},
+        status_code=200 if status == "ok" else 503,
+    )
+
+
+async def cache_stats(request: Request) -> Response:
+    service = _service(request)
+    try:
+        check_auth(request, service)
+    except ApiError as exc:
+        return error_response(exc)
+    return JSONResponse(await anyio.to_thread.run_sync(service.cache_stats))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    status = 404 if exc.status_code == 404 else exc.status_code
+    message = f"{request.method} {request.url.path}: " + (
+        "not found" if status == 404 else str(exc.detail).lower()
+    )
+    return error_response(ApiError(status, message))
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log.error("%s %s failed: %s", request.method, request.url.path, exc, exc_info=True)
+    return error_response(ApiError(500, "internal server error; the server log says why"))
+
+
+def create_app(service: ServeService) -> Starlette:
+    app = Starlette(
+        routes=[
+            Route("/v1/messages", create_message, methods=["POST"]),
+            Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
+            Route("/v1/models", list_models, methods=["GET"]),
+            Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
+            Route("/", root, methods=["GET", "HEAD"]),
+            Route("/health", health, methods=["GET", "HEAD"]),
+            Route("/cache/stats", cache_stats, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+    )
+    app.state.service = service
+    return app

@@ -1,0 +1,360 @@
+"""What runs a served request, apart from HTTP: the model mapping, counting and the context
+policy, the response cache, the queue's worker, the ledger rows and the HIT/MISS log.
+
+The ASGI routes (foundry.server.app) call in here; the worker thread runs `_run`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from foundry.backends.base import FailedAttempt, ModelResponse
+from foundry.errors import BackendError
+from foundry.local.chat import ClientRequest
+from foundry.server.context import Trimmed, fit
+from foundry.server.protocol import ApiError, ParsedRequest, new_message_id
+from foundry.server.queue import Job, RequestQueue
+from foundry.server.response_cache import RecordedReply, ResponseCache
+from foundry.server.session import ServeSession
+from foundry.server.stats import ServeStats
+from foundry.timestamps import utc_now
+from foundry.usage import Usage
+
+log = logging.getLogger(__name__)
+CLAUDE_PREFIX = "claude-"
+# The backend's error classes that are the client's doing or the server's load, not a fault.
+STATUS_FOR_CLASS = {"context_too_long": 400, "overloaded": 529, "cancelled": 529}
+
+
+@dataclass
+class ServeSettings:
+    model: str  # the served model: a name from `foundry models list` or a directory
+    api_key: str | None = None
+    context_policy: str = "error"
+    keep_last: int = 4
+    max_request_bytes: int = 32 * 1024 * 1024
+    ping_interval_s: float = 5.0
+    queue_size: int = 16
+
+    @property
+    def model_name(self) -> str:
+        return Path(self.model).name or self.model
+
+
+@dataclass
+class Prepared:
+    """A checked request: its response-cache key and the ids the client and the ledger see;
+    once fitted (`ServeService.fit`), its prompt length and what the policy trimmed."""
+
+    parsed: ParsedRequest
+    key: str | None
+    request: ClientRequest = field(init=False)
+    prompt_tokens: int = 0
+    trimmed: Trimmed | None = None
+    trimmed_header: str | None = None
+    message_id: str = field(default_factory=new_message_id)
+    request_id: str = field(default_factory=lambda: f"req_local_{uuid.uuid4().hex[:24]}")
+    started_at: str = field(default_factory=utc_now)
+    received: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.request = self.parsed.request
+
+    def headers(self) -> dict[str, str]:
+        headers = {"request-id": self.request_id}
+        if self.trimmed is not None:
+            self.trimmed_header = self.trimmed.header()
+        if self.trimmed_header is not None:
+            headers["x-foundry-context-trimmed"] = self.trimmed_header
+        return headers
+
+
+def api_error_for(exc: BaseException) -> ApiError:
+    """The client's view of a failure: no traceback, no internals."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, BackendError):
+        status = STATUS_FOR_CLASS.get(exc.error_class)
+        if status is not None:
+            return ApiError(status, exc.message)
+    from foundry.server.queue import JobCancelled
+
+    if isinstance(exc, JobCancelled):
+        return ApiError(529, exc.reason)
+    return ApiError(500, "the local model failed on this request; the server log says why")
+
+
+class ServeService:
+    def __init__(
+        self,
+        backend: Any,
+        settings: ServeSettings,
+        *,
+        session: ServeSession | None = None,
+        response_cache: ResponseCache | None = None,
+    ) -> None:
+        self.backend = backend
+        self.settings = settings
+        self.session = session
+        self.response_cache = response_cache
+        self.stats = ServeStats()
+        self.window: int | None = backend.context_window
+        self.default_temperature = backend.config.mlx.temperature
+        self.tool_tag: str = backend.tool_call_tag
+        self.queue = RequestQueue(self._run, settings.queue_size)
+        self.shutting_down = False
+
+    # -- before a request runs ---------------------------------------------------------------
+
+    def check_model(self, model_id: str) -> None:
+        """The mapping rule: the served model's own name, or any claude-* id; else a 404."""
+        if model_id in (self.settings.model, self.settings.model_name):
+            return
+        if model_id.startswith(CLAUDE_PREFIX):
+            return
+        raise ApiError(
+            404,
+            f"model: {model_id} (this server serves '{self.settings.model_name}'; every "
+            f"{CLAUDE_PREFIX}* id maps to it)",
+        )
+
+    def count(self, request: ClientRequest) -> int:
+        return int(self.backend.count_request_tokens(request))
+
+    def begin(self, parsed: ParsedRequest) -> Prepared:
+        """A request's bookkeeping and response-cache key: cheap, so a replay needs no more."""
+        key = None
+        if self.response_cache is not None:
+            key = parsed.response_key(self.default_temperature)
+        return Prepared(parsed, key)
+
+    def fit(self, prepared: Prepared) -> Prepared:
+        """Count the prompt exactly and apply the context policy (on a worker thread of the
+        event loop: tokenizing a long prompt takes a while)."""
+        request = prepared.request
+        tokens = self.count(request)
+        trimmed = None
+        if self.window is not None:
+            try:
+                request, tokens, trimmed = fit(
+                    request,
+                    tokens,
+                    window=self.window,
+                    policy=self.settings.context_policy,
+                    keep_last=self.settings.keep_last,
+                    reply_room=min(request.max_tokens, self.backend.config.mlx.max_tokens),
+                    count=self.count,
+                )
+            except ApiError:
+                self.reject(prepared, "context_too_long")
+                raise
+        if trimmed is not None:
+            self.stats.record_trim()
+            log.warning(
+                "trimmed %d messages (%d tokens) to fit the %d-token window",
+                trimmed.messages,
+                trimmed.tokens,
+                self.window,
+            )
+        prepared.request, prepared.prompt_tokens, prepared.trimmed = request, tokens, trimmed
+        return prepared
+
+    def replay(self, prepared: Prepared) -> RecordedReply | None:
+        """The recorded reply for this exact request, if any. The prompt is not even counted:
+        the recording knows its length (and what the context policy trimmed)."""
+        if prepared.key is None or self.response_cache is None:
+            return None
+        reply = self.response_cache.get(prepared.key)
+        if reply is None:
+            return None
+        prepared.prompt_tokens, prepared.trimmed_header = reply.input_tokens, reply.trimmed
+        return reply
+
+    def record_replay(self, prepared: Prepared, reply: RecordedReply) -> None:
+        """The ledger row and stats of a replay (run after the response has gone out)."""
+        elapsed = (time.monotonic() - prepared.received) * 1000
+        usage = Usage(
+            cache_read_tokens=prepared.prompt_tokens,
+            output_tokens=reply.output_tokens,
+            ttft_ms=elapsed,
+            duration_ms=elapsed,
+            prefill_saved_ms=reply.duration_ms,
+        )
+        self.stats.record_replay(usage, 0.0)
+        self._record(prepared, usage, stop_reason=reply.stop_reason)
+        log.info(
+            "HIT response cache: replayed %d output tokens in %.0f ms (%s)",
+            reply.output_tokens,
+            elapsed,
+            prepared.request_id,
+        )
+
+    def remember(
+        self,
+        prepared: Prepared,
+        response: ModelResponse,
+        content: list[dict[str, Any]],
+        stop_sequence: str | None,
+        deltas: list[str],
+    ) -> None:
+        """Record a finished greedy reply for replay, as the client received it."""
+        if prepared.key is None or self.response_cache is None:
+            return
+        usage = response.usage
+        self.response_cache.put(
+            prepared.key,
+            RecordedReply(
+                content=content,
+                stop_reason=response.stop_reason,
+                stop_sequence=stop_sequence,
+                input_tokens=prepared.prompt_tokens,
+                output_tokens=usage.output_tokens,
+                duration_ms=usage.duration_ms or 0.0,
+                text_deltas=list(deltas),
+                trimmed=prepared.trimmed.header() if prepared.trimmed else None,
+            ),
+        )
+
+    def reject(self, prepared: Prepared, error_class: str) -> None:
+        """A request turned away before it ran (queue full, shutting down)."""
+        self.stats.record_error(error_class)
+        self._record(prepared, Usage(), status="error", error_class=error_class)
+
+    # -- the worker thread -------------------------------------------------------------------
+
+    def _run(self, job: Job) -> None:
+        prepared: Prepared = job.payload
+        failures: list[FailedAttempt] = []
+        try:
+            response = self.backend.complete(
+                prepared.request,
+                on_text=lambda text: job.post("text", text),
+                on_failed_attempt=failures.append,
+                cancel=job.cancel,
+                on_plan=lambda plan: job.post("plan", plan),
+            )
+        except BackendError as exc:
+            usage = failures[-1].usage if failures else Usage()
+            cancelled = exc.error_class == "cancelled"
+            self.stats.record_error(exc.error_class, usage)
+            self._record(
+                prepared,
+                usage,
+                status="cancelled" if cancelled else "error",
+                error_class=exc.error_class,
+            )
+            if cancelled:
+                log.info("cancelled: %s (%s)", job.cancel_reason, prepared.request_id)
+                exc = BackendError(job.cancel_reason, error_class="cancelled")
+            else:
+                log.warning("%s: %s (%s)", exc.error_class, exc.message, prepared.request_id)
+            job.post("error", exc)
+            return
+        except Exception as exc:  # a bug or an mlx failure outside the backend's handling
+            log.error(
+                "request %s failed: %s",
+                prepared.request_id,
+                exc,
+                exc_info=log.isEnabledFor(logging.DEBUG),
+            )
+            self.stats.record_error("server_error")
+            self._record(prepared, Usage(), status="error", error_class="server_error")
+            job.post("error", exc)
+            return
+        event = self.backend.last_cache_event
+        self.stats.record_run(response.usage, event.get("source"))
+        self._record(prepared, response.usage, stop_reason=response.stop_reason)
+        self._log_cache(prepared, response.usage, event)
+        job.post("done", (response, self.backend.last_stop_sequence))
+
+    def _log_cache(self, prepared: Prepared, usage: Usage, event: dict[str, Any]) -> None:
+        source = event.get("source")
+        verdict = {"memory": "HIT memory", "store": "HIT disk"}.get(
+            source or "", f"MISS ({event.get('reason', 'no cached prefix')})"
+        )
+        log.info(
+            "%s: %d of %d prompt tokens reused, %d saved to disk, %d prefilled; "
+            "ttft %.0f ms, %d output tokens (%s)",
+            verdict,
+            usage.cache_read_tokens,
+            usage.total_input_tokens,
+            usage.cache_write_tokens,
+            usage.input_tokens,
+            usage.ttft_ms or 0.0,
+            usage.output_tokens,
+            prepared.request_id,
+        )
+
+    def _record(
+        self,
+        prepared: Prepared,
+        usage: Usage,
+        *,
+        status: str = "ok",
+        error_class: str | None = None,
+        stop_reason: str | None = None,
+    ) -> None:
+        if self.session is None:
+            return
+        try:
+            self.session.record(
+                usage,
+                started_at=prepared.started_at,
+                status=status,
+                error_class=error_class,
+                stop_reason=stop_reason,
+                request_id=prepared.message_id,
+            )
+        except Exception as exc:  # the ledger is a record, never a reason to fail a reply
+            log.warning("could not record request %s on the ledger: %s", prepared.request_id, exc)
+
+    # -- state and shutdown ------------------------------------------------------------------
+
+    def cache_stats(self) -> dict[str, Any]:
+        from foundry.local.runtime import import_mlx
+
+        mx = import_mlx()
+        store = getattr(self.backend, "_store", None)
+        l1 = self.backend.cache_state()
+        return {
+            "model": self.settings.model_name,
+            "context_window": self.window,
+            "since_start": self.stats.snapshot(),
+            "l1": l1,
+            "l2": self.response_cache.stats() if self.response_cache else {"enabled": False},
+            "disk": store.stats() if store is not None else {"enabled": False},
+            "memory": {
+                "kv_bytes_in_memory": l1["bytes"],
+                "budget_bytes": l1["memory_budget_bytes"],
+                "mlx_active_bytes": mx.get_active_memory(),
+                "mlx_peak_bytes": mx.get_peak_memory(),
+            },
+            "queue": {
+                "running": self.queue.busy,
+                "waiting": self.queue.waiting,
+                "max_waiting": self.queue.max_waiting,
+                "rejected": self.queue.rejected,
+            },
+        }
+
+    def begin_shutdown(self, reason: str = "the server is shutting down") -> None:
+        """Stop taking work: waiting requests end now, the running one at its next step."""
+        self.shutting_down = True
+        self.queue.cancel_all(reason)
+
+    def close(self) -> dict[str, Any]:
+        """Wait for the worker, then close the session's ledger row; returns the stats."""
+        self.begin_shutdown()
+        self.queue.close()
+        stats = self.cache_stats()
+        if self.session is not None:
+            try:
+                self.session.close(stats["since_start"])
+            except Exception as exc:
+                log.warning("could not close the serve session on the ledger: %s", exc)
+        return stats
