@@ -89,6 +89,9 @@ class OpenAIConfig(_Section):
     max_retries: int = Field(default=4, ge=0, le=20)
     retry_budget_s: float = Field(default=120.0, gt=0)
     max_tokens: int = Field(default=4096, gt=0)
+    # The most one attempt may take: servers send keep-alive comments while they prefill
+    # (mlx_lm.server does), which keep a socket alive past any read timeout.
+    deadline_s: float = Field(default=900.0, gt=0)
 
 
 class ModelOverride(_Section):
@@ -128,11 +131,80 @@ class MlxConfig(_Section):
     temperature: float = Field(default=0.0, ge=0)
 
 
+COMMAND_PHASES = ("scout", "architect", "builder", "test")  # the phases that run commands
+# Network for the model's commands: the builder and the test fix rounds install packages.
+DEFAULT_NETWORK = {"scout": False, "architect": False, "builder": True, "test": True}
+# The keys foundry sends to model APIs: never handed to the model's commands.
+MODEL_KEY_VARIABLES = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "OPENAI_API_KEY")
+
+
+class SandboxLimits(_Section):
+    """Limits on every command the model runs; null: no limit."""
+
+    processes: int | None = Field(default=1024, gt=0)  # processes + threads, whole command
+    memory_mb: int | None = Field(default=8192, gt=0)  # address space, per process
+    cpu_s: int | None = Field(default=600, gt=0)  # CPU seconds, per process
+    file_size_mb: int | None = Field(default=4096, gt=0)  # the largest file it may write
+
+
 class BuildConfig(_Section):
     max_test_iterations: int = Field(default=3, ge=1)
     max_turns_per_phase: int = Field(default=30, ge=1)
     command_timeout_s: float = Field(default=300.0, gt=0)
     output_limit_chars: int = Field(default=20_000, gt=0)
+    # The model's commands (and the test command): "auto" uses bubblewrap where it works and
+    # says so in one line where it does not; "require" refuses to build without it.
+    sandbox: Literal["auto", "require", "off"] = "auto"
+    network: bool | dict[str, bool] = Field(default_factory=lambda: dict(DEFAULT_NETWORK))
+    env_passthrough: list[str] = Field(default_factory=list)
+    limits: SandboxLimits = Field(default_factory=SandboxLimits)
+
+    @field_validator("network")
+    @classmethod
+    def _known_phases(cls, value: bool | dict[str, bool]) -> bool | dict[str, bool]:
+        unknown = sorted(set(value) - set(COMMAND_PHASES)) if isinstance(value, dict) else []
+        if unknown:
+            raise ValueError(
+                f"unknown phase '{unknown[0]}'; phases that run commands: "
+                f"{', '.join(COMMAND_PHASES)}"
+            )
+        return value
+
+    @field_validator("env_passthrough")
+    @classmethod
+    def _plain_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            plain = name.isascii() and name.replace("_", "a").isalnum()
+            if not plain or name[0].isdigit():
+                raise ValueError(f"'{name}' is not an environment variable name")
+            if name.upper() in MODEL_KEY_VARIABLES:
+                raise ValueError(f"{name} is the model API key; the model's commands never get it")
+        return value
+
+    def network_for(self, phase: str | None) -> bool:
+        """Whether the model's commands have the network in `phase` (None: outside one)."""
+        if isinstance(self.network, bool):
+            return self.network
+        key = phase or "builder"
+        return self.network.get(key, DEFAULT_NETWORK.get(key, True))
+
+
+class ServeConfig(_Section):
+    """`foundry serve`: its memory, its queue, its response cache and its context policy."""
+
+    # KV caches held in memory (the running request's and the kept ones); None: a quarter of
+    # the machine's RAM. A request that cannot fit gets a 529, never an out-of-memory kill.
+    memory_budget_mb: int | None = Field(default=None, gt=0)
+    l1_max_entries: int = Field(default=8, ge=0)  # conversations' KV caches kept in memory
+    queue_size: int = Field(default=16, ge=0)  # requests waiting; past it a 429
+    response_cache: bool = True  # replay greedy replies to identical requests
+    response_cache_entries: int = Field(default=256, gt=0)
+    response_cache_mb: int = Field(default=64, gt=0)
+    response_cache_ttl_s: float = Field(default=3600.0, gt=0)
+    context_policy: Literal["error", "trim"] = "error"  # a conversation past the window
+    keep_last_messages: int = Field(default=4, ge=1)  # never trimmed away
+    max_request_mb: int = Field(default=32, gt=0)  # larger bodies get a 413
+    ping_interval_s: float = Field(default=5.0, gt=0)  # SSE pings while the model is silent
 
 
 class FoundryConfig(_Section):
@@ -147,6 +219,7 @@ class FoundryConfig(_Section):
     budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)
     prefix_cache: PrefixCacheConfig = Field(default_factory=PrefixCacheConfig)
     build: BuildConfig = Field(default_factory=BuildConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     # Where this config came from, for messages; not part of the file.
     source: str = Field(default="<defaults>", exclude=True)
@@ -229,6 +302,65 @@ def load_config(path: Path | str | None = None) -> FoundryConfig:
             f"{candidate}:{exc.lineno}:{exc.colno}: invalid JSON ({exc.msg})", "fix the JSON syntax"
         ) from None
     return parse_config(data, str(candidate))
+
+
+TRUST_CONFIG_ENV = "FOUNDRY_TRUST_CONFIG"
+DEFAULT_API_HOSTS = ("api.anthropic.com", "api.openai.com")
+BASE_URL_VARIABLES = ("ANTHROPIC_BASE_URL", "OPENAI_BASE_URL")
+
+
+def _host(url: str | None) -> str | None:
+    from urllib.parse import urlsplit
+
+    try:
+        return (urlsplit(url.strip()).hostname or None) if url else None
+    except ValueError:
+        return None
+
+
+def is_loopback_host(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def is_default_endpoint(url: str | None) -> bool:
+    """No URL, or one of the model APIs' own: nothing to point out to the user."""
+    host = _host(url)
+    return host is None or host.lower() in DEFAULT_API_HOSTS
+
+
+def was_discovered(config: FoundryConfig, path: Path | str | None) -> bool:
+    """The config came from ./cache_config.json, found rather than passed with --config."""
+    return path is None and not config.source.startswith("<")
+
+
+def check_key_destination(
+    config: FoundryConfig, endpoint: str | None, *, discovered: bool, base_url: str | None = None
+) -> None:
+    """Refuse to send an API key to a host that only a config file *found* in the current
+    directory names (a cloned project can carry one): not loopback, not a model API's own,
+    not also given by the user (--base-url, a *_BASE_URL variable)."""
+    host = _host(endpoint)
+    if not discovered or host is None or os.environ.get(TRUST_CONFIG_ENV) == "1":
+        return
+    if is_loopback_host(host) or is_default_endpoint(endpoint):
+        return
+    from_file = {_host(url) for url in (config.anthropic.base_url, config.openai.base_url)}
+    chosen = {_host(url) for url in (base_url, *map(os.environ.get, BASE_URL_VARIABLES))}
+    if host not in from_file or host in chosen:
+        return
+    raise ConfigError(
+        f"{config.source} was found in the current directory and would send your API key to "
+        f"{host}; foundry does not trust a discovered config with that",
+        f"if you trust the file, pass it with --config {config.source} (or set "
+        f"{TRUST_CONFIG_ENV}=1); otherwise remove its base_url",
+    )
 
 
 def foundry_home() -> Path:

@@ -129,6 +129,39 @@ def test_edit_file_needs_an_exact_unique_match(ws: Workspace) -> None:
     assert (ws.root / "f.txt").read_text() == "x\nx\ny\n"
 
 
+def test_read_file_refuses_a_huge_file_by_its_size_without_reading_it(ws: Workspace) -> None:
+    import time
+    import tracemalloc
+
+    with (ws.root / "sparse.bin").open("wb") as handle:
+        handle.truncate(2 * 1024**3)  # 2 GiB of nothing on disk
+    tracemalloc.start()
+    started = time.monotonic()
+    message = err(ws, "read_file", {"path": "sparse.bin", "limit": 1})
+    elapsed = time.monotonic() - started
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert "'sparse.bin' is 2.0 GiB, over the 8.0 MiB that read_file reads" in message
+    assert "head" in message  # says what to do instead
+    assert elapsed < 1 and peak < 1024**2
+    assert "2.0 GiB" in err(
+        ws, "edit_file", {"path": "sparse.bin", "old_text": "a", "new_text": "b"}
+    )
+
+
+def test_read_file_keeps_only_the_lines_asked_for(ws: Workspace) -> None:
+    from foundry.orchestrator.workspace import MAX_READ_BYTES
+
+    line = "x" * 99 + "\n"
+    (ws.root / "big.txt").write_text(line * (MAX_READ_BYTES // 100 - 1))
+    text = ok(ws, "read_file", {"path": "big.txt", "offset": 5, "limit": 2})
+    assert text == f"[lines 5-6 of {MAX_READ_BYTES // 100 - 1}]\n{line}{line}"
+    (ws.root / "over.txt").write_text(line * (MAX_READ_BYTES // 100 + 1))
+    assert "over the 8.0 MiB" in err(ws, "read_file", {"path": "over.txt", "limit": 1})
+    os.mkfifo(ws.root / "pipe")
+    assert "not a regular file" in err(ws, "read_file", {"path": "pipe"})
+
+
 def test_read_file_errors(ws: Workspace) -> None:
     (ws.root / "d").mkdir()
     (ws.root / "bin").write_bytes(b"\x00\x01\x02")
@@ -161,18 +194,25 @@ def test_malformed_input_is_an_error_result(ws: Workspace, name, args, expected)
     assert expected in err(ws, name, args)
 
 
-def test_run_command_runs_in_the_root_without_secrets(
+def test_run_command_runs_in_the_root_with_an_allow_list_environment(
     ws: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-should-not-leak")
     monkeypatch.setenv("GITHUB_TOKEN", "ghp-should-not-leak")
     monkeypatch.setenv("DB_PASSWORD", "hunter2")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret")
-    monkeypatch.setenv("HARMLESS_SETTING", "visible")
+    monkeypatch.setenv("HARMLESS_SETTING", "not-named-so-not-passed")
+    monkeypatch.setenv("LANG", "C.UTF-8")
     out = ok(ws, "run_command", {"command": "pwd; env"})
     assert str(ws.root) in out and "exit code 0" in out
-    assert "HARMLESS_SETTING=visible" in out
-    for leaked in ("sk-ant-should-not-leak", "ghp-should-not-leak", "hunter2", "aws-secret"):
+    assert "LANG=C.UTF-8" in out and f"PATH={os.environ['PATH']}" in out
+    for leaked in (
+        "sk-ant-should-not-leak",
+        "ghp-should-not-leak",
+        "hunter2",
+        "aws-secret",
+        "not-named-so-not-passed",
+    ):
         assert leaked not in out
 
 

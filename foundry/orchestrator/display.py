@@ -12,6 +12,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from foundry.config import is_default_endpoint
 from foundry.console import one_line
 from foundry.formatting import money, percent
 from foundry.orchestrator.events import Events
@@ -25,9 +26,15 @@ if TYPE_CHECKING:
 class PlainDisplay(Events):
     """One line per event: for logs, CI and any stderr that is not a terminal."""
 
-    def __init__(self, console: Console, max_cost: float | None = None) -> None:
+    def __init__(
+        self, console: Console, max_cost: float | None = None, endpoint: str | None = None
+    ) -> None:
         self.console = console
         self.max_cost = max_cost
+        # Shown whenever the requests (and the API key) go elsewhere than the API's own host.
+        self.endpoint = None if is_default_endpoint(endpoint) else endpoint
+        if self.endpoint and type(self) is PlainDisplay:
+            self._line(f"endpoint: model requests and the API key go to {self.endpoint}")
 
     def _line(self, text: str, style: str | None = None) -> None:
         self.console.print(Text(text, style=style or ""), highlight=False)
@@ -39,14 +46,14 @@ class PlainDisplay(Events):
         self._line(f"== phase {phase}: {status}")
 
     def request_done(self, phase: str, turn: int | None, usage: Usage, session: Any) -> None:
-        total = session.total
+        total, spent = session.total, session.spent
         left = ""
-        if self.max_cost is not None and total.cost_usd is not None:
-            left = f", budget left {money(self.max_cost - total.cost_usd)}"
+        if self.max_cost is not None and spent is not None:
+            left = f", budget left {money(self.max_cost - spent)}"
         self._line(
             f"[{phase}] turn {turn if turn is not None else '-'}: in {usage.input_tokens:,}, "
             f"out {usage.output_tokens:,}, cache read {usage.cache_read_tokens:,}, "
-            f"cache write {usage.cache_write_tokens:,}; build so far {money(total.cost_usd)}, "
+            f"cache write {usage.cache_write_tokens:,}; build so far {money(spent)}, "
             f"hit rate {percent(total.usage.hit_rate)}{left}"
         )
 
@@ -68,8 +75,10 @@ class PlainDisplay(Events):
 class LiveDisplay(PlainDisplay):
     """A panel that redraws in place: phase, turn, last tool, tokens, hit rate, spend."""
 
-    def __init__(self, console: Console, max_cost: float | None = None) -> None:
-        super().__init__(console, max_cost)
+    def __init__(
+        self, console: Console, max_cost: float | None = None, endpoint: str | None = None
+    ) -> None:
+        super().__init__(console, max_cost, endpoint)
         self.session: ModelSession | None = None
         self.phase = "-"
         self.turn: int | None = None
@@ -88,6 +97,8 @@ class LiveDisplay(PlainDisplay):
         grid.add_column()
         total = self.session.total if self.session else None
         stats = self.session.phases.get(self.phase) if self.session else None
+        if self.endpoint:
+            grid.add_row("endpoint", Text(self.endpoint, style="bold yellow"))
         grid.add_row("phase", f"{self.phase}  turn {self.turn or '-'}  ({self.state})")
         grid.add_row("last tool", (stats.last_tool if stats else None) or "-")
         if total is not None:
@@ -98,9 +109,10 @@ class LiveDisplay(PlainDisplay):
                 f"{usage.cache_read_tokens:,} · cache write {usage.cache_write_tokens:,}",
             )
             grid.add_row("cache hit rate", percent(usage.hit_rate))
-            spend = money(total.cost_usd)
-            if self.max_cost is not None and total.cost_usd is not None:
-                spend += f"  (budget left {money(self.max_cost - total.cost_usd)})"
+            spent = self.session.spent if self.session else None
+            spend = money(spent)
+            if self.max_cost is not None and spent is not None:
+                spend += f"  (budget left {money(self.max_cost - spent)})"
             grid.add_row("cost so far", spend)
         grid.add_row("elapsed", f"{time.monotonic() - self.started:.0f}s")
         return grid
@@ -126,10 +138,12 @@ class LiveDisplay(PlainDisplay):
         self.live.stop()
 
 
-def make_display(console: Console, max_cost: float | None) -> Events:
+def make_display(
+    console: Console, max_cost: float | None, *, endpoint: str | None = None
+) -> Events:
     if console.is_terminal:
-        return LiveDisplay(console, max_cost)
-    return PlainDisplay(console, max_cost)
+        return LiveDisplay(console, max_cost, endpoint)
+    return PlainDisplay(console, max_cost, endpoint)
 
 
 def phase_table(phases: dict[str, PhaseStats], total: PhaseStats) -> Table:

@@ -1,5 +1,6 @@
 """Running shell commands for the model and for the test phase: in the working directory,
-with a timeout, a scrubbed environment and bounded output (head and tail kept)."""
+inside the build's sandbox (sandbox.py: confinement, allow-list environment, limits), with a
+timeout, bounded output (head and tail kept), and nothing left running afterwards."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from foundry.orchestrator.sandbox import Sandbox, unconfined
 
 _SECRET_SUFFIXES = ("_KEY", "_TOKEN", "_SECRET", "_PAT")
 _SECRET_PARTS = ("PASSWORD", "PASSWD", "SECRET", "CREDENTIAL", "API_KEY", "ACCESS_KEY")
@@ -30,7 +33,8 @@ def is_secret_name(name: str) -> bool:
 
 
 def scrubbed_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment minus API keys, tokens, secrets and passwords."""
+    """The environment minus API keys, tokens, secrets and passwords: for foundry's own
+    commands (deploy's git). The model's commands get an allow-list instead (sandbox.py)."""
     source = os.environ if base is None else base
     return {k: v for k, v in source.items() if not is_secret_name(k)}
 
@@ -109,24 +113,49 @@ def run_command(
     timeout_s: float,
     output_limit: int,
     on_tick: Callable[[], None] | None = None,
-    env: Mapping[str, str] | None = None,
+    sandbox: Sandbox | None = None,
+    network: bool = True,
 ) -> CommandResult:
-    """Run `command` through the shell; `on_tick` is called about every TICK_S while it runs
-    (the build uses it for cache keep-alives). The whole process group is killed at the
-    timeout or when the caller is interrupted."""
+    """Run `command` through the shell in `sandbox` (None: an unconfined one with the default
+    settings, for this command only); `on_tick` is called about every TICK_S while it runs
+    (the build uses it for cache keep-alives). Everything the command started is killed at
+    the timeout, when the caller is interrupted, and when the command ends."""
+    own = sandbox is None
+    box = unconfined(cwd) if sandbox is None else sandbox
+    try:
+        return _run(command, cwd, box, timeout_s, output_limit, on_tick, network)
+    finally:
+        if own:
+            box.close()
+
+
+def _run(
+    command: str,
+    cwd: Path,
+    sandbox: Sandbox,
+    timeout_s: float,
+    output_limit: int,
+    on_tick: Callable[[], None] | None,
+    network: bool,
+) -> CommandResult:
     started = time.monotonic()
     sink = _BoundedSink(output_limit)
-    # A new session makes the command and its children one group we can kill cleanly.
-    proc = subprocess.Popen(
-        command,
-        shell=True,
-        cwd=cwd,
-        env=dict(env) if env is not None else scrubbed_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    launch = sandbox.launch(command, network=network)
+    try:
+        # A new session makes the command (or bwrap) and its children one group we can kill.
+        proc = subprocess.Popen(
+            launch.argv,
+            cwd=cwd,
+            env=launch.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=launch.preexec,
+        )
+    except BaseException:
+        launch.containment.end()
+        raise
 
     stdout = proc.stdout
     assert isinstance(stdout, io.BufferedReader)  # a binary pipe: read1 returns what is there
@@ -141,7 +170,9 @@ def run_command(
     try:
         while True:
             try:
-                proc.wait(timeout=TICK_S)
+                # Never past the deadline: the timeout is kept to the tick, not rounded up.
+                left = timeout_s - (time.monotonic() - started)
+                proc.wait(timeout=max(min(TICK_S, left), 0.01))
                 break
             except subprocess.TimeoutExpired:
                 if time.monotonic() - started >= timeout_s:
@@ -156,10 +187,13 @@ def run_command(
         proc.wait()
         raise
     finally:
-        # Children that outlive the shell would keep the pipe open; kill the group.
+        # Children that outlive the shell (setsid ones too) would keep the pipe open.
         if proc.poll() is not None:
             _kill_group(proc)
+        launch.containment.end()
         reader.join(timeout=5)
+        if not reader.is_alive():
+            stdout.close()
     return CommandResult(
         command=command,
         exit_code=None if timed_out else proc.returncode,

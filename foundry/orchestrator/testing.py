@@ -93,12 +93,15 @@ def run_test_phase(
     pending: list[dict] = []
     finish_id: str | None = None
     for iteration in range(1, max_iterations + 1):
+        # The test command is the model's choice too: it runs in the same sandbox.
         result = run_command(
             test_command,
             workdir,
             timeout_s=timeout_s,
             output_limit=output_limit,
             on_tick=session.maybe_keepalive,
+            sandbox=workspace.sandbox,
+            network=workspace.sandbox.network_for("test"),
         )
         filename = f"test-results-{iteration}.md"
         write_atomic(

@@ -8,6 +8,7 @@ never raise out of `execute`.
 from __future__ import annotations
 
 import fnmatch
+import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from foundry.fsutil import write_atomic
+from foundry.orchestrator.sandbox import Sandbox, unconfined
 from foundry.orchestrator.shell import run_command, truncate_middle
 from foundry.orchestrator.tools import TOOL_SPECS
 
@@ -35,6 +37,9 @@ SKIPPED_DIRS = frozenset(
     }
 )
 MAX_LISTED = 1000
+# read_file and edit_file refuse larger files (with their size): a model reads a big file in
+# pieces with run_command (head, sed -n, grep), never by loading all of it here.
+MAX_READ_BYTES = 8 * 1024 * 1024
 _SCHEMAS = {spec.name: spec.input_schema for spec in TOOL_SPECS}
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,),
@@ -95,11 +100,15 @@ class Workspace:
         command_timeout_s: float,
         output_limit: int,
         on_tick: Callable[[], None] | None = None,
+        sandbox: Sandbox | None = None,
     ) -> None:
+        """`sandbox`: where run_command runs commands (None: unconfined, default settings)."""
         self.root = Path(os.path.realpath(root))
         self.command_timeout_s = command_timeout_s
         self.output_limit = output_limit
         self.on_tick = on_tick
+        self.sandbox = sandbox if sandbox is not None else unconfined(self.root)
+        self.phase: str | None = None  # the build sets it: the network is a per-phase setting
         self.written: set[str] = set()
 
     # -- the sandbox ------------------------------------------------------------------
@@ -157,25 +166,48 @@ class Workspace:
             return ToolOutcome(f"error: {type(exc).__name__}: {exc}", is_error=True)
 
     # -- the tools --------------------------------------------------------------------
-    def tool_read_file(self, path: str, offset: int = 1, limit: int | None = None) -> str:
+    def _readable(self, path: str) -> Path:
+        """A regular file no larger than MAX_READ_BYTES, checked before reading anything."""
         real = self.resolve(path)
         if real.is_dir():
             raise ToolFailure(f"'{path}' is a directory; use list_files")
-        if not real.is_file():
+        if not real.exists():
             raise ToolFailure(f"'{path}' does not exist")
-        data = real.read_bytes()
+        if not real.is_file():
+            raise ToolFailure(f"'{path}' is not a regular file (a pipe, socket or device)")
+        size = real.stat().st_size
+        if size > MAX_READ_BYTES:
+            raise ToolFailure(
+                f"'{path}' is {_size(size)}, over the {_size(MAX_READ_BYTES)} that read_file "
+                "reads; use run_command with head, tail, sed -n 'A,Bp' or grep"
+            )
+        return real
+
+    def tool_read_file(self, path: str, offset: int = 1, limit: int | None = None) -> str:
+        real = self._readable(path)
+        with real.open("rb") as handle:
+            data = handle.read(MAX_READ_BYTES + 1)  # bounded, even if the file grew since
+        if len(data) > MAX_READ_BYTES:
+            raise ToolFailure(f"'{path}' grew past {_size(MAX_READ_BYTES)} while being read")
         if b"\x00" in data[:8192]:
-            raise ToolFailure(f"'{path}' is a binary file ({len(data)} bytes)")
-        lines = data.decode("utf-8", errors="replace").splitlines(keepends=True)
-        if offset > max(len(lines), 1):
-            raise ToolFailure(f"offset {offset} is past the end ({len(lines)} lines)")
-        end = len(lines) if limit is None else min(len(lines), offset - 1 + limit)
-        text = "".join(lines[offset - 1 : end])
+            raise ToolFailure(f"'{path}' is a binary file ({_size(len(data))})")
+        # Only the lines asked for are decoded and kept; the rest are counted.
+        wanted: list[bytes] = []
+        total = 0
+        last = None if limit is None else offset - 1 + limit
+        for number, raw in enumerate(io.BytesIO(data), start=1):
+            total = number
+            if number >= offset and (last is None or number <= last):
+                wanted.append(raw)
+        if offset > max(total, 1):
+            raise ToolFailure(f"offset {offset} is past the end ({total} lines)")
+        end = total if last is None else min(total, last)
+        text = b"".join(wanted).decode("utf-8", errors="replace")
         if len(text) > self.output_limit:
             text = truncate_middle(text, self.output_limit)
             text += "\n[file truncated in the middle: use offset and limit to read all of it]"
-        if offset > 1 or end < len(lines):
-            text = f"[lines {offset}-{end} of {len(lines)}]\n{text}"
+        if offset > 1 or end < total:
+            text = f"[lines {offset}-{end} of {total}]\n{text}"
         return text
 
     def _atomic_write(self, real: Path, content: str) -> None:
@@ -194,8 +226,9 @@ class Workspace:
 
     def tool_edit_file(self, path: str, old_text: str, new_text: str) -> str:
         real = self.resolve(path, for_write=True)
-        if not real.is_file():
+        if not real.exists():
             raise ToolFailure(f"'{path}' does not exist; use write_file to create it")
+        real = self._readable(path)
         if not old_text:
             raise ToolFailure("old_text is empty; give the exact text to replace")
         text = real.read_text(encoding="utf-8", errors="strict")
@@ -243,7 +276,16 @@ class Workspace:
             timeout_s=limit,
             output_limit=self.output_limit,
             on_tick=self.on_tick,
+            sandbox=self.sandbox,
+            network=self.sandbox.network_for(self.phase),
         )
         if result.timed_out:
             raise ToolFailure(result.describe())
         return result.describe()
+
+
+def _size(size: int) -> str:
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
