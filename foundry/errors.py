@@ -35,6 +35,10 @@ class LedgerError(FoundryError):
     """The SQLite ledger cannot be opened or is not a foundry ledger."""
 
 
+class LedgerFull(LedgerError):
+    """The disk holding the ledger is full: nothing more can be recorded."""
+
+
 class PricingError(FoundryError):
     """The pricing table or a price override is invalid."""
 

@@ -115,6 +115,7 @@ def run_build(
     phases: tuple[str, ...] = ("scout", "architect", "builder", "test", "deploy"),
     config: FoundryConfig | None = None,
     events: Events | None = None,
+    resume: str | None = None,  # continue the latest build of this name on the same ledger
     **plan_args: Any,
 ) -> tuple[BuildResult, ScriptedBackend, Path]:
     workdir = tmp_path / "hello"
@@ -136,6 +137,8 @@ def run_build(
     )
     pricing = PricingTable(config)
     with Ledger.open(db, pricing) as ledger:
+        record = ledger.find_build(resume) if resume else None
+        assert resume is None or record is not None, f"no build {resume} to resume"
         result = BuildRun(
             plan,
             config=config,
@@ -144,6 +147,7 @@ def run_build(
             pricing=pricing,
             prompt=FakePrompt(),  # type: ignore[arg-type]
             events=events or Events(),
+            resume=record,
         ).run()
     return result, backend, db
 

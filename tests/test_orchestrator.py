@@ -406,7 +406,8 @@ def test_every_final_build_status_has_an_exit_code_and_a_ledger_value():
 
     final = set(get_args(BuildStatus))
     assert final == set(EXIT_CODES)
-    assert final | {"running"} == BUILD_STATUSES
+    # "abandoned" is set by another foundry run, when a build's process is gone.
+    assert final | {"running", "abandoned"} == BUILD_STATUSES
 
 
 def test_a_planted_artifact_symlink_is_refused_never_followed(tmp_path: Path) -> None:
@@ -424,3 +425,16 @@ def test_a_planted_artifact_symlink_is_refused_never_followed(tmp_path: Path) ->
     assert sorted(p.name for p in outside.iterdir()) == ["keep.txt"]
     assert (outside / "keep.txt").read_text() == "mine"
     assert ledger_rows(db, "builds")[0]["status"] == "failed"
+
+
+def test_deploy_refuses_a_git_repository_the_model_set_up(tmp_path: Path) -> None:
+    # Its hooks would run as foundry, outside the sandbox, when deploy commits.
+    plant = "git init -q . 2>/dev/null || mkdir .git"
+    steps = [
+        ([tool("run_command", command=plant)], "tool_use"),
+        ([finish("scouted", "# Scout\n")], "tool_use"),
+    ]
+    result, _, _ = run_build(tmp_path, steps, phases=("scout", "deploy"))
+    assert result.status == "failed"
+    assert "a .git directory appeared" in (result.error or "")
+    assert result.summary["commit"] is None

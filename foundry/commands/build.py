@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -16,7 +17,7 @@ from foundry.errors import FoundryError, Terminated
 
 if TYPE_CHECKING:
     from foundry.orchestrator.build import BuildResult
-    from foundry.orchestrator.plan import BuildOptions, PreparedBuild
+    from foundry.orchestrator.plan import PreparedBuild
 
 
 def stdin_is_tty() -> bool:
@@ -84,10 +85,23 @@ def build(
         template=template,
         db=db,
     )
+
+    def prepare() -> PreparedBuild:
+        from foundry.orchestrator.plan import prepare_build
+
+        return prepare_build(options)
+
+    execute(prepare, json_output=json_output, yes=yes, estimate=estimate)
+
+
+def execute(
+    prepare: Callable[[], PreparedBuild], *, json_output: bool, yes: bool, estimate: bool = False
+) -> None:
+    """Prepare, confirm, run and report a build (a new one, or one resumed)."""
     # A killed build (SIGTERM from a CI runner or `kill`) must not stay "running" forever.
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        _build(options, json_output=json_output, yes=yes)
+        _execute(prepare(), json_output=json_output, yes=yes, estimate=estimate)
     except KeyboardInterrupt:
         console.error("interrupted before the build started; nothing was recorded")
         raise typer.Exit(130) from None
@@ -99,12 +113,9 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated()
 
 
-def _build(options: BuildOptions, *, json_output: bool, yes: bool) -> None:
-    from foundry.orchestrator.plan import prepare_build
-
-    prepared = prepare_build(options)
+def _execute(prepared: PreparedBuild, *, json_output: bool, yes: bool, estimate: bool) -> None:
     try:
-        if options.estimate:
+        if estimate:
             _show_estimate(prepared.projection, json_output)
             return
         prepared.backend.check()
@@ -126,14 +137,20 @@ def _show_estimate(projection: dict, json_output: bool) -> None:
 
 
 def _confirm(prepared: PreparedBuild) -> None:
+    from rich.markup import escape
+
+    from foundry.config import is_default_endpoint
     from foundry.formatting import money
 
     plan, backend, projection = prepared.plan, prepared.backend, prepared.projection
     expected = money(projection["total"]["cost_usd"])
     ceiling = money(projection["ceiling"]["cost_usd"])
+    # Where the requests (and the API key) go, whenever that is not the API's own host.
+    endpoint = backend.endpoint
+    at = "" if is_default_endpoint(endpoint) else f" at [bold]{escape(str(endpoint))}[/]"
     console.stderr.print(
         f"foundry will build [bold]{plan.name}[/] in {plan.workdir} ({plan.mode} project) with "
-        f"{backend.name} {backend.model}; phases {','.join(plan.phases)}; projected cost "
+        f"{backend.name} {backend.model}{at}; phases {','.join(plan.phases)}; projected cost "
         f"{expected} (ceiling {ceiling})",
         highlight=False,
     )
@@ -154,7 +171,9 @@ def _run(prepared: PreparedBuild) -> BuildResult:
     except BaseException:
         ledger.close()
         raise
-    display = make_display(console.stderr, prepared.plan.max_cost)
+    display = make_display(
+        console.stderr, prepared.plan.max_cost, endpoint=prepared.backend.endpoint
+    )
     try:
         result = BuildRun(
             prepared.plan,
@@ -164,6 +183,7 @@ def _run(prepared: PreparedBuild) -> BuildResult:
             pricing=prepared.pricing,
             prompt=prepared.prompt,
             events=display,
+            resume=prepared.resume,
         ).run()
     finally:
         display.close()
@@ -177,8 +197,12 @@ def _report(result: BuildResult, json_output: bool, *, local: bool) -> None:
     from foundry.orchestrator.display import summary_lines
 
     summary = result.summary
+    # What was finished stays finished: the phases left are one command away.
+    resume = f"continue it with `foundry resume {result.build_id}`"
     if not summary:
-        raise FoundryError(f"build ended {result.status}: {result.error}", "see `foundry costs`")
+        raise FoundryError(
+            f"build ended {result.status}: {result.error}", f"see `foundry costs`; {resume}"
+        )
     if json_output:
         console.emit_json(summary)
     else:
@@ -187,8 +211,8 @@ def _report(result: BuildResult, json_output: bool, *, local: bool) -> None:
     if result.status == "failed":
         raise FoundryError(
             f"build {summary['name']} failed: {result.error}",
-            "see .foundry/ in the build directory and `foundry costs`",
+            f"see .foundry/ in the build directory and `foundry costs`; {resume}",
         )
     if result.status != "completed":
-        console.error(f"build {summary['name']} ended {result.status}: {result.error}")
+        console.error(f"build {summary['name']} ended {result.status}: {result.error} — {resume}")
         raise typer.Exit(result.exit_code)

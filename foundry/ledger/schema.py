@@ -15,7 +15,11 @@ MIGRATION_SET = "foundry"
 MIGRATIONS_TABLE = "_sqlite_migrations"
 # Known to this version, in order. Kept here (not only on the Migrations object) so opening an
 # up-to-date ledger never imports sqlite_utils, which pulls in numpy (~0.3 s of start-up).
-MIGRATION_NAMES: tuple[str, ...] = ("0001_initial",)
+MIGRATION_NAMES: tuple[str, ...] = (
+    "0001_initial",
+    "0002_unknown_cache_reads_local_rollup",
+    "0003_build_attempts",
+)
 
 # The requests columns a recording writes, in INSERT order (the table is created below).
 REQUEST_COLUMNS = (
@@ -173,6 +177,141 @@ _INITIAL = [
 ]
 
 
+# ---- 0002: a cache read may be unknown (NULL), and the rollup knows which rows were local ----
+# Some OpenAI-compatible servers do not say how much of a prompt they served from their cache:
+# such a request's cache_read_tokens is NULL (its prompt is all in input_tokens), never a
+# silent 0. SQLite cannot drop a NOT NULL in place, so the table is rebuilt, columns unchanged.
+# Whether a row ran on a local model (free: it saves time, not money) is its pricing_version
+# 'local', so a backend whose locality depends on its endpoint needs no name list.
+ROLLUP_COLUMNS = (*ROLLUP_SUMS, "unknown_cache_requests", "unknown_cache_input_tokens")
+_ROLLUP_KEY_0002 = f"{_ROLLUP_KEY}, local"
+_ROLLUP_INSERT_COLUMNS = f"{_ROLLUP_KEY_0002}, requests, {', '.join(ROLLUP_COLUMNS)}"
+
+
+def _rollup_values(ref: str) -> tuple[list[str], list[str]]:
+    """The rollup key and the figures one `requests` row (NEW, OLD or the table) adds."""
+    key = [
+        f"substr({ref}.started_at, 1, 14)"
+        f" || printf('%02d', CAST(substr({ref}.started_at, 15, 2) AS INTEGER) / 15 * 15)",
+        f"{ref}.backend",
+        f"{ref}.model",
+        f"COALESCE({ref}.phase, '')",
+        f"COALESCE({ref}.build_id, '')",
+        f"COALESCE({ref}.pricing_version = 'local', 0)",
+    ]
+    values = {
+        "cache_read_tokens": f"COALESCE({ref}.cache_read_tokens, 0)",
+        "cost_usd": f"COALESCE({ref}.cost_usd, 0)",
+        "uncached_cost_usd": f"COALESCE({ref}.uncached_cost_usd, 0)",
+        "unpriced_requests": f"{ref}.cost_usd IS NULL",
+        "prefill_saved_ms": f"COALESCE({ref}.prefill_saved_ms, 0)",
+        "unknown_cache_requests": f"{ref}.cache_read_tokens IS NULL",
+        "unknown_cache_input_tokens": (
+            f"CASE WHEN {ref}.cache_read_tokens IS NULL THEN {ref}.input_tokens ELSE 0 END"
+        ),
+    }
+    return key, [values.get(column, f"{ref}.{column}") for column in ROLLUP_COLUMNS]
+
+
+def _rollup_trigger_0002(name: str, event: str, rows: list[tuple[str, str]]) -> str:
+    statements = []
+    for ref, sign in rows:
+        key, sums = _rollup_values(ref)
+        statements.append(
+            f"INSERT INTO request_rollup ({_ROLLUP_INSERT_COLUMNS})"
+            f" VALUES ({', '.join(key)}, {sign}1, {', '.join(f'{sign}({v})' for v in sums)})"
+            f" ON CONFLICT ({_ROLLUP_KEY_0002}) DO UPDATE SET requests = requests + "
+            "excluded.requests, "
+            + ", ".join(f"{c} = {c} + excluded.{c}" for c in ROLLUP_COLUMNS)
+            + ";"
+        )
+        if sign == "-":
+            statements.append(
+                f"DELETE FROM request_rollup WHERE requests = 0"
+                f" AND ({_ROLLUP_KEY_0002}) = ({', '.join(key)});"
+            )
+    return f"CREATE TRIGGER {name} AFTER {event} ON requests BEGIN {' '.join(statements)} END"
+
+
+# A build can be resumed: its row gathers every attempt (one process each), and knows which
+# phases finished, even when its process was killed before writing a summary. pid and host
+# let the next foundry run on the ledger tell a live build from an abandoned one.
+_MIGRATION_0003 = [
+    "ALTER TABLE builds ADD COLUMN phases TEXT",  # the requested phases, comma-separated
+    "ALTER TABLE builds ADD COLUMN phases_done TEXT",  # those finished so far, comma-separated
+    "ALTER TABLE builds ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1",
+    "ALTER TABLE builds ADD COLUMN pid INTEGER",
+    "ALTER TABLE builds ADD COLUMN host TEXT",
+    """
+    CREATE TABLE build_attempts (
+        build_id TEXT NOT NULL REFERENCES builds(id),
+        attempt INTEGER NOT NULL,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        status TEXT NOT NULL DEFAULT 'running',
+        error TEXT,
+        pid INTEGER,
+        host TEXT,
+        PRIMARY KEY (build_id, attempt)
+    )
+    """,
+    # Every build so far was one attempt.
+    "INSERT INTO build_attempts (build_id, attempt, started_at, finished_at, status, error)"
+    " SELECT id, 1, started_at, finished_at, status, error FROM builds",
+    "CREATE INDEX idx_builds_status ON builds(status)",
+]
+
+
+def _migration_0002() -> list[str]:
+    table_key, table_sums = _rollup_values("requests")
+    return [
+        "DROP TRIGGER requests_rollup_insert",
+        "DROP TRIGGER requests_rollup_delete",
+        "DROP TRIGGER requests_rollup_update",
+        _INITIAL[3]
+        .replace("CREATE TABLE requests (", "CREATE TABLE requests_0002 (")
+        .replace(
+            "cache_read_tokens INTEGER NOT NULL DEFAULT 0",
+            "cache_read_tokens INTEGER DEFAULT 0",  # NULL: the server did not say
+        ),
+        "INSERT INTO requests_0002 SELECT * FROM requests",
+        "DROP TABLE requests",
+        "ALTER TABLE requests_0002 RENAME TO requests",
+        "CREATE INDEX idx_requests_started_at ON requests(started_at)",
+        "CREATE INDEX idx_requests_build_id ON requests(build_id)",
+        "DROP TABLE request_rollup",
+        """
+        CREATE TABLE request_rollup (
+            bucket TEXT NOT NULL,
+            backend TEXT NOT NULL,
+            model TEXT NOT NULL,
+            phase TEXT NOT NULL,
+            build_id TEXT NOT NULL,
+            local INTEGER NOT NULL,
+            requests INTEGER NOT NULL,
+            input_tokens INTEGER NOT NULL,
+            output_tokens INTEGER NOT NULL,
+            cache_read_tokens INTEGER NOT NULL,
+            cache_write_5m_tokens INTEGER NOT NULL,
+            cache_write_1h_tokens INTEGER NOT NULL,
+            cost_usd REAL NOT NULL,
+            uncached_cost_usd REAL NOT NULL,
+            unpriced_requests INTEGER NOT NULL,
+            prefill_saved_ms REAL NOT NULL,
+            unknown_cache_requests INTEGER NOT NULL,
+            unknown_cache_input_tokens INTEGER NOT NULL,
+            PRIMARY KEY (bucket, backend, model, phase, build_id, local)
+        ) WITHOUT ROWID
+        """,
+        f"INSERT INTO request_rollup ({_ROLLUP_INSERT_COLUMNS})"
+        f" SELECT {', '.join(table_key)}, COUNT(*), {', '.join(f'SUM({v})' for v in table_sums)}"
+        f" FROM requests GROUP BY {', '.join(str(i) for i in range(1, len(table_key) + 1))}",
+        _rollup_trigger_0002("requests_rollup_insert", "INSERT", [("NEW", "+")]),
+        _rollup_trigger_0002("requests_rollup_delete", "DELETE", [("OLD", "-")]),
+        _rollup_trigger_0002("requests_rollup_update", "UPDATE", [("OLD", "-"), ("NEW", "+")]),
+    ]
+
+
 def build_migrations() -> Migrations:
     """The Migrations object; imported lazily because sqlite_utils is slow to import."""
     from sqlite_utils import Migrations
@@ -182,6 +321,16 @@ def build_migrations() -> Migrations:
     @migrations(name="0001_initial")
     def initial(db: Database) -> None:
         for statement in _INITIAL:
+            db.execute(statement)
+
+    @migrations(name="0002_unknown_cache_reads_local_rollup")
+    def unknown_cache_reads_local_rollup(db: Database) -> None:
+        for statement in _migration_0002():
+            db.execute(statement)
+
+    @migrations(name="0003_build_attempts")
+    def build_attempts(db: Database) -> None:
+        for statement in _MIGRATION_0003:
             db.execute(statement)
 
     return migrations

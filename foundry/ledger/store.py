@@ -8,19 +8,18 @@ rest. A file that is not our ledger is inspected read-only and never written to.
 
 from __future__ import annotations
 
-import json
 import random
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from foundry.backends.registry import is_local
-from foundry.errors import LedgerError
+from foundry.errors import LedgerError, LedgerFull
+from foundry.ledger.builds import BUILD_STATUSES, BuildRecords
 from foundry.ledger.files import classify, connect, unreadable
 from foundry.ledger.schema import REQUEST_COLUMNS
 from foundry.timestamps import format_utc, normalize_timestamp, utc_now
@@ -29,17 +28,6 @@ if TYPE_CHECKING:
     from foundry.pricing import Cost, PricingTable
     from foundry.usage import Usage
 
-BUILD_STATUSES = frozenset(
-    {
-        "running",
-        "completed",
-        "incomplete",
-        "tests_failed",
-        "failed",
-        "interrupted",
-        "budget_exceeded",
-    }
-)
 # Total time a write keeps retrying past the busy timeout before giving up with an error.
 WRITE_DEADLINE_S = 120.0
 _T = TypeVar("_T")
@@ -62,7 +50,7 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
-class Ledger:
+class Ledger(BuildRecords):
     """One connection to the ledger file. Safe to share between threads of one process."""
 
     def __init__(self, path: Path, conn: sqlite3.Connection, pricing: PricingTable | None):
@@ -127,6 +115,7 @@ class Ledger:
             self._retrying(lambda: self.conn.execute("PRAGMA journal_mode = WAL").fetchone())
         if state != "current":
             self._write(self._migrate)
+        self.close_abandoned()
 
     def _migrate(self) -> None:
         # Runs inside BEGIN IMMEDIATE: a process that raced us here re-checks under the lock
@@ -148,10 +137,21 @@ class Ledger:
             try:
                 return action()
             except sqlite3.OperationalError as exc:
-                if not _is_busy(exc) or time.monotonic() > deadline:
+                if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                    raise LedgerFull(
+                        f"the disk holding the ledger {self.path} is full",
+                        "free some space; an unfinished build can then be resumed "
+                        "(`foundry resume NAME`)",
+                    ) from None
+                if _is_busy(exc) and time.monotonic() > deadline:
                     raise LedgerError(
                         f"cannot write to the ledger {self.path}: {exc}",
                         "another process holds it locked; retry when it has finished",
+                    ) from None
+                if not _is_busy(exc):
+                    raise LedgerError(
+                        f"cannot write to the ledger {self.path}: {exc}",
+                        "check the file and its directory (permissions, free space)",
                     ) from None
             except sqlite3.IntegrityError:
                 raise
@@ -177,61 +177,6 @@ class Ledger:
         with self._lock:
             return self._retrying(attempt)
 
-    def start_build(
-        self,
-        *,
-        name: str,
-        task: str,
-        backend: str,
-        model: str,
-        workdir: str,
-        template_sha256: str,
-        static_sha256: str,
-    ) -> str:
-        build_id = uuid.uuid4().hex
-        row = [
-            build_id,
-            name,
-            task,
-            backend,
-            model,
-            str(workdir),
-            template_sha256,
-            static_sha256,
-            utc_now(),
-        ]
-        self._write(
-            lambda: self.conn.execute(
-                "INSERT INTO builds (id, name, task, backend, model, workdir, template_sha256,"
-                " static_sha256, started_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running')",
-                row,
-            )
-        )
-        return build_id
-
-    def finish_build(
-        self,
-        build_id: str,
-        *,
-        status: str,
-        summary: dict[str, Any] | None = None,
-        error: str | None = None,
-    ) -> None:
-        if status not in BUILD_STATUSES:
-            raise ValueError(f"unknown build status {status!r}")
-        summary_json = None if summary is None else json.dumps(summary, default=str)
-        values = [utc_now(), status, summary_json, error, build_id]
-
-        def body() -> int:
-            return self.conn.execute(
-                "UPDATE builds SET finished_at = ?, status = ?, summary_json = ?, error = ?"
-                " WHERE id = ?",
-                values,
-            ).rowcount
-
-        if self._write(body) != 1:
-            raise LedgerError(f"no build with id {build_id} in {self.path}")
-
     def record_request(
         self,
         *,
@@ -247,9 +192,12 @@ class Ledger:
         stop_reason: str | None = None,
         provider_request_id: str | None = None,
         purpose: str = "turn",
+        local: bool | None = None,
     ) -> RecordedRequest:
         """Store one model request with its cost, computed now and never rewritten."""
-        cost = self.pricing.cost(usage, model, local=is_local(backend))
+        # `local`: the backend instance's own word (an OpenAI-compatible server on loopback
+        # is local, a hosted one is not); None falls back to the registry's entry.
+        cost = self.pricing.cost(usage, model, local=is_local(backend) if local is None else local)
         if cost.warning and model not in _warned_models:
             _warned_models.add(model)
             from foundry import console
@@ -267,7 +215,8 @@ class Ledger:
             usage.ttft_ms,
             usage.input_tokens,
             usage.output_tokens,
-            usage.cache_read_tokens,
+            # NULL when the server did not say what it cached: unknown, not a miss.
+            None if usage.cache_read_unknown_tokens else usage.cache_read_tokens,
             usage.cache_write_5m_tokens,
             usage.cache_write_1h_tokens,
             cost.cost_usd,
@@ -310,35 +259,6 @@ class Ledger:
         return self._pricing
 
     # ---- reading -------------------------------------------------------------------------
-
-    def build_totals(self, build_id: str) -> dict[str, Any]:
-        row = self.conn.execute(
-            "SELECT COUNT(*), TOTAL(input_tokens), TOTAL(output_tokens), TOTAL(cache_read_tokens),"
-            " TOTAL(cache_write_5m_tokens), TOTAL(cache_write_1h_tokens), TOTAL(cost_usd),"
-            " TOTAL(uncached_cost_usd), COUNT(*) - COUNT(cost_usd), TOTAL(prefill_saved_ms)"
-            " FROM requests WHERE build_id = ?",
-            [build_id],
-        ).fetchone()
-        return {
-            "requests": row[0],
-            "input_tokens": int(row[1]),
-            "output_tokens": int(row[2]),
-            "cache_read_tokens": int(row[3]),
-            "cache_write_5m_tokens": int(row[4]),
-            "cache_write_1h_tokens": int(row[5]),
-            "cost_usd": row[6],
-            "uncached_cost_usd": row[7],
-            # Requests whose model had no price: their cost is NULL, not counted above.
-            "unpriced_requests": row[8],
-            "prefill_saved_ms": row[9],
-        }
-
-    def build(self, build_id: str) -> dict[str, Any] | None:
-        cursor = self.conn.execute("SELECT * FROM builds WHERE id = ?", [build_id])
-        row = cursor.fetchone()
-        if row is None:
-            return None
-        return dict(zip([c[0] for c in cursor.description], row, strict=True))
 
     def close(self) -> None:
         with self._lock:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from foundry.backends.base import Message
-from foundry.errors import BudgetExceeded, FoundryError
+from foundry.errors import BudgetExceeded, FoundryError, LedgerError, WorkspaceError
 from foundry.fsutil import write_atomic
 from foundry.orchestrator.deploy import deploy
 from foundry.orchestrator.events import Events
@@ -27,7 +27,13 @@ from foundry.orchestrator.phases import (
     require_test_command_once,
     saved_test_command,
 )
-from foundry.orchestrator.summary import ledger_fields, phase_fields, write_summary
+from foundry.orchestrator.sandbox import Sandbox, foundry_paths
+from foundry.orchestrator.summary import (
+    ledger_fields,
+    phase_fields,
+    unrecorded_fields,
+    write_summary,
+)
 from foundry.orchestrator.test_detect import DETECT_LATER, NO_TEST_COMMAND, detect_test_command
 from foundry.orchestrator.testing import (
     TestOutcome,
@@ -42,6 +48,7 @@ if TYPE_CHECKING:
     from foundry.backends.base import Backend, Ttl
     from foundry.config import FoundryConfig
     from foundry.ledger import Ledger
+    from foundry.ledger.builds import BuildRecord
     from foundry.pricing import PricingTable
     from foundry.prompt.split import SplitPrompt
 
@@ -120,8 +127,11 @@ class BuildRun:
         prompt: SplitPrompt,
         events: Events,
         clock: Any = time.monotonic,
+        resume: BuildRecord | None = None,
     ) -> None:
         self.plan = plan
+        self.resume = resume  # an earlier attempt at this build: its finished phases stay done
+        self.git_before = True  # whether .git existed when the run started (set by run())
         self.config = config
         self.backend = backend
         self.ledger = ledger
@@ -222,6 +232,13 @@ class BuildRun:
         return outcome.passed
 
     def _deploy_phase(self, session: ModelSession, build_id: str) -> None:
+        if not self.git_before and (self.plan.workdir / ".git").exists():
+            # Its hooks and filters would run as foundry, outside the sandbox, on `git add`.
+            raise WorkspaceError(
+                f"a .git directory appeared in {self.plan.workdir} during the build (a model's "
+                "command made it); foundry does not run git in a repository the model set up",
+                "remove that .git and resume the build, or commit the result yourself",
+            )
         result = deploy(
             self.plan.workdir,
             name=self.plan.name,
@@ -240,16 +257,27 @@ class BuildRun:
         from foundry.ledger import utc_now
 
         started_at = utc_now()
+        # Before the ledger row: build.sandbox "require" without a sandbox ends here.
+        sandbox = Sandbox(plan.workdir, self.config.build, hidden=foundry_paths(self.ledger.path))
         before = snapshot(plan.workdir)
-        build_id = self.ledger.start_build(
-            name=plan.name,
-            task=plan.task,
-            backend=self.backend.name,
-            model=self.backend.model,
-            workdir=str(plan.workdir),
-            template_sha256=self.prompt.template_sha256,
-            static_sha256=self.prompt.static_sha256,
-        )
+        self.git_before = (plan.workdir / ".git").exists()
+        spent_before = 0.0
+        if self.resume is not None:
+            build_id = self.resume.id
+            self.ledger.reopen_build(build_id)
+            self.state.completed += [p for p in plan.phases if p in self.resume.phases_done]
+            spent_before = self.ledger.build_totals(build_id)["cost_usd"] or 0.0
+        else:
+            build_id = self.ledger.start_build(
+                name=plan.name,
+                task=plan.task,
+                backend=self.backend.name,
+                model=self.backend.model,
+                workdir=str(plan.workdir),
+                template_sha256=self.prompt.template_sha256,
+                static_sha256=self.prompt.static_sha256,
+                phases=plan.phases,
+            )
         session = ModelSession(
             backend=self.backend,
             ledger=self.ledger,
@@ -262,21 +290,28 @@ class BuildRun:
             events=self.events,
             max_cost=plan.max_cost,
             keepalive_after_s=self.keepalive_after_s,
+            spent_before=spent_before,
         )
         self.events.attach(session)
+        if notice := sandbox.notice():
+            self.events.warning(notice)
         workspace = Workspace(
             plan.workdir,
             command_timeout_s=self.config.build.command_timeout_s,
             output_limit=self.config.build.output_limit_chars,
             on_tick=session.maybe_keepalive,
+            sandbox=sandbox,
         )
         for name in plan.phases:
-            session.stats(name).status = "not_run"
+            done_before = name in self.state.completed
+            session.stats(name).status = "done_earlier" if done_before else "not_run"
         status, error = "completed", None
         unexpected: BaseException | None = None
         try:
             for name in plan.phases:
-                session.current_phase = name
+                if name in self.state.completed:  # an earlier attempt finished it
+                    continue
+                session.current_phase = workspace.phase = name
                 session.stats(name).status = "running"
                 self.events.phase_started(name)
                 if name == "test":
@@ -286,6 +321,8 @@ class BuildRun:
                 else:
                     self._model_phase(session, workspace, name)
                 self.events.phase_finished(name, session.stats(name).status)
+                if name in self.state.completed:
+                    self.ledger.phase_done(build_id, name)
                 if name == "test" and not passed:
                     status = "tests_failed"
                     error = self.state.test_failure or (
@@ -320,7 +357,14 @@ class BuildRun:
             # The ledger still gets the final status, whatever happened to the directory.
             summary, error = None, f"{error or status}; summary.json not written: {exc}"
             status = "failed" if status == "completed" else status
-        self.ledger.finish_build(build_id, status=status, summary=summary, error=error)
+        sandbox.close()
+        try:
+            self.ledger.finish_build(build_id, status=status, summary=summary, error=error)
+        except LedgerError as exc:  # a full disk: the row stays running until the pid is gone
+            self.events.warning(
+                f"the end of the build could not be recorded: {exc}; the next foundry run marks "
+                "it abandoned, and it can be resumed"
+            )
         if unexpected is not None:
             raise unexpected
         return BuildResult(build_id, status, summary or {}, session.phases, session.total, error)
@@ -373,6 +417,7 @@ class BuildRun:
             else [],
             "commit": state.commit,
             **ledger_fields(totals),
+            "unrecorded": unrecorded_fields(session.unrecorded),
         }
         path = artifact_path(plan.workdir, "summary.json")
         return write_summary(path, data).model_dump(mode="json")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from foundry.backends.base import FailedAttempt, Message, ModelRequest, ModelResponse
-from foundry.errors import BackendError, BudgetExceeded
+from foundry.errors import BackendError, BudgetExceeded, LedgerFull
 from foundry.orchestrator.events import Events
 from foundry.usage import Usage
 
@@ -73,6 +73,7 @@ class ModelSession:
         max_cost: float | None = None,
         keepalive_after_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        spent_before: float = 0.0,
     ) -> None:
         self.backend = backend
         self.ledger = ledger
@@ -85,9 +86,11 @@ class ModelSession:
         self.events = events
         self.max_cost = max_cost
         self.keepalive_after_s = keepalive_after_s
+        self.spent_before = spent_before  # earlier attempts at a resumed build count too
         self.clock = clock
         self.phases: dict[str, PhaseStats] = {}
         self.total = PhaseStats()
+        self.unrecorded = PhaseStats()  # requests the ledger could not take (a full disk)
         self.current_phase: str | None = None
         self.last_request_at: float | None = None
         self._warned: set[str] = set()
@@ -95,6 +98,12 @@ class ModelSession:
         self.last_request: ModelRequest | None = None
 
     # -- accounting -------------------------------------------------------------------
+    @property
+    def spent(self) -> float | None:
+        """What the build has cost so far, earlier attempts included; None when unpriced."""
+        cost = self.total.cost_usd
+        return None if cost is None else cost + self.spent_before
+
     def stats(self, phase: str) -> PhaseStats:
         return self.phases.setdefault(phase, PhaseStats())
 
@@ -116,20 +125,33 @@ class ModelSession:
         stop_reason: str | None = None,
         request_id: str | None = None,
     ) -> None:
-        recorded = self.ledger.record_request(
-            build_id=self.build_id,
-            phase=phase,
-            turn=turn,
-            backend=self.backend.name,
-            model=self.backend.model,
-            usage=usage,
-            started_at=started_at,
-            status=status,
-            error_class=error_class,
-            stop_reason=stop_reason,
-            provider_request_id=request_id,
-            purpose=purpose,
-        )
+        try:
+            recorded = self.ledger.record_request(
+                build_id=self.build_id,
+                phase=phase,
+                turn=turn,
+                backend=self.backend.name,
+                model=self.backend.model,
+                usage=usage,
+                started_at=started_at,
+                status=status,
+                error_class=error_class,
+                stop_reason=stop_reason,
+                provider_request_id=request_id,
+                purpose=purpose,
+                local=self.backend.local,  # per instance: a loopback server is local
+            )
+        except LedgerFull:
+            # Paid for but not on the ledger: kept for the summary, and the build ends.
+            cost = self.pricing.cost(usage, self.backend.model, local=self.backend.local)
+            self.unrecorded.add(usage, cost)
+            self.events.warning(
+                f"a {phase or '-'} request could not be recorded (the ledger's disk is full); "
+                f"its usage goes to summary.json: in {usage.input_tokens:,}, out "
+                f"{usage.output_tokens:,}, cache read {usage.cache_read_tokens:,}, cache write "
+                f"{usage.cache_write_tokens:,}"
+            )
+            raise
         # The ledger itself warns (once per model) when a cost is NULL.
         for stats in (self.stats(phase or "-"), self.total):
             stats.add(usage, recorded.cost)
@@ -181,7 +203,7 @@ class ModelSession:
         attempt, retries included, against what the ledger has recorded so far."""
         if self.max_cost is None:
             return
-        spent = self.total.cost_usd
+        spent = self.spent
         estimate = self.estimate_cost(conversation, max_tokens)
         if spent is None or estimate is None:
             self.warn_once(

@@ -16,6 +16,7 @@ from foundry.fsutil import SAFE_NAME_RULE, is_safe_name
 if TYPE_CHECKING:
     from foundry.backends.base import Backend, Ttl
     from foundry.config import FoundryConfig
+    from foundry.ledger.builds import BuildRecord
     from foundry.orchestrator.build import BuildPlan
     from foundry.pricing import PricingTable
     from foundry.prompt.split import SplitPrompt
@@ -54,6 +55,20 @@ class PreparedBuild:
     pricing: PricingTable
     projection: dict[str, Any]  # what --estimate prints and the confirmation quotes
     db: Path
+    resume: BuildRecord | None = None  # the earlier attempt this one continues
+
+
+@dataclass(frozen=True)
+class ResumeOptions:
+    """`foundry resume BUILD`: the build's own task, directory, backend, model and phases;
+    only the limits may change."""
+
+    build: str  # a name (its latest build) or an id
+    max_test_iterations: int | None = None
+    max_turns: int | None = None
+    max_cost: float | None = None
+    config: Path | None = None
+    db: Path | None = None
 
 
 def is_writable(path: Path) -> bool:
@@ -110,11 +125,12 @@ def _check_test_phase(phases: tuple[str, ...], workdir: Path) -> None:
 
 def prepare_build(options: BuildOptions) -> PreparedBuild:
     from foundry.backends.registry import create_backend, resolve_backend
-    from foundry.config import ledger_path, load_config
+    from foundry.config import check_key_destination, ledger_path, load_config, was_discovered
     from foundry.orchestrator.build import BuildPlan
     from foundry.orchestrator.deploy import require_git
     from foundry.orchestrator.estimate import estimate_build
     from foundry.orchestrator.phases import artifact_dir, parse_phases
+    from foundry.orchestrator.sandbox import require_available
     from foundry.orchestrator.tools import tool_specs
     from foundry.pricing import PricingTable
     from foundry.prompt.split import render_split
@@ -142,6 +158,12 @@ def prepare_build(options: BuildOptions) -> PreparedBuild:
     backend = create_backend(
         resolve_backend(config, options.backend), config, options.model, options.base_url
     )
+    if not options.estimate:
+        discovered = was_discovered(config, options.config)
+        check_key_destination(
+            config, backend.endpoint, discovered=discovered, base_url=options.base_url
+        )
+        require_available(config.build.sandbox)  # build.sandbox "require" without one: refused
     iterations = options.max_test_iterations or config.build.max_test_iterations
     turns = options.max_turns or config.build.max_turns_per_phase
     task_config = TaskConfig(
@@ -184,3 +206,51 @@ def prepare_build(options: BuildOptions) -> PreparedBuild:
     return PreparedBuild(
         config, plan, backend, prompt, pricing, projection, ledger_path(config, options.db)
     )
+
+
+def prepare_resume(options: ResumeOptions) -> PreparedBuild:
+    """A plan that continues an unfinished build where it stopped: the same build row, working
+    directory and artifacts; the phases it finished are not run again."""
+    from dataclasses import replace
+
+    from foundry.config import ledger_path, load_config
+    from foundry.ledger import Ledger
+    from foundry.ledger.builds import RESUMABLE
+
+    db = ledger_path(load_config(options.config), options.db)
+    ledger = Ledger.open_existing(db)
+    if ledger is None:
+        raise UsageError(f"no ledger at {db}, so no build to resume", "check --db")
+    with ledger:
+        record = ledger.find_build(options.build)
+    if record is None:
+        raise UsageError(
+            f"no build named or with id '{options.build}' in {db}",
+            "see `foundry costs --by build` for the builds on this ledger",
+        )
+    if record.status not in RESUMABLE:
+        raise UsageError(
+            f"build {record.name} ({record.id[:12]}) is {record.status}; nothing to resume",
+            "start a new build with `foundry build`",
+        )
+    if not Path(record.workdir).is_dir():
+        raise WorkspaceError(
+            f"build {record.name}'s directory {record.workdir} is gone",
+            "a resumed build continues in its own directory; start a new build instead",
+        )
+    prepared = prepare_build(
+        BuildOptions(
+            name=record.name,
+            task=record.task,
+            dir=Path(record.workdir),
+            backend=record.backend,
+            model=record.model,
+            phases=",".join(record.phases) or None,
+            max_test_iterations=options.max_test_iterations,
+            max_turns=options.max_turns,
+            max_cost=options.max_cost,
+            config=options.config,
+            db=options.db,
+        )
+    )
+    return replace(prepared, resume=record)

@@ -38,7 +38,8 @@ class PhaseSummary(_Strict):
     name: PhaseName
     status: str = Field(
         description="finished, turn_limit, passed, failed, committed, nothing_to_commit, "
-        "interrupted, budget_exceeded, error or not_run"
+        "interrupted, budget_exceeded, error, not_run, or done_earlier (finished by an earlier "
+        "attempt at a resumed build)"
     )
     turns: int = Field(ge=0)
     requests: int = Field(ge=0)
@@ -54,6 +55,12 @@ class TestRunSummary(_Strict):
     timed_out: bool
     duration_s: float = Field(ge=0)
     results_file: str
+
+
+class UnrecordedUsage(_Strict):
+    requests: int = Field(ge=1)
+    tokens: TokenCounts
+    cost_usd: float | None
 
 
 class BuildSummary(_Strict):
@@ -86,6 +93,11 @@ class BuildSummary(_Strict):
     cost_usd: float | None
     uncached_cost_usd: float | None = Field(description="The same tokens with no caching.")
     saved_usd: float | None
+    unrecorded: UnrecordedUsage | None = Field(
+        default=None,
+        description="Requests the ledger could not record (its disk was full): paid for, "
+        "but in none of the figures above; null when every request was recorded.",
+    )
     prefill_saved_s: float | None = Field(
         default=None,
         description="Local models: estimated prefill seconds the reused cache saved; "
@@ -106,10 +118,23 @@ def phase_fields(name: str, stats: PhaseStats, summary: str | None) -> dict[str,
     }
 
 
+def unrecorded_fields(stats: PhaseStats) -> dict[str, Any] | None:
+    if not stats.requests:
+        return None
+    return {
+        "requests": stats.requests,
+        "tokens": stats.usage.token_counts(),
+        "cost_usd": stats.cost_usd,
+    }
+
+
 def ledger_fields(totals: dict[str, Any]) -> dict[str, Any]:
     """Requests, tokens, hit rate and costs from Ledger.build_totals: the ledger is the
     record, so the summary repeats its figures. Any unpriced request makes costs null."""
     usage = Usage(**{name: totals[name] for name in TOKEN_FIELDS})
+    # A server that did not say what it cached leaves the hit rate over the rest (null
+    # when no request said), never a miss counted as 0.
+    usage.cache_read_unknown_tokens = totals.get("cache_read_unknown_tokens", 0)
     hit_rate = usage.hit_rate
     priced = not totals["unpriced_requests"]
     cost = totals["cost_usd"] if priced else None

@@ -93,6 +93,8 @@ class FakeAnthropic:
         self.cache = PromptCache(self.clock, self._minimum_for)
         self._replies: deque[Reply] = deque()
         self._faults: deque[tuple[str, dict[str, Any]]] = deque()
+        # Asked for a fault when none is queued (a bench's random faults); None: no fault.
+        self.fault_source: Callable[[], tuple[str, dict[str, Any]] | None] | None = None
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._httpd: ThreadingHTTPServer | None = None
@@ -158,7 +160,9 @@ class FakeAnthropic:
 
     def _next_fault(self) -> tuple[str, dict[str, Any]] | None:
         with self._lock:
-            return self._faults.popleft() if self._faults else None
+            if self._faults:
+                return self._faults.popleft()
+            return self.fault_source() if self.fault_source is not None else None
 
     def _reply_for(self, body: dict[str, Any], consume: bool) -> Reply:
         if int(body.get("max_tokens", 0)) < 4:
