@@ -170,6 +170,25 @@ class PricingTable:
         canonical = self.resolve(model)
         return self._prices[canonical] if canonical else None
 
+    def require(self, model: str) -> ModelPrice:
+        """The model's entry, or a UsageError naming the nearest known ids (a typo such as
+        claude-sonet-4-6 must not pass as an unknown model)."""
+        price = self.get(model)
+        if price is not None:
+            return price
+        import difflib
+
+        from foundry.errors import UsageError
+
+        known = [*self._prices, *self._aliases]
+        close = difflib.get_close_matches(model, known, n=3, cutoff=0.6)
+        nearest = f"did you mean {', '.join(close)}? " if close else ""
+        raise UsageError(
+            f"model '{model}' is not in the pricing table",
+            f"{nearest}To use a model foundry does not know, give its prices (and "
+            f"min_cache_tokens) under 'models' in cache_config.json",
+        )
+
     def models(self) -> list[ModelPrice]:
         return list(self._prices.values())
 

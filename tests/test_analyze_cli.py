@@ -120,8 +120,16 @@ def test_cache_busters_are_listed_with_their_lines(cli, tmp_path: Path):
     assert "2026-05-01" in human.stdout and "absolute path" in human.stdout
 
 
-def test_unknown_model_is_not_a_failure(cli):
-    result = cli("analyze-prompt", "--model", "my-local-model")
+def test_a_model_not_in_the_pricing_table_is_an_error_naming_the_nearest(cli, tmp_path):
+    result = cli("analyze-prompt", "--model", "claude-sonet-4-6")  # a typo
+    assert result.exit_code == 2 and result.stdout == ""
+    assert "model 'claude-sonet-4-6' is not in the pricing table" in result.stderr
+    assert "did you mean claude-sonnet-4-6" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    # The documented way to analyze a model foundry does not know: give it a price.
+    config = tmp_path / "cache_config.json"
+    config.write_text('{"models": {"my-local-model": {"input": 1, "output": 5}}}')
+    result = cli("analyze-prompt", "--model", "my-local-model", "--config", str(config))
     assert result.exit_code == 0
     assert "Cannot tell whether the static part caches on my-local-model" in result.stdout
 

@@ -346,7 +346,8 @@ def test_a_key_echoed_by_the_server_is_redacted(anthropic_server, monkeypatch):
         assert all(key not in text for text in texts) and "[redacted]" in info.value.message
 
 
-@pytest.mark.parametrize(("model", "last_line"), [(MODEL, "saved"), ("claude-unknown-9", "n/a")])
+# claude-opus-5-5 is a known model without a sourced price: its cost is n/a.
+@pytest.mark.parametrize(("model", "last_line"), [(MODEL, "saved"), ("claude-opus-5-5", "n/a")])
 def test_the_bench_runs_and_reports_cost(capsys, monkeypatch, model, last_line):
     for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"):  # the bench sets them: restore after
         monkeypatch.setenv(name, "")

@@ -204,3 +204,15 @@ def test_a_foundry_dir_that_is_a_file_is_refused_before_the_build(cli, tmp_path,
     assert len(result.stderr.strip().splitlines()) == 1
     _no_ledger(tmp_path)
     assert Path("hello/.foundry").read_text() == "not a directory"
+
+
+def test_a_claude_model_typo_is_named_before_anything_runs(cli, tmp_path, template, monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
+    result = cli(
+        "build", "hello", "task", "--backend", "anthropic", "--model", "claude-sonet-4-6",
+        "--db", str(tmp_path / "l.db"), "--template", template, "--yes",
+    )  # fmt: skip
+    assert result.exit_code == 2 and "did you mean claude-sonnet-4-6" in result.stderr
+    assert "sk-test" not in result.stderr
+    _no_ledger(tmp_path)
+    assert not Path("hello").exists()

@@ -8,11 +8,12 @@ errors (a broken template or config), 2 for bad options.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
 
-from foundry.commands.options import ConfigOption, JsonOption
+from foundry.commands.options import BaseUrlOption, ConfigOption, JsonOption
 
 DEFAULT_REQUESTS_PER_BUILD = 20  # ~ scout 4 + architect 3 + builder 10 + one test fix round 4
 
@@ -39,15 +40,23 @@ def analyze_prompt(
     exact: bool = typer.Option(
         False, "--exact", help="Count tokens with Anthropic's count_tokens (needs an API key)."
     ),
+    backend: str | None = typer.Option(
+        None,
+        "--backend",
+        help="Count tokens with this backend's own tokenizer where it has one (a server's "
+        "/tokenize, the local model's), else estimate and say so.",
+    ),
+    base_url: BaseUrlOption = None,
 ) -> None:
     """Check that the orchestrator prompt caches, and project what caching saves."""
     # Imports here keep `foundry --help` fast for every other command.
     from foundry import console
-    from foundry.config import load_config
+    from foundry.config import check_key_destination, load_config, was_discovered
     from foundry.prompt.report import AnalyzeOptions, analyze
     from foundry.render.analysis import render_analysis
 
     config = load_config(config_path)
+    discovered = was_discovered(config, config_path)  # its base URLs must not get the key
     options = AnalyzeOptions(
         template=template,
         model=model or config.backend.anthropic_model,
@@ -56,12 +65,42 @@ def analyze_prompt(
         requests_per_build=requests_per_build,
         exact=exact,
     )
-    count_exact = None
-    if exact:
+    count_exact: Callable[[str], int] | None = None
+    counter = None
+    if backend is None and base_url is None:
+        from foundry.pricing import PricingTable
+
+        PricingTable(config).require(options.model)  # the analysis is about a priced model
+    if backend is not None or base_url is not None:
+        from dataclasses import replace
+
+        from foundry.backends.registry import create_backend, resolve_backend
+
+        counter = create_backend(resolve_backend(config, backend), config, model, base_url)
+        check_key_destination(config, counter.endpoint, discovered=discovered, base_url=base_url)
+        options = replace(
+            options,
+            model=counter.model,
+            exact=True,
+            exact_method=f"exact: the {counter.name} backend's tokenizer"
+            + (f" at {counter.endpoint}" if counter.endpoint else ""),
+            estimate_if_unavailable=not exact,
+        )
+        count_exact = counter.count_tokens
+    elif exact:
+        import os
+
         from foundry.backends.registry import exact_token_counter
 
+        endpoint = os.environ.get("ANTHROPIC_BASE_URL") or config.anthropic.base_url
+        check_key_destination(config, endpoint, discovered=discovered)
+
         count_exact = exact_token_counter(config, options.model)
-    report = analyze(config, options, count_exact)
+    try:
+        report = analyze(config, options, count_exact)
+    finally:
+        if counter is not None:
+            counter.close()
     if as_json:
         console.emit_json(report)
     else:

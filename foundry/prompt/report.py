@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from foundry.errors import FoundryError
 from foundry.pricing import PricingTable
 from foundry.prompt import analysis, tokens
 from foundry.prompt.split import (
@@ -39,6 +40,11 @@ class AnalyzeOptions:
     builds_per_hour: float
     requests_per_build: int
     exact: bool = False  # count with the `count_exact` callable instead of the estimate
+    # What counted exactly (None: Anthropic's count_tokens), for the report.
+    exact_method: str | None = None
+    # When `count_exact` cannot count (a server without a tokenizer endpoint), estimate and
+    # say why, instead of failing.
+    estimate_if_unavailable: bool = False
 
 
 def analyze(
@@ -50,15 +56,23 @@ def analyze(
     `count_exact(text)` gives the exact tokens a system text adds to a request."""
     parsed, variants, problem = _split_and_render(config, options.template)
     static, dynamic = variants[0]
-    if options.exact:
+    exact, unavailable = options.exact, None
+    if exact:
         if count_exact is None:
             raise ValueError("an exact analysis needs a count_exact callable")
-        static_tokens, dynamic_tokens = count_exact(static), count_exact(dynamic)
-        method, error = tokens.EXACT_METHOD, 0.0
-    else:
+        try:
+            static_tokens, dynamic_tokens = count_exact(static), count_exact(dynamic)
+            method, error = options.exact_method or tokens.EXACT_METHOD, 0.0
+        except FoundryError as exc:
+            if not options.estimate_if_unavailable:
+                raise
+            exact, unavailable = False, exc.message
+    if not exact:
         static_tokens = tokens.estimate_tokens(static)
         dynamic_tokens = tokens.estimate_tokens(dynamic)
         method, error = tokens.ESTIMATE_METHOD, tokens.ESTIMATE_ERROR
+        if unavailable:
+            method = f"{method}; estimating because {unavailable}"
 
     model = options.model
     pricing = PricingTable(config)
@@ -94,7 +108,7 @@ def analyze(
         "marker_line": parsed.marker_line,
         "template_sha256": parsed.template_sha256(),
         "tokens": {
-            "method": "exact" if options.exact else "estimate",
+            "method": "exact" if exact else "estimate",
             "description": method,
             "relative_error": error,
         },
@@ -128,7 +142,7 @@ def analyze(
             "models": [asdict(p) for p in projections],
         },
         "will_cache": will_cache,
-        "verdict": _verdict(model, cacheable, problem, static_tokens, options.exact),
+        "verdict": _verdict(model, cacheable, problem, static_tokens, exact),
         "exit_code": EXIT_WILL_NOT_CACHE if will_cache is False else 0,
     }
 
