@@ -67,11 +67,6 @@ class RetryPolicy:
             return None
         return delay
 
-    def waits_past_budget(self, *, elapsed_s: float, retry_after_s: float | None) -> bool:
-        """Whether the server's retry-after alone would end past the budget (said as such,
-        not as 'retries exhausted', when foundry gives up because of it)."""
-        return bool(retry_after_s) and elapsed_s + (retry_after_s or 0.0) > self.budget_s
-
 
 def retry_after_seconds(headers: Any) -> float | None:
     """A response's retry-after-ms / retry-after (seconds) as seconds; None when absent or an
@@ -157,7 +152,7 @@ class Attempts:
                         )
                     )
                 if delay is None:
-                    raise self._gave_up(failure, retries) from None
+                    raise self._gave_up(failure, retries, self.clock() - first) from None
                 if delay:
                     self.sleep(delay)
                 retries += 1
@@ -166,12 +161,21 @@ class Attempts:
                 on_success(result, started_at)
             return result
 
-    def _gave_up(self, failure: AttemptFailed, retries: int) -> BackendError:
+    def _gave_up(self, failure: AttemptFailed, retries: int, elapsed_s: float) -> BackendError:
         retryable = failure.error_class in RETRYABLE
         attempts = f" after {retries + 1} attempts" if retries else ""
+        hint = self.hints.get(failure.error_class) or (self.gave_up_hint if retryable else None)
+        wait = failure.retry_after
+        if retryable and wait and elapsed_s + wait > self.policy.budget_s:
+            # Said as such: "retries exhausted" would be wrong after one attempt.
+            hint = (
+                f"the server asked to retry after {wait:g} s, past the retry budget "
+                f"({self.policy.budget_s:g} s); try again later, or raise the retry budget "
+                "in cache_config.json"
+            )
         return BackendError(
             f"{self.service} request failed ({failure.error_class}){attempts}: {failure.message}",
-            self.hints.get(failure.error_class) or (self.gave_up_hint if retryable else None),
+            hint,
             error_class=failure.error_class,
             retryable=retryable,
         )

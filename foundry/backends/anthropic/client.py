@@ -27,15 +27,13 @@ from foundry.backends.anthropic.layout import build_layout, keepalive_request, m
 from foundry.backends.anthropic.stream import MalformedStream, StreamState, sdk_events
 from foundry.backends.base import (
     AttemptCallback,
-    FailedAttempt,
     ModelRequest,
     ModelResponse,
     TextCallback,
 )
-from foundry.backends.retry import RETRYABLE, RetryPolicy
+from foundry.backends.retry import AttemptFailed, Attempts, RetryPolicy
 from foundry.config import FoundryConfig
 from foundry.errors import BackendError, FoundryError
-from foundry.timestamps import utc_now
 from foundry.usage import Usage
 
 BASE_URL_ENV = "ANTHROPIC_BASE_URL"
@@ -43,21 +41,8 @@ DEFAULT_BASE_URL = "https://api.anthropic.com"
 CONNECT_CHECK_TIMEOUT_S = 5.0
 
 
-class _AttemptFailed(Exception):
-    def __init__(
-        self,
-        error_class: str,
-        message: str,
-        usage: Usage,
-        request_id: str | None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.error_class = error_class
-        self.message = message
-        self.usage = usage
-        self.request_id = request_id
-        self.retry_after = retry_after
+def _stamp(response: ModelResponse, started_at: str) -> None:
+    response.started_at = started_at
 
 
 def _expire(stream: Any, expired: threading.Event) -> None:
@@ -242,54 +227,12 @@ class AnthropicBackend:
         params = self.params(request)
         settings = self.config.anthropic
         policy = RetryPolicy(settings.max_retries, settings.retry_budget_s, rng=self._rng)
-        first = self._clock()
-        retries = 0
-        while True:
-            started_at = utc_now()
-            try:
-                response = self._attempt(client, params, request, on_text)
-                response.started_at = started_at
-                return response
-            except _AttemptFailed as failure:
-                delay = policy.next_delay(
-                    error_class=failure.error_class,
-                    retries_done=retries,
-                    elapsed_s=self._clock() - first,
-                    retry_after_s=failure.retry_after,
-                )
-                if on_failed_attempt is not None:
-                    on_failed_attempt(
-                        FailedAttempt(
-                            error_class=failure.error_class,
-                            message=failure.message,
-                            usage=failure.usage,
-                            request_id=failure.request_id,
-                            started_at=started_at,
-                            will_retry=delay is not None,
-                        )
-                    )
-                if delay is None:
-                    retryable = failure.error_class in RETRYABLE
-                    attempts = f" after {retries + 1} attempts" if retries else ""
-                    what = f"Anthropic request failed ({failure.error_class}){attempts}"
-                    hint = HINTS.get(failure.error_class) or (GAVE_UP_HINT if retryable else None)
-                    elapsed = self._clock() - first
-                    if retryable and policy.waits_past_budget(
-                        elapsed_s=elapsed, retry_after_s=failure.retry_after
-                    ):
-                        hint = (
-                            f"the server asked to retry after {failure.retry_after:g} s, past "
-                            f"the retry budget (anthropic.retry_budget_s = {policy.budget_s:g} s); "
-                            "try again later, or raise the budget in cache_config.json"
-                        )
-                    raise BackendError(
-                        f"{what}: {failure.message}",
-                        hint,
-                        error_class=failure.error_class,
-                        retryable=retryable,
-                    ) from None
-                self._sleep(delay)
-                retries += 1
+        attempts = Attempts(policy, "Anthropic", HINTS, GAVE_UP_HINT, self._sleep, self._clock)
+        return attempts.run(
+            lambda: self._attempt(client, params, request, on_text),
+            on_failed_attempt,
+            on_success=_stamp,
+        )
 
     def _attempt(
         self,
@@ -329,7 +272,7 @@ class AnthropicBackend:
             if expired.is_set():  # whatever the cut-off stream looked like, it was the deadline
                 raise self._past_deadline(state, request, request_id) from None
             if isinstance(exc, MalformedStream):
-                raise _AttemptFailed(
+                raise AttemptFailed(
                     "malformed_stream",
                     f"the server sent a stream that is not the Anthropic API's: {exc}",
                     self._usage(state, request),
@@ -340,7 +283,7 @@ class AnthropicBackend:
             )
             request_id = request_id or getattr(exc, "request_id", None)
             detail = getattr(exc, "api_message", None) or str(exc) or type(exc).__name__
-            raise _AttemptFailed(
+            raise AttemptFailed(
                 error_class,
                 self._scrub(detail),
                 self._usage(state, request),
@@ -350,7 +293,7 @@ class AnthropicBackend:
         if expired.is_set():
             raise self._past_deadline(state, request, request_id)
         if not state.stopped:
-            raise _AttemptFailed(
+            raise AttemptFailed(
                 "stream_interrupted",
                 "the stream ended before message_stop",
                 self._usage(state, request),
@@ -394,9 +337,9 @@ class AnthropicBackend:
 
     def _past_deadline(
         self, state: StreamState, request: ModelRequest, request_id: str | None
-    ) -> _AttemptFailed:
+    ) -> AttemptFailed:
         deadline_s = self.config.anthropic.deadline_s
-        return _AttemptFailed(
+        return AttemptFailed(
             "timeout",
             f"no complete response within {deadline_s:g} s (anthropic.deadline_s)",
             self._usage(state, request),

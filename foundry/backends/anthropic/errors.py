@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from foundry.backends.retry import retry_after_seconds
 
 API_KEY_ENV = "ANTHROPIC_API_KEY"
 
@@ -34,17 +34,6 @@ GAVE_UP_HINT = (
 )
 
 
-def _retry_after(headers: Any) -> float | None:
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        try:
-            value = headers.get(name)
-            if value is not None:
-                return float(value) * scale
-        except (TypeError, ValueError):
-            continue
-    return None
-
-
 def classify_error(exc: BaseException, streaming_started: bool = False) -> tuple[str, float | None]:
     """(error_class, retry-after seconds) for an SDK or transport exception."""
     import anthropic
@@ -62,7 +51,7 @@ def classify_error(exc: BaseException, streaming_started: bool = False) -> tuple
     if status == 200:  # an `error` event in the middle of a stream
         error_class = _ERROR_TYPES.get(error_type, "stream_interrupted")
         return ("context_too_long" if too_long else error_class), None
-    retry_after = _retry_after(exc.response.headers)
+    retry_after = retry_after_seconds(exc.response.headers)
     by_status = {401: "authentication", 403: "permission", 404: "not_found", 408: "timeout"}
     if status in by_status:
         return by_status[status], None
