@@ -102,6 +102,27 @@ def test_corrupt_files_are_misses_and_are_removed(loaded, store, identity, damag
     assert not path.exists() and store.entries() == []
 
 
+def test_flipped_bits_in_the_kv_data_are_a_corrupt_miss_and_the_file_moves_aside(
+    loaded, store, identity
+) -> None:
+    # The file still parses and its metadata still matches: only the checksum can tell.
+    prefix = TOKENS[:24]
+    store.save(identity, prefix, _prefix_cache(loaded, prefix))
+    path = store.path_for(cache_key(identity, prefix))
+    data = bytearray(path.read_bytes())
+    tensors_start = 8 + int.from_bytes(data[:8], "little")  # safetensors: u64 header size
+    for i in range(tensors_start + 100, tensors_start + 164):  # XOR over 64 bytes
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+    lookup = store.load(identity, prefix)
+    assert not lookup.hit and lookup.reason.startswith("corrupt")
+    assert not path.exists() and path.with_name(path.name + ".corrupt").exists()
+    assert store.entries() == []
+    # The next save computes it afresh, and it hits.
+    store.save(identity, prefix, _prefix_cache(loaded, prefix))
+    assert store.load(identity, prefix).hit
+
+
 def test_over_the_memory_budget_is_a_miss(loaded, identity, tmp_path) -> None:
     store = PrefixCacheStore(tmp_path / "s", memory_budget_mb=1)
     prefix = TOKENS[:16]
@@ -165,10 +186,13 @@ def test_prune_removes_stale_temp_files_and_unknown_files(store) -> None:
 def test_corrupt_metadata_is_a_miss_not_a_crash(loaded, store, identity) -> None:
     from mlx_lm.models.cache import save_prompt_cache
 
+    from foundry.local.prefix_store import FORMAT_VERSION, kv_checksum
+
     prefix = TOKENS[:12]
     path = store.path_for(cache_key(identity, prefix))
-    meta = {"foundry_prefix_cache": "1", "identity": "{not json", "token_ids": "[1,"}
-    save_prompt_cache(str(path), _prefix_cache(loaded, prefix), meta)
+    cache = _prefix_cache(loaded, prefix)
+    meta = {"foundry_prefix_cache": FORMAT_VERSION, "identity": "{not json", "token_ids": "[1,"}
+    save_prompt_cache(str(path), cache, {**meta, "kv_crc32": kv_checksum(cache)})
     lookup = store.load(identity, prefix)
     assert not lookup.hit and "corrupt" in lookup.reason and not path.exists()
 
