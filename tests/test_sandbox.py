@@ -574,3 +574,26 @@ def test_a_command_dies_with_foundry(tmp_path: Path, bwrap: None) -> None:
 def test_sandbox_settings_are_checked(build: dict, expected: str) -> None:
     with pytest.raises(ConfigError, match=expected):
         parse_config({"build": build}, "cache_config.json")
+
+
+def test_a_toolchain_under_tmp_stays_usable_inside_the_private_tmp(
+    tmp_path: Path, bwrap: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A CI checkout with its venv under /tmp: the private /tmp must not hide the interpreter
+    # the test command names, nor a PATH directory there; both are read-only inside.
+    tools = Path(tempfile.mkdtemp(prefix="foundry-toolchain-", dir="/tmp"))
+    try:
+        script = tools / "hello-tool"
+        script.write_text("#!/bin/sh\necho tool-ran\n")
+        script.chmod(0o755)
+        monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
+        assert str(tools) in sandbox_module.runtime_dirs_under_tmp()
+        box = _box(tmp_path)
+        try:
+            result = _run(box, f"hello-tool && touch {shlex.quote(str(tools))}/x || echo ro")
+        finally:
+            box.close()
+        assert "tool-ran" in result.output and "ro" in result.output.split()
+        assert not (tools / "x").exists()
+    finally:
+        shutil.rmtree(tools, ignore_errors=True)

@@ -167,6 +167,21 @@ def _probe(tool: str) -> str | None:
     return f"{tool} cannot create namespaces here ({last})"
 
 
+def runtime_dirs_under_tmp() -> list[str]:
+    """The interpreter's prefixes and the PATH directories that live under /tmp (a CI
+    checkout with its venv, a throwaway venv): the private /tmp would hide them, and the
+    test command with them. They are shown again read-only."""
+    candidates = {sys.prefix, sys.base_prefix, sys.exec_prefix}
+    candidates.update(os.environ.get("PATH", "").split(os.pathsep))
+    found = set()
+    for candidate in candidates:
+        real = os.path.realpath(candidate) if candidate else ""
+        if real.startswith("/tmp/") and os.path.isdir(real):
+            found.add(real)
+    # A directory inside another one is already shown by it.
+    return sorted(d for d in found if not any(d.startswith(o + "/") for o in found))
+
+
 @functools.cache
 def _supports_size(tool: str) -> bool:
     """bwrap 0.7+ can cap a tmpfs (--size); older ones refuse the option."""
@@ -374,6 +389,8 @@ class Sandbox:
             # The private /tmp lives in memory: no larger than the largest file allowed.
             argv += ["--size", str(self.settings.limits.file_size_mb * 1024 * 1024)]
         argv += ["--tmpfs", "/tmp"]
+        for directory in runtime_dirs_under_tmp():  # a venv or checkout made under /tmp
+            argv += ["--ro-bind", directory, directory]
         hidden_dirs, hidden_files = self.hidden_paths()
         for directory in hidden_dirs:
             argv += ["--tmpfs", directory]
