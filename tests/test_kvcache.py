@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 import time
@@ -236,3 +237,17 @@ def test_per_key_lock_serialises_builds(store) -> None:
         order.append("second in")
     thread.join()
     assert order == ["first done", "second in"]
+
+
+def test_a_manifest_with_wrong_typed_fields_is_read_around(loaded, store, identity) -> None:
+    prefix = TOKENS[:16]
+    store.save(identity, prefix, _prefix_cache(loaded, prefix))
+    key = cache_key(identity, prefix)
+    manifest = json.loads(store.manifest.path.read_text())
+    manifest["entries"][key].update(size_bytes="big", hits=[1], last_used_at=7)
+    manifest["entries"]["other"] = "not an entry"
+    store.manifest.path.write_text(json.dumps(manifest))
+    # list, stats and prune all work; the damaged entry is ignored, not trusted.
+    assert store.entries() == []
+    assert store.stats()["entries"] == 0
+    assert store.prune()["removed"] == []

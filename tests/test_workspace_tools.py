@@ -292,3 +292,9 @@ def test_an_interrupt_kills_the_commands_process_group(tmp_path: Path) -> None:
         )
     time.sleep(1.3)
     assert not marker.exists()
+
+
+def test_a_colon_in_a_name_is_an_ordinary_file_on_posix(ws: Workspace) -> None:
+    # "a:b" was refused as absolute (a Windows drive) on every platform.
+    assert "created a:b" in ok(ws, "write_file", {"path": "a:b", "content": "x"})
+    assert (ws.root / "a:b").read_text() == "x"

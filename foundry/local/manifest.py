@@ -25,6 +25,37 @@ def last_used_epoch(value: str | None, now: float) -> float:
         return now
 
 
+# What an entry's fields must be; a hand-edited or damaged manifest is read around, never
+# trusted into a traceback (the entry is dropped, and its file recomputed when next needed).
+FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "model": str,
+    "identity_digest": str,
+    "identity": dict,
+    "tokens_digest": str,
+    "n_tokens": int,
+    "size_bytes": int,
+    "hits": int,
+    "created_at": str,
+    "last_used_at": str,
+}
+
+
+def _well_typed(key: Any, entry: Any, path: Path) -> bool:
+    wrong = (
+        ["the entry"]
+        if not isinstance(entry, dict)
+        else [
+            name
+            for name, kind in FIELD_TYPES.items()
+            if name in entry
+            and (not isinstance(entry[name], kind) or isinstance(entry[name], bool))
+        ]
+    )
+    if wrong:
+        log.warning("prefix-cache manifest %s: entry %r ignored (%s)", path, key, ", ".join(wrong))
+    return not wrong
+
+
 class Manifest:
     def __init__(self, directory: Path) -> None:
         self.path = directory / "manifest.json"
@@ -50,7 +81,7 @@ class Manifest:
             entries = data["entries"]
             if not isinstance(entries, dict):
                 raise ValueError("entries is not an object")
-            return entries
+            return {k: v for k, v in entries.items() if _well_typed(k, v, self.path)}
         except FileNotFoundError:
             return {}
         except (OSError, ValueError, KeyError, TypeError) as exc:

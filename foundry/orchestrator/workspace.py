@@ -122,7 +122,7 @@ class Workspace:
         if (
             posix.startswith(("/", "~"))
             or os.path.isabs(path)
-            or (len(path) > 1 and path[1] == ":")
+            or (os.name == "nt" and len(path) > 1 and path[1] == ":")  # C:foo on Windows only
         ):
             raise ToolFailure(f"'{path}' is absolute; use a path relative to the working directory")
         parts = PurePosixPath(posix).parts
