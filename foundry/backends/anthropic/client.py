@@ -10,12 +10,10 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 
 from foundry.backends.anthropic.errors import (
     API_KEY_ENV,
@@ -31,6 +29,7 @@ from foundry.backends.base import (
     ModelResponse,
     TextCallback,
 )
+from foundry.backends.endpoints import check_reachable, safe_url
 from foundry.backends.retry import AttemptFailed, Attempts, RetryPolicy
 from foundry.config import FoundryConfig
 from foundry.errors import BackendError, FoundryError
@@ -38,7 +37,6 @@ from foundry.usage import Usage
 
 BASE_URL_ENV = "ANTHROPIC_BASE_URL"
 DEFAULT_BASE_URL = "https://api.anthropic.com"
-CONNECT_CHECK_TIMEOUT_S = 5.0
 
 
 def _stamp(response: ModelResponse, started_at: str) -> None:
@@ -103,23 +101,7 @@ class AnthropicBackend:
 
     # --- set-up ------------------------------------------------------------------------
     def _safe_url(self) -> str:
-        """The base URL without credentials or query (a key could hide there)."""
-        parts = urlsplit(self.base_url)
-        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2] or '?'}{parts.path}"
-
-    def _endpoint(self) -> tuple[str, int]:
-        """(host, port) of the base URL, or a BackendError naming what is wrong with it."""
-        parts = urlsplit(self.base_url)
-        try:
-            if parts.scheme in ("http", "https") and parts.hostname:
-                return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
-        except ValueError:  # urllib's "Port out of range" / "could not be cast"
-            pass
-        raise BackendError(
-            f"invalid Anthropic base URL {self._safe_url()!r}",
-            f"set {BASE_URL_ENV} or anthropic.base_url to an http(s) URL with a valid port",
-            error_class="connection",
-        )
+        return safe_url(self.base_url)
 
     def _api_key(self) -> str:
         key = os.environ.get(API_KEY_ENV, "").strip()
@@ -142,16 +124,14 @@ class AnthropicBackend:
 
         PricingTable(self.config).require(self.model)
         self._api_key()
-        endpoint = self._endpoint()
-        try:
-            socket.create_connection(endpoint, timeout=CONNECT_CHECK_TIMEOUT_S).close()
-        except (OSError, ValueError) as exc:  # ValueError: an un-encodable host name
-            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-            raise BackendError(
-                f"cannot reach the Anthropic API at {self._safe_url()} ({reason})",
-                f"check the network, or {BASE_URL_ENV} / anthropic.base_url",
-                error_class="connection",
-            ) from None
+        check_reachable(
+            self.base_url,
+            service="the Anthropic API",
+            hint=f"check the network, or {BASE_URL_ENV} / anthropic.base_url",
+            invalid_hint=f"set {BASE_URL_ENV} or anthropic.base_url to an http(s) URL with a "
+            "valid port",
+            label="Anthropic",
+        )
 
     def _get_client(self) -> Any:
         if self._client is None:

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import socket
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from foundry.backends import endpoints
+from foundry.backends.endpoints import safe_url
 from foundry.backends.openai.errors import API_KEY_ENV, BASE_URL_ENV, error_text
-from foundry.errors import BackendError, FoundryError
+from foundry.errors import FoundryError
 
 if TYPE_CHECKING:
     from foundry.config import FoundryConfig
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # Local servers need no key, but the SDK insists on one; this is what they receive.
 NO_KEY = "no-key"
-CONNECT_CHECK_TIMEOUT_S = 5.0
 LIST_TIMEOUT_S = 30.0
 # Host names that never leave one's own network (RFC 6762 .local, RFC 8375 home.arpa...).
 _PRIVATE_SUFFIXES = (".local", ".lan", ".internal", ".home.arpa", ".localhost")
@@ -31,26 +31,15 @@ def resolve_base_url(config: FoundryConfig, base_url: str | None) -> str:
     return (chosen or DEFAULT_BASE_URL).strip().rstrip("/")
 
 
-def safe_url(url: str) -> str:
-    """The URL without credentials or query (a key could hide there), for messages."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2] or '?'}{parts.path}"
+LABEL = "OpenAI-compatible"
+INVALID_HINT = (
+    f"give --base-url, {BASE_URL_ENV} or openai.base_url as an http(s) URL, e.g. "
+    "http://127.0.0.1:8000/v1"
+)
 
 
 def host_and_port(url: str) -> tuple[str, int]:
-    """(host, port) of an http(s) URL, or a BackendError naming what is wrong with it."""
-    parts = urlsplit(url)
-    try:
-        if parts.scheme in ("http", "https") and parts.hostname:
-            return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:  # urllib's "Port out of range" / "could not be cast"
-        pass
-    raise BackendError(
-        f"invalid OpenAI-compatible base URL {safe_url(url)!r}",
-        f"give --base-url, {BASE_URL_ENV} or openai.base_url as an http(s) URL, e.g. "
-        "http://127.0.0.1:8000/v1",
-        error_class="connection",
-    )
+    return endpoints.host_and_port(url, label=LABEL, hint=INVALID_HINT)
 
 
 def is_private_host(url: str) -> bool:
@@ -72,17 +61,13 @@ def api_key() -> str | None:
 
 
 def check_reachable(url: str) -> None:
-    """A TCP connect to the server's port (no HTTP request): fail fast, before a build."""
-    endpoint = host_and_port(url)
-    try:
-        socket.create_connection(endpoint, timeout=CONNECT_CHECK_TIMEOUT_S).close()
-    except (OSError, ValueError) as exc:  # ValueError: an un-encodable host name
-        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        raise BackendError(
-            f"cannot reach the OpenAI-compatible server at {safe_url(url)} ({reason})",
-            f"start the server, or check --base-url, {BASE_URL_ENV} or openai.base_url",
-            error_class="connection",
-        ) from None
+    endpoints.check_reachable(
+        url,
+        service="the OpenAI-compatible server",
+        hint=f"start the server, or check --base-url, {BASE_URL_ENV} or openai.base_url",
+        invalid_hint=INVALID_HINT,
+        label=LABEL,
+    )
 
 
 def make_client(url: str, *, timeout_s: float, max_retries: int = 0) -> Any:
