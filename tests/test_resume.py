@@ -13,7 +13,7 @@ import pytest
 
 from foundry.errors import BackendError, FoundryError
 from foundry.ledger import Ledger
-from tests.orchestrator_helpers import ledger_rows, run_build
+from tests.orchestrator_helpers import finish, ledger_rows, run_build, tool
 from tests.test_orchestrator import happy_steps
 
 
@@ -165,3 +165,42 @@ def test_a_full_disk_is_named_and_the_unrecorded_usage_goes_to_the_summary(tmp_p
     assert any("could not be recorded (the ledger's disk is full)" in w for w in events.seen)
     # The row's small update still fitted: the build is closed, and resumable.
     assert ledger_rows(tmp_path / "ledger.db", "builds")[0]["status"] == "failed"
+
+
+def test_a_resume_keeps_what_the_first_attempt_ran_with(tmp_path: Path) -> None:
+    from foundry.orchestrator.plan import ResumeOptions, prepare_resume
+
+    first, _, db = run_build(tmp_path, happy_steps()[:4] + [BackendError("no")], max_cost=3.0)
+    assert first.status == "failed"
+    prepared = prepare_resume(ResumeOptions(build="hello", db=db))
+    try:
+        # The directory now has files, but the build was a new project and stays one; its
+        # budget holds without being given again.
+        assert prepared.plan.mode == "new" and prepared.plan.max_cost == 3.0
+        assert "- Mode: new project" in prepared.prompt.dynamic
+        assert prepared.resume is not None and prepared.resume.id == first.build_id
+    finally:
+        prepared.backend.close()
+
+
+def test_a_git_repository_the_model_made_is_refused_after_a_resume_too(tmp_path: Path) -> None:
+    plant = [([tool("run_command", command="git init -q . 2>/dev/null || mkdir .git")], "tool_use")]
+    first, _, _ = run_build(tmp_path, [*plant, BackendError("no")], phases=("builder", "deploy"))
+    assert first.status == "failed" and (tmp_path / "hello" / ".git").exists()
+    steps = [([finish("built", "# Build log\n")], "tool_use")]
+    second, _, _ = run_build(tmp_path, steps, phases=("builder", "deploy"), resume="hello")
+    assert second.status == "failed" and "a .git directory appeared" in (second.error or "")
+
+
+def test_a_live_pid_that_started_at_another_time_is_another_process() -> None:
+    import os
+    import socket
+
+    from foundry.ledger.builds import process_is_gone, process_start_ticks
+
+    me, host = os.getpid(), socket.gethostname()
+    started = process_start_ticks(me)
+    assert started is not None
+    assert not process_is_gone(me, host, started)
+    assert process_is_gone(me, host, started + 1)  # pid reused by a later process
+    assert not process_is_gone(me, "another-host", started + 1)  # cannot tell: left alone

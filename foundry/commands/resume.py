@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from foundry.commands.options import ConfigOption, DbOption, JsonOption
+from foundry.commands.options import BaseUrlOption, ConfigOption, DbOption, JsonOption
 
 
 def resume(
@@ -23,6 +23,7 @@ def resume(
         float | None,
         typer.Option("--max-cost", help="Stop before the build's whole spend would exceed USD."),
     ] = None,
+    base_url: BaseUrlOption = None,
     json_output: JsonOption = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     config: ConfigOption = None,
@@ -34,6 +35,7 @@ def resume(
 
     options = ResumeOptions(
         build=build,
+        base_url=base_url,
         max_test_iterations=max_test_iterations,
         max_turns=max_turns,
         max_cost=max_cost,

@@ -13,7 +13,6 @@ import json
 import os
 import socket
 import sqlite3
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from foundry.errors import LedgerError
-from foundry.timestamps import parse_utc, utc_now
+from foundry.timestamps import utc_now
 
 _T = TypeVar("_T")
 
@@ -54,15 +53,25 @@ class BuildRecord:
     phases: tuple[str, ...]
     phases_done: tuple[str, ...]
     attempts: int
+    settings: dict[str, Any]  # what the first attempt ran with (mode, limits, base URL...)
+
+
+def _settings(value: str | None) -> dict[str, Any]:
+    try:
+        settings = json.loads(value or "{}")
+    except ValueError:
+        return {}
+    return settings if isinstance(settings, dict) else {}
 
 
 def _names(value: str | None) -> tuple[str, ...]:
     return tuple(part for part in (value or "").split(",") if part)
 
 
-def process_is_gone(pid: int | None, host: str | None, started_at: str) -> bool:
+def process_is_gone(pid: int | None, host: str | None, pid_start: int | None) -> bool:
     """Whether the process that ran a build is gone. Only a process on this host can be
-    checked; a live pid that started after the build is another process (pid reuse)."""
+    checked; a live pid whose start time differs from the one recorded is another process
+    (pid reuse). Start times are the kernel's, immune to wall-clock steps."""
     if pid is None or host != socket.gethostname():
         return False
     try:
@@ -71,19 +80,16 @@ def process_is_gone(pid: int | None, host: str | None, started_at: str) -> bool:
         return True
     except PermissionError:
         return False  # alive, another user's
-    started = _process_start_epoch(pid)
-    return started is not None and started > parse_utc(started_at).timestamp() + 1
+    now = process_start_ticks(pid)
+    return pid_start is not None and now is not None and now != pid_start
 
 
-def _process_start_epoch(pid: int) -> float | None:
-    """When `pid` started (Linux /proc); None where that cannot be read."""
+def process_start_ticks(pid: int) -> int | None:
+    """When `pid` started, in clock ticks since boot (Linux /proc); None where unknown."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        ticks = os.sysconf("SC_CLK_TCK")
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
     except (OSError, ValueError, IndexError):
         return None
-    return time.time() - uptime + int(stat[19]) / ticks
 
 
 class BuildRecords:
@@ -104,17 +110,20 @@ class BuildRecords:
         template_sha256: str,
         static_sha256: str,
         phases: tuple[str, ...] = (),
+        settings: dict[str, Any] | None = None,
     ) -> str:
         build_id = uuid.uuid4().hex
         now, pid, host = utc_now(), os.getpid(), socket.gethostname()
-        row: list[str | int] = [build_id, name, task, backend, model, str(workdir)]
+        row: list[str | int | None] = [build_id, name, task, backend, model, str(workdir)]
         row += [template_sha256, static_sha256, now, ",".join(phases), pid, host]
+        row += [process_start_ticks(pid), json.dumps(settings or {})]
 
         def body() -> None:
             self.conn.execute(
                 "INSERT INTO builds (id, name, task, backend, model, workdir, template_sha256,"
-                " static_sha256, started_at, status, phases, phases_done, attempts, pid, host)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, '', 1, ?, ?)",
+                " static_sha256, started_at, status, phases, phases_done, attempts, pid, host,"
+                " pid_start, settings)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, '', 1, ?, ?, ?, ?)",
                 row,
             )
             self._insert_attempt(build_id, 1, now, pid, host)
@@ -178,7 +187,7 @@ class BuildRecords:
         """The build with this id, else the latest build with this name."""
         row = self.conn.execute(
             "SELECT id, name, task, backend, model, workdir, status, phases, phases_done,"
-            " attempts FROM builds WHERE id = ? OR name = ?"
+            " attempts, settings FROM builds WHERE id = ? OR name = ?"
             " ORDER BY id = ? DESC, started_at DESC LIMIT 1",
             [name_or_id, name_or_id, name_or_id],
         ).fetchone()
@@ -196,6 +205,7 @@ class BuildRecords:
             phases=_names(row[7]),
             phases_done=_names(row[8]),
             attempts=int(row[9]),
+            settings=_settings(row[10]),
         )
 
     def reopen_build(self, build_id: str) -> int:
@@ -213,8 +223,8 @@ class BuildRecords:
             attempt = int(row[1]) + 1
             self.conn.execute(
                 "UPDATE builds SET status = 'running', finished_at = NULL, error = NULL,"
-                " attempts = ?, pid = ?, host = ? WHERE id = ?",
-                [attempt, pid, host, build_id],
+                " attempts = ?, pid = ?, host = ?, pid_start = ? WHERE id = ?",
+                [attempt, pid, host, process_start_ticks(pid), build_id],
             )
             self._insert_attempt(build_id, attempt, now, pid, host)
             return attempt
@@ -226,8 +236,7 @@ class BuildRecords:
         """Mark running builds whose process is gone as abandoned (what they spent stays on
         the ledger); returns how many. Builds of another host are left as they are."""
         rows = self.conn.execute(
-            "SELECT b.id, b.pid, b.host, a.started_at FROM builds b JOIN build_attempts a"
-            " ON a.build_id = b.id AND a.attempt = b.attempts WHERE b.status = 'running'"
+            "SELECT id, pid, host, pid_start FROM builds WHERE status = 'running'"
         ).fetchall()
         gone = [row[0] for row in rows if process_is_gone(row[1], row[2], row[3])]
         if not gone:
@@ -237,10 +246,11 @@ class BuildRecords:
         def body() -> None:
             for build_id, pid, host, _ in (r for r in rows if r[0] in gone):
                 error = f"its process (pid {pid} on {host}) ended without finishing the build"
+                # Only if nobody resumed it meanwhile: the same process is still on the row.
                 self.conn.execute(
                     "UPDATE builds SET status = 'abandoned', finished_at = ?, error = ?"
-                    " WHERE id = ? AND status = 'running'",
-                    [now, error, build_id],
+                    " WHERE id = ? AND status = 'running' AND pid = ? AND host = ?",
+                    [now, error, build_id, pid, host],
                 )
                 self.conn.execute(
                     "UPDATE build_attempts SET status = 'abandoned', finished_at = ?, error = ?"

@@ -242,6 +242,12 @@ _MIGRATION_0003 = [
     "ALTER TABLE builds ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1",
     "ALTER TABLE builds ADD COLUMN pid INTEGER",
     "ALTER TABLE builds ADD COLUMN host TEXT",
+    # The process's start time (clock ticks since boot): a live pid that started at another
+    # time is another process (pid reuse).
+    "ALTER TABLE builds ADD COLUMN pid_start INTEGER",
+    # What a resume needs back, as JSON: mode, limits, base URL, template, TTL, and whether
+    # .git existed when the build began (a .git the model made is never committed into).
+    "ALTER TABLE builds ADD COLUMN settings TEXT",
     """
     CREATE TABLE build_attempts (
         build_id TEXT NOT NULL REFERENCES builds(id),

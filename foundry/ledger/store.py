@@ -8,6 +8,7 @@ rest. A file that is not our ledger is inspected read-only and never written to.
 
 from __future__ import annotations
 
+import logging
 import random
 import sqlite3
 import threading
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 # Total time a write keeps retrying past the busy timeout before giving up with an error.
 WRITE_DEADLINE_S = 120.0
 _T = TypeVar("_T")
+log = logging.getLogger(__name__)
 # Models already warned about in this process: one warning per model, not one per request.
 _warned_models: set[str] = set()
 
@@ -115,7 +117,10 @@ class Ledger(BuildRecords):
             self._retrying(lambda: self.conn.execute("PRAGMA journal_mode = WAL").fetchone())
         if state != "current":
             self._write(self._migrate)
-        self.close_abandoned()
+        try:
+            self.close_abandoned()
+        except LedgerError as exc:  # a read-only ledger can still be reported on
+            log.info("abandoned builds not closed: %s", exc)
 
     def _migrate(self) -> None:
         # Runs inside BEGIN IMMEDIATE: a process that raced us here re-checks under the lock

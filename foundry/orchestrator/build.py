@@ -74,6 +74,8 @@ class BuildPlan:
     max_cost: float | None
     ttl: Ttl | None
     max_tokens: int
+    base_url: str | None = None  # --base-url, kept for a resume
+    template: str | None = None  # --template, kept for a resume
 
 
 @dataclass
@@ -260,7 +262,12 @@ class BuildRun:
         # Before the ledger row: build.sandbox "require" without a sandbox ends here.
         sandbox = Sandbox(plan.workdir, self.config.build, hidden=foundry_paths(self.ledger.path))
         before = snapshot(plan.workdir)
-        self.git_before = (plan.workdir / ".git").exists()
+        # Whether .git existed when the build began; a resumed build keeps the first answer.
+        self.git_before = (
+            bool(self.resume.settings.get("had_git", True))
+            if self.resume is not None
+            else (plan.workdir / ".git").exists()
+        )
         spent_before = 0.0
         if self.resume is not None:
             build_id = self.resume.id
@@ -277,6 +284,16 @@ class BuildRun:
                 template_sha256=self.prompt.template_sha256,
                 static_sha256=self.prompt.static_sha256,
                 phases=plan.phases,
+                settings={
+                    "mode": plan.mode,
+                    "max_cost": plan.max_cost,
+                    "max_turns": plan.max_turns,
+                    "max_test_iterations": plan.max_test_iterations,
+                    "ttl": plan.ttl,
+                    "base_url": plan.base_url,
+                    "template": plan.template,
+                    "had_git": (plan.workdir / ".git").exists(),
+                },
             )
         session = ModelSession(
             backend=self.backend,

@@ -214,7 +214,7 @@ class ModelSession:
             raise BudgetExceeded(
                 f"stopped before {before}: ${spent:.4f} spent + about ${estimate:.4f} "
                 f"for it would exceed --max-cost ${self.max_cost:.2f}",
-                "raise --max-cost, or resume with --phases",
+                "raise --max-cost and continue with `foundry resume`",
             )
 
     # -- requests ---------------------------------------------------------------------

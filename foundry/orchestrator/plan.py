@@ -44,6 +44,7 @@ class BuildOptions:
     config: Path | None = None
     template: Path | None = None
     db: Path | None = None
+    mode: Mode | None = None  # None: from the directory (a resume keeps the first attempt's)
 
 
 @dataclass
@@ -64,6 +65,7 @@ class ResumeOptions:
     only the limits may change."""
 
     build: str  # a name (its latest build) or an id
+    base_url: str | None = None  # where the server now is, if it moved
     max_test_iterations: int | None = None
     max_turns: int | None = None
     max_cost: float | None = None
@@ -149,7 +151,8 @@ def prepare_build(options: BuildOptions) -> PreparedBuild:
     phases = parse_phases(options.phases)
     ttl = check_ttl(options.ttl, config)
     workdir = Path(os.path.abspath((options.dir or Path(options.name)).expanduser()))
-    mode = check_workdir(workdir)
+    detected = check_workdir(workdir)  # refuses an unusable directory either way
+    mode = options.mode or detected
     if workdir.is_dir():
         artifact_dir(workdir)  # a planted .foundry symlink is refused before anything runs
     _check_test_phase(phases, workdir)
@@ -202,6 +205,8 @@ def prepare_build(options: BuildOptions) -> PreparedBuild:
         max_cost=options.max_cost,
         ttl=ttl,
         max_tokens=backend.max_tokens,
+        base_url=options.base_url,
+        template=str(options.template) if options.template else None,
     )
     return PreparedBuild(
         config, plan, backend, prompt, pricing, projection, ledger_path(config, options.db)
@@ -238,6 +243,9 @@ def prepare_resume(options: ResumeOptions) -> PreparedBuild:
             f"build {record.name}'s directory {record.workdir} is gone",
             "a resumed build continues in its own directory; start a new build instead",
         )
+    # What the first attempt ran with, unless this resume says otherwise.
+    first = record.settings
+    template = first.get("template")
     prepared = prepare_build(
         BuildOptions(
             name=record.name,
@@ -245,12 +253,17 @@ def prepare_resume(options: ResumeOptions) -> PreparedBuild:
             dir=Path(record.workdir),
             backend=record.backend,
             model=record.model,
+            base_url=options.base_url or first.get("base_url"),
+            ttl=first.get("ttl"),
             phases=",".join(record.phases) or None,
-            max_test_iterations=options.max_test_iterations,
-            max_turns=options.max_turns,
-            max_cost=options.max_cost,
+            max_test_iterations=options.max_test_iterations or first.get("max_test_iterations"),
+            max_turns=options.max_turns or first.get("max_turns"),
+            max_cost=options.max_cost if options.max_cost is not None else first.get("max_cost"),
             config=options.config,
+            template=Path(template) if template else None,
             db=options.db,
+            # The files an earlier attempt wrote make the directory look "existing".
+            mode=first.get("mode") if first.get("mode") in ("new", "existing") else None,
         )
     )
     return replace(prepared, resume=record)
