@@ -110,3 +110,17 @@ def test_the_orchestrator_imports_no_backend_specific_module() -> None:
         if specific.search(path.read_text("utf-8"))
     ]
     assert offenders == []
+
+
+def test_the_reachability_check_trusts_a_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Behind a proxy a direct connect proves nothing (and is often blocked): no refusal.
+    from foundry.backends.endpoints import check_reachable
+    from foundry.errors import BackendError
+
+    args = {"service": "the API", "hint": "h", "invalid_hint": "h", "label": "Test"}
+    unreachable = "https://127.0.0.1:9"  # the discard port: nothing listens
+    with pytest.raises(BackendError, match="cannot reach the API"):
+        check_reachable(unreachable, **args)
+    monkeypatch.setenv("https_proxy", "http://proxy.example:3128")
+    monkeypatch.setenv("no_proxy", "")
+    check_reachable(unreachable, **args)

@@ -251,3 +251,22 @@ def test_a_manifest_with_wrong_typed_fields_is_read_around(loaded, store, identi
     assert store.entries() == []
     assert store.stats()["entries"] == 0
     assert store.prune()["removed"] == []
+
+
+def test_the_checksum_of_a_copied_view_is_that_of_its_bytes() -> None:
+    # A prefix copied out of a longer cache is a strided view: it must checksum (and save)
+    # like the contiguous array it stands for, not fail with a BufferError.
+    from foundry.local.prefix_store import kv_checksum
+    from foundry.local.runtime import import_mlx
+
+    mx = import_mlx()
+
+    class Layer:
+        def __init__(self, state):
+            self.state = state
+
+    full = mx.arange(2 * 8 * 3, dtype=mx.float32).reshape(1, 2, 8, 3)
+    view = full[..., :4, :]
+    copy = mx.array(view.tolist())
+    assert kv_checksum([Layer((view, view))]) == kv_checksum([Layer((copy, copy))])
+    assert kv_checksum([Layer(((view, view), view))]) != "00000000"  # nested states count

@@ -597,3 +597,18 @@ def test_a_toolchain_under_tmp_stays_usable_inside_the_private_tmp(
         assert not (tools / "x").exists()
     finally:
         shutil.rmtree(tools, ignore_errors=True)
+
+
+def test_a_ledger_inside_the_working_directory_stays_hidden(tmp_path: Path, bwrap: None) -> None:
+    # --dir . --db ./foundry.db: the working directory's bind must not uncover the ledger.
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    ledger = workdir / "foundry.db"
+    ledger.write_text("ledger-secret")
+    box = Sandbox(workdir, BuildConfig(), hidden=foundry_paths(ledger))
+    try:
+        result = _run(box, "cat foundry.db; echo changed > foundry.db || echo refused")
+    finally:
+        box.close()
+    assert "ledger-secret" not in result.output and "refused" in result.output
+    assert ledger.read_text() == "ledger-secret"

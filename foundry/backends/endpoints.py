@@ -30,9 +30,20 @@ def host_and_port(url: str, *, label: str, hint: str) -> tuple[str, int]:
     )
 
 
+def _through_a_proxy(url: str, host: str) -> bool:
+    import urllib.request
+
+    scheme = urlsplit(url).scheme
+    return bool(urllib.request.getproxies().get(scheme)) and not urllib.request.proxy_bypass(
+        host
+    )
+
+
 def check_reachable(url: str, *, service: str, hint: str, invalid_hint: str, label: str) -> None:
     """Fail fast, before a build, when nothing listens at the URL's host and port."""
     endpoint = host_and_port(url, label=label, hint=invalid_hint)
+    if _through_a_proxy(url, endpoint[0]):
+        return  # the client goes through the proxy; a direct connect proves nothing
     try:
         socket.create_connection(endpoint, timeout=CONNECT_CHECK_TIMEOUT_S).close()
     except (OSError, ValueError) as exc:  # ValueError: an un-encodable host name

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from foundry.config import FoundryConfig, prefix_cache_dir
 from foundry.errors import CacheStoreError
@@ -67,12 +67,16 @@ class Lookup:
 def kv_checksum(cache: list[Any]) -> str:
     """CRC-32 of every KV array's bytes, in order: ~4 GB/s, a few tens of ms for a 6k-token
     prefix (a cryptographic hash would cost more than loading the file)."""
+    mx = import_mlx()
+    from mlx.utils import tree_flatten
+
     crc = 0
-    for layer in cache:
-        state = layer.state
-        for array in state if isinstance(state, list | tuple) else [state]:
-            if hasattr(array, "nbytes"):  # the arrays; some caches keep plain numbers too
-                crc = zlib.crc32(memoryview(array), crc)
+    # Nested states (quantized caches keep tuples) flattened; numbers some caches keep
+    # beside their arrays left out. A view (a copied prefix) is made contiguous first.
+    leaves = cast("list[tuple[str, Any]]", tree_flatten([layer.state for layer in cache]))
+    for _, value in leaves:
+        if isinstance(value, mx.array):
+            crc = zlib.crc32(memoryview(mx.contiguous(value)), crc)
     return f"{crc:08x}"
 
 
@@ -259,7 +263,7 @@ class PrefixCacheStore:
                 os.fsync(handle.fileno())
             size = temp.stat().st_size
             os.replace(temp, self.path_for(key))
-        except (OSError, RuntimeError) as exc:  # mlx reports file errors as RuntimeError
+        except Exception as exc:  # mlx reports file errors as RuntimeError; a save is optional
             temp.unlink(missing_ok=True)
             log.warning("prefix cache not saved: %s", exc)
             return 0

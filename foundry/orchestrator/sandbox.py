@@ -391,16 +391,23 @@ class Sandbox:
         argv += ["--tmpfs", "/tmp"]
         for directory in runtime_dirs_under_tmp():  # a venv or checkout made under /tmp
             argv += ["--ro-bind", directory, directory]
+        # A later mount covers an earlier one: what is hidden goes after the working
+        # directory's bind (a ledger inside it, --dir . --db ./foundry.db, stays hidden),
+        # except a hidden directory that holds the working directory, which goes before.
         hidden_dirs, hidden_files = self.hidden_paths()
-        for directory in hidden_dirs:
+        around = [d for d in hidden_dirs if self.workdir.is_relative_to(d)]
+        for directory in around:
             argv += ["--tmpfs", directory]
-        for file in hidden_files:
-            argv += ["--ro-bind", "/dev/null", file]
         argv += ["--bind", home, home, "--bind", workdir, workdir]
         for name in READ_ONLY_INSIDE:
             inside = self.workdir / name
             if inside.is_dir() and not inside.is_symlink():
                 argv += ["--ro-bind", str(inside), str(inside)]
+        for directory in hidden_dirs:
+            if directory not in around:
+                argv += ["--tmpfs", directory]
+        for file in hidden_files:
+            argv += ["--ro-bind", "/dev/null", file]
         return [*argv, "--chdir", workdir, "--", "/bin/sh", "-c", command]
 
     def launch(self, command: str, *, network: bool) -> Launch:

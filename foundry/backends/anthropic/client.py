@@ -270,7 +270,7 @@ class AnthropicBackend:
                 request_id,
                 retry_after,
             ) from None
-        if expired.is_set():
+        if expired.is_set() and not state.stopped:  # a whole reply just in time still counts
             raise self._past_deadline(state, request, request_id)
         if not state.stopped:
             raise AttemptFailed(
