@@ -18,7 +18,7 @@ from foundry.usage import Usage
 BUILD_COLUMNS = {
     "id", "name", "task", "backend", "model", "workdir", "template_sha256", "static_sha256",
     "started_at", "finished_at", "status", "summary_json", "error", "phases", "phases_done",
-    "attempts", "pid", "host",
+    "attempts", "pid", "host", "pid_start", "settings",
 }  # fmt: skip
 REQUEST_COLUMNS = {
     "id", "build_id", "phase", "turn", "backend", "model", "started_at", "duration_ms",

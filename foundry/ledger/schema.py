@@ -19,6 +19,7 @@ MIGRATION_NAMES: tuple[str, ...] = (
     "0001_initial",
     "0002_unknown_cache_reads_local_rollup",
     "0003_build_attempts",
+    "0004_build_settings",
 )
 
 # The requests columns a recording writes, in INSERT order (the table is created below).
@@ -242,12 +243,6 @@ _MIGRATION_0003 = [
     "ALTER TABLE builds ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1",
     "ALTER TABLE builds ADD COLUMN pid INTEGER",
     "ALTER TABLE builds ADD COLUMN host TEXT",
-    # The process's start time (clock ticks since boot): a live pid that started at another
-    # time is another process (pid reuse).
-    "ALTER TABLE builds ADD COLUMN pid_start INTEGER",
-    # What a resume needs back, as JSON: mode, limits, base URL, template, TTL, and whether
-    # .git existed when the build began (a .git the model made is never committed into).
-    "ALTER TABLE builds ADD COLUMN settings TEXT",
     """
     CREATE TABLE build_attempts (
         build_id TEXT NOT NULL REFERENCES builds(id),
@@ -265,6 +260,14 @@ _MIGRATION_0003 = [
     "INSERT INTO build_attempts (build_id, attempt, started_at, finished_at, status, error)"
     " SELECT id, 1, started_at, finished_at, status, error FROM builds",
     "CREATE INDEX idx_builds_status ON builds(status)",
+]
+_MIGRATION_0004 = [
+    # The process's start time (clock ticks since boot): a live pid that started at another
+    # time is another process (pid reuse).
+    "ALTER TABLE builds ADD COLUMN pid_start INTEGER",
+    # What a resume needs back, as JSON: mode, limits, base URL, template, TTL, and whether
+    # .git existed when the build began (a .git the model made is never committed into).
+    "ALTER TABLE builds ADD COLUMN settings TEXT",
 ]
 
 
@@ -337,6 +340,11 @@ def build_migrations() -> Migrations:
     @migrations(name="0003_build_attempts")
     def build_attempts(db: Database) -> None:
         for statement in _MIGRATION_0003:
+            db.execute(statement)
+
+    @migrations(name="0004_build_settings")
+    def build_settings(db: Database) -> None:
+        for statement in _MIGRATION_0004:
             db.execute(statement)
 
     return migrations

@@ -119,7 +119,7 @@ class Ledger(BuildRecords):
             self._write(self._migrate)
         try:
             self.close_abandoned()
-        except LedgerError as exc:  # a read-only ledger can still be reported on
+        except (LedgerError, sqlite3.Error) as exc:  # a read-only ledger is still reported on
             log.info("abandoned builds not closed: %s", exc)
 
     def _migrate(self) -> None:
