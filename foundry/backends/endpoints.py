@@ -34,9 +34,7 @@ def _through_a_proxy(url: str, host: str) -> bool:
     import urllib.request
 
     scheme = urlsplit(url).scheme
-    return bool(urllib.request.getproxies().get(scheme)) and not urllib.request.proxy_bypass(
-        host
-    )
+    return bool(urllib.request.getproxies().get(scheme)) and not urllib.request.proxy_bypass(host)
 
 
 def check_reachable(url: str, *, service: str, hint: str, invalid_hint: str, label: str) -> None:
