@@ -22,7 +22,7 @@ from foundry.backends.anthropic.errors import (
     classify_error,
 )
 from foundry.backends.anthropic.layout import build_layout, keepalive_request, map_usage
-from foundry.backends.anthropic.stream import MalformedStream, StreamState, sdk_events
+from foundry.backends.anthropic.stream import StreamState
 from foundry.backends.base import (
     AttemptCallback,
     ModelRequest,
@@ -31,6 +31,7 @@ from foundry.backends.base import (
 )
 from foundry.backends.endpoints import check_reachable, safe_url
 from foundry.backends.retry import AttemptFailed, Attempts, RetryPolicy
+from foundry.backends.streams import MalformedStream, decoded
 from foundry.config import FoundryConfig
 from foundry.errors import BackendError, FoundryError
 from foundry.usage import Usage
@@ -242,7 +243,7 @@ class AnthropicBackend:
                 timer.daemon = True
                 timer.start()
                 try:
-                    for event in sdk_events(stream):
+                    for event in decoded(stream, "an event"):
                         text = state.handle(event)
                         if text and on_text is not None:
                             on_text(text)

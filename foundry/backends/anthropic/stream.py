@@ -11,9 +11,7 @@ import json
 import time
 from typing import Any
 
-
-class MalformedStream(Exception):
-    """The server sent a stream the real API never would (retried; its own hint if it stays)."""
+from foundry.backends.streams import MalformedStream
 
 
 def _field(obj: Any, name: str, where: str, kind: type = object) -> Any:
@@ -22,19 +20,6 @@ def _field(obj: Any, name: str, where: str, kind: type = object) -> Any:
     if value is None or not isinstance(value, kind):
         raise MalformedStream(f"{where} event without a valid {name!r}")
     return value
-
-
-def sdk_events(stream: Any) -> Any:
-    """The SDK's events; data that is not JSON is a malformed stream, not a crash."""
-    iterator = iter(stream)
-    while True:
-        try:
-            event = next(iterator)
-        except StopIteration:
-            return
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise MalformedStream(f"an event that is not JSON ({exc.__class__.__name__})") from None
-        yield event
 
 
 class StreamState:

@@ -38,8 +38,9 @@ from foundry.backends.openai.errors import (
     error_text,
 )
 from foundry.backends.openai.messages import ToolFormat, reply_blocks, request_params
-from foundry.backends.openai.stream import MalformedStream, StreamState, map_usage, sdk_chunks
+from foundry.backends.openai.stream import StreamState, map_usage
 from foundry.backends.retry import AttemptFailed, Attempts, RetryPolicy
+from foundry.backends.streams import MalformedStream, decoded
 from foundry.config import FoundryConfig
 from foundry.errors import UsageError
 from foundry.usage import Usage
@@ -223,7 +224,7 @@ class OpenAIBackend:
                 request_id = stream.response.headers.get("x-request-id")
                 left_s = self.settings.deadline_s - state.elapsed_ms / 1000
                 with _deadline(stream, left_s, expired):
-                    for chunk in sdk_chunks(stream):
+                    for chunk in decoded(stream, "a chunk"):
                         if cancel is not None and cancel.is_set():
                             raise AttemptFailed("cancelled", "the request was cancelled")
                         text = state.handle(chunk)

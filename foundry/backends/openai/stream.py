@@ -17,11 +17,8 @@ import json
 import time
 from typing import Any
 
+from foundry.backends.streams import MalformedStream
 from foundry.usage import Usage
-
-
-class MalformedStream(Exception):
-    """The server sent a stream no Chat Completions server would (retried; its own hint)."""
 
 
 def as_dict(chunk: Any) -> dict[str, Any]:
@@ -32,19 +29,6 @@ def as_dict(chunk: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise MalformedStream(f"a chunk that is not a JSON object ({type(chunk).__name__})")
     return value
-
-
-def sdk_chunks(stream: Any) -> Any:
-    """The SDK's chunks; data that is not JSON is a malformed stream, not a crash."""
-    iterator = iter(stream)
-    while True:
-        try:
-            chunk = next(iterator)
-        except StopIteration:
-            return
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise MalformedStream(f"a chunk that is not JSON ({exc.__class__.__name__})") from None
-        yield chunk
 
 
 def _int(value: Any, where: str) -> int | None:
