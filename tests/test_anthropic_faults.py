@@ -11,22 +11,10 @@ from foundry.backends.base import FailedAttempt, Message, ModelRequest
 from foundry.backends.retry import RetryPolicy
 from foundry.config import FoundryConfig
 from foundry.errors import BackendError
+from tests.fake_time import FakeTime
 
 MODEL = "claude-sonnet-4-6"
 STATIC = "Follow the build rules exactly. " * 200  # 6400 bytes = 1600 tokens
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-    def clock(self) -> float:
-        return self.now
 
 
 def make(server, monkeypatch, **anthropic_settings):

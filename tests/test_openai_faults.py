@@ -12,22 +12,10 @@ from foundry.backends.openai.client import OpenAIBackend
 from foundry.config import FoundryConfig
 from foundry.errors import BackendError
 from tests.fake_openai import FakeOpenAI
+from tests.fake_time import FakeTime
 
 MODEL = "fake-model"
 REPLY = "the answer, streamed in several pieces"
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-    def clock(self) -> float:
-        return self.now
 
 
 @pytest.fixture
