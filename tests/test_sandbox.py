@@ -531,6 +531,9 @@ def test_a_command_dies_with_foundry(tmp_path: Path, bwrap: None) -> None:
 
     workdir = tmp_path / "work"
     workdir.mkdir()
+    # A marker of this run's own: a process an earlier run left cannot be mistaken for it.
+    seconds = 6000 + int.from_bytes(os.urandom(2), "little") % 3000
+    marker = f"sleep {seconds}"
     foundry = subprocess.Popen(
         [
             sys.executable,
@@ -540,25 +543,26 @@ def test_a_command_dies_with_foundry(tmp_path: Path, bwrap: None) -> None:
             "from foundry.orchestrator.shell import run_command; "
             "box = Sandbox(Path(sys.argv[1]), BuildConfig()); "
             # The marker is computed: foundry's own command line must not contain it.
-            "run_command(f'sleep {6700 + 1}', box.workdir, timeout_s=60, output_limit=100, "
-            "sandbox=box)",
+            "run_command(f'sleep {int(sys.argv[2]) + 1}', box.workdir, timeout_s=60, "
+            "output_limit=100, sandbox=box)",
             str(workdir),
+            str(seconds - 1),
         ],
         cwd=Path(__file__).resolve().parent.parent,
         env={**os.environ, "TMPDIR": str(tmp_path)},  # its private HOME: removed with tmp_path
     )
     try:
         deadline = time.monotonic() + 20
-        while not _alive("sleep 6701"):
+        while not _alive(marker):
             assert time.monotonic() < deadline and foundry.poll() is None
             time.sleep(0.05)
     finally:
         foundry.kill()  # SIGKILL: foundry cannot clean up; the kernel ends the sandbox
         foundry.wait()
     deadline = time.monotonic() + 5
-    while _alive("sleep 6701") and time.monotonic() < deadline:
+    while _alive(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _alive("sleep 6701") == []
+    assert _alive(marker) == []
 
 
 @pytest.mark.parametrize(
