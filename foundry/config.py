@@ -129,6 +129,9 @@ class MlxConfig(_Section):
     kv_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     max_tokens: int = Field(default=1024, gt=0)
     temperature: float = Field(default=0.0, ge=0)
+    # Decode tool calls under a grammar of the request's tools (llguidance), so every call
+    # a local model makes names a real tool and validates against its schema.
+    constrained_tools: bool = True
 
 
 COMMAND_PHASES = ("scout", "architect", "builder", "test")  # the phases that run commands

@@ -46,6 +46,25 @@ class ToolSpec:
         }
 
 
+@dataclass(frozen=True)
+class ToolChoice:
+    """Which tool calls a reply may hold, with Anthropic's meanings: "auto" (text, calls, or
+    both), "any" (at least one call), "tool" (a call of `name`), "none" (text only).
+    `parallel=False` allows at most one call (Anthropic's disable_parallel_tool_use)."""
+
+    type: Literal["auto", "any", "tool", "none"] = "auto"
+    name: str | None = None
+    parallel: bool = True
+
+    def to_anthropic(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"type": self.type}
+        if self.name is not None:
+            body["name"] = self.name
+        if not self.parallel and self.type != "none":
+            body["disable_parallel_tool_use"] = True
+        return body
+
+
 @dataclass
 class ModelRequest:
     model: str
@@ -55,6 +74,7 @@ class ModelRequest:
     max_tokens: int
     ttl: Ttl | None = "5m"  # None: send no cache breakpoints at all
     temperature: float | None = None
+    tool_choice: ToolChoice | None = None  # None: the backend's default, "auto"
     # "keepalive" requests only refresh the cache; the ledger records them as such.
     purpose: Literal["turn", "keepalive"] = "turn"
 
