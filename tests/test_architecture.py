@@ -14,6 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "foundry"
 OWNERS = {
     "mlx": "local",
     "mlx_lm": "local",
+    "llguidance": "local",
     "anthropic": "backends/anthropic",
     "openai": "backends/openai",
     "starlette": "server",

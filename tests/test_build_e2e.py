@@ -315,10 +315,10 @@ def test_ctrl_c_exits_130_and_keeps_the_record(cli, tmp_path, anthropic_env, mon
 
     real_send = ModelSession.send
 
-    def send_then_interrupt(self, conversation, phase, turn):
+    def send_then_interrupt(self, conversation, phase, turn, **options):
         if len(anthropic_env.requests) >= 2:
             raise KeyboardInterrupt
-        return real_send(self, conversation, phase, turn)
+        return real_send(self, conversation, phase, turn, **options)
 
     monkeypatch.setattr(ModelSession, "send", send_then_interrupt)
     script_build(anthropic_env, HELLO)
@@ -378,10 +378,10 @@ def mlx_build(cli, tmp_path: Path, model_dir: Path, max_turns: int):
 
 @pytest.mark.mlx
 def test_a_build_runs_on_the_local_backend_within_its_context_window(cli, tmp_path) -> None:
-    """The same orchestration on mlx with a tiny random model: it never calls a tool, so the
-    phase ends at its turn limit, and every request is on the ledger at cost 0. With a
-    context window that only the first turn fits, the phase ends at turn 2 instead, and no
-    request ever runs past the window."""
+    """The same orchestration on mlx with a tiny random model: with 8 tokens per reply its
+    calls are always cut short, so the phase ends at its turn limit, and every request is
+    on the ledger at cost 0. With a context window that only the first turn fits, the phase
+    ends at turn 2 instead, and no request ever runs past the window."""
     import shutil
 
     from tests.tiny_model import build_tiny_model
@@ -497,3 +497,28 @@ def test_a_signal_during_the_test_run(tmp_path, anthropic_server, signal_name, r
     assert "ended interrupted" in err
     assert build_statuses(tmp_path / "ledger.db") == [("interrupted", reason)]
     assert "build hello: interrupted" in out
+
+
+def test_a_local_phase_ends_by_finish_phase(cli, tmp_path) -> None:
+    """A local model must call a tool every turn and finish_phase on its last: with one turn
+    the random tiny model's only reply is a finish_phase call with a summary that is not
+    blank (the grammar allows no other), so the phase completes."""
+    from foundry.local.runtime import import_mlx
+    from tests.tiny_model import build_tiny_model
+
+    model_dir = build_tiny_model(tmp_path / "tiny", max_position_embeddings=16_384, sharp=False)
+    config = tmp_path / "cache_config.json"
+    config.write_text(json.dumps({"mlx": {"max_tokens": 2048, "temperature": 1.0}}))
+    import_mlx().random.seed(0)  # random weights sample freely: one fixed draw
+    result = cli(
+        "build", "hello", TASK, "--backend", "mlx", "--model", str(model_dir),
+        "--template", str(write_template(tmp_path)), "--config", str(config),
+        "--db", str(tmp_path / "ledger.db"), "--phases", "scout", "--max-turns", "1",
+        "--yes", "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    rows = requests_rows(tmp_path / "ledger.db")
+    assert [(r["phase"], r["stop_reason"]) for r in rows] == [("scout", "tool_use")]
+    scout = json.loads(result.stdout)["phases"][0]
+    assert scout["status"] == "finished" and scout["summary"].strip()
+    assert rows[0]["output_tokens"] < 2048  # the turn ended with its call

@@ -65,9 +65,15 @@ def tiny_config(vocab_size: int, **overrides: Any) -> dict[str, Any]:
 
 
 def build_tiny_model(
-    directory: Path, *, seed: int = 0, chat_template: str = CHATML_TEMPLATE, **overrides: Any
+    directory: Path,
+    *,
+    seed: int = 0,
+    chat_template: str = CHATML_TEMPLATE,
+    sharp: bool = True,
+    **overrides: Any,
 ) -> Path:
-    """Create the model directory (random weights from `seed`) and return it."""
+    """Create the model directory (random weights from `seed`) and return it. `sharp=False`
+    keeps the default small embeddings: nearly flat logits, so sampling wanders widely."""
     from foundry.local.runtime import import_mlx
 
     mx = import_mlx()
@@ -81,9 +87,10 @@ def build_tiny_model(
     model = llama.Model(llama.ModelArgs.from_dict(config))
     # Larger-than-default embeddings make the logits differ clearly between tokens.
     weights = dict(tree_flatten(model.parameters()))
-    weights["model.embed_tokens.weight"] = mx.random.normal(
-        weights["model.embed_tokens.weight"].shape
-    )
+    if sharp:
+        weights["model.embed_tokens.weight"] = mx.random.normal(
+            weights["model.embed_tokens.weight"].shape
+        )
     return _write_model_dir(directory, weights, config, chat_template)
 
 
@@ -220,3 +227,27 @@ def write_tiny_gguf(
         del metadata[key]
     mx.save_gguf(str(path), tensors, metadata)
     return path
+
+
+# A Qwen/Hermes-style template with native tools: mlx-lm picks its "json_tools" parser
+# (<tool_call>\n{"name": ..., "arguments": ...}\n</tool_call>) for it.
+NATIVE_TOOLS_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['role'] == 'system' and tools %}"
+    "{{ message['content'] + '\n<tools>' }}"
+    "{% for tool in tools %}{{ tool | tojson }}{% endfor %}"
+    '{{ \'</tools>\nCall a tool as <tool_call>\n{"name": ..., "arguments": ...}\n</tool_call>\' }}'
+    "{% elif message['role'] == 'assistant' and message.tool_calls %}"
+    "{{ message['content'] }}"
+    "{% for call in message.tool_calls %}{% set tool_call = call.function %}"
+    '{{ \'<tool_call>\n{"name": "\' + tool_call.name + \'", "arguments": \' }}'
+    "{{ tool_call.arguments | tojson }}{{ '}\n</tool_call>' }}"
+    "{% endfor %}"
+    "{% elif message['role'] == 'tool' %}"
+    "{{ '<tool_response>\n' + message['content'] + '\n</tool_response>' }}"
+    "{% else %}{{ message['content'] }}{% endif %}"
+    "{{ '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)

@@ -50,11 +50,14 @@ class ToolSpec:
 class ToolChoice:
     """Which tool calls a reply may hold, with Anthropic's meanings: "auto" (text, calls, or
     both), "any" (at least one call), "tool" (a call of `name`), "none" (text only).
-    `parallel=False` allows at most one call (Anthropic's disable_parallel_tool_use)."""
+    `parallel=False` allows at most one call (Anthropic's disable_parallel_tool_use).
+    `required` names arguments the named tool's call must carry, non-empty: it narrows a
+    local model's grammar only and is not sent to an API."""
 
     type: Literal["auto", "any", "tool", "none"] = "auto"
     name: str | None = None
     parallel: bool = True
+    required: tuple[str, ...] = ()
 
     def to_anthropic(self) -> dict[str, Any]:
         body: dict[str, Any] = {"type": self.type}

@@ -35,6 +35,7 @@ from foundry.backends.base import (
 )
 from foundry.config import FoundryConfig
 from foundry.errors import BackendError, FoundryError, LocalModelError
+from foundry.local.constrained import ToolGrammars, hf_grammar_tokenizer
 from foundry.local.kv_memory import OVERLOADED, KVMemory
 from foundry.local.kv_pool import KVPool, copy_prefix
 from foundry.local.model_dirs import PULLABLE, resolve_model
@@ -99,6 +100,7 @@ class MLXBackend:
         # (tokens, ms) of the static prefix as measured when it was computed: what reuse saves.
         self._prefix_cost: tuple[int, float] | None = None
         self._context_window: int | None = None  # known once the model is loaded
+        self._grammars: Any = None  # ToolGrammars, once the model is loaded
         self.last_cache_event: dict[str, Any] = {}  # what the last request did, for reports
         self._checked = False  # check() passed; the build command and _ensure_loaded both call it
 
@@ -228,7 +230,15 @@ class MLXBackend:
             memo = self._store.dir / "file-hashes.json"
         self._identity = model_identity(self._loaded, memo)
         self._memory = KVMemory(self._loaded, mlx.max_kv_size)
+        self._grammars = ToolGrammars(
+            self._grammar_tokenizer, self._renderer.call_format, enabled=mlx.constrained_tools
+        )
         return self._loaded
+
+    def _grammar_tokenizer(self) -> Any:
+        loaded = self._loaded
+        eos = sorted(loaded.tokenizer.eos_token_ids)
+        return hf_grammar_tokenizer(loaded.tokenizer._tokenizer, loaded.vocab_size, eos)
 
     def close(self) -> None:
         self._pool.clear()
@@ -391,6 +401,7 @@ class MLXBackend:
             request.temperature if request.temperature is not None else self.config.mlx.temperature
         )
         gate = StopGate(getattr(request, "stop_sequences", ()))
+        constraint = self._grammars.for_request(request)
         ttft = None
         event["new_tokens"] = len(new_tokens)
         self.last_cache_event = {**event, "max_tokens": max_tokens}
@@ -405,6 +416,7 @@ class MLXBackend:
                 times=times,
                 fed=held.append,
                 stop=self._stop_requested,
+                constraint=constraint,
             ):
                 if ttft is None:
                     ttft = time.perf_counter() - started
@@ -430,9 +442,28 @@ class MLXBackend:
         self._pool.put(held, cache)
         self._active = None
         usage = self._usage(rendered, event, times, ttft, started, times.generated)
+        if constraint is not None:
+            self._note_constraint(constraint.cost, times)
         self.last_stop_sequence = gate.hit
         hit_max = not times.ended_on_eos and gate.hit is None
         return gate.text, usage, hit_max
+
+    def _note_constraint(self, cost: Any, times: Any) -> None:
+        """What the grammar cost this reply, for reports and benchmarks."""
+        per_token = cost.ms_per_token
+        decode_ms = times.generate_s * 1000 / times.forward_passes if times.forward_passes else None
+        self.last_cache_event.update(
+            constrained=True,
+            mask_ms_per_token=per_token,
+            decode_ms_per_step=decode_ms,
+            forced_tokens=cost.forced,
+        )
+        log.info(
+            "constrained reply: %d tokens, %d forced by the grammar, mask %.3f ms per token",
+            times.generated,
+            cost.forced,
+            per_token or 0.0,
+        )
 
     def _usage(
         self,
@@ -524,6 +555,8 @@ class MLXBackend:
                 reply = self._renderer.parse(text, request)
                 if reply.calls or not reply.errors or attempt == self.max_repairs:
                     break
+                if self.last_cache_event.get("constrained"):
+                    break  # a constrained call is valid; only max_tokens can cut one short
                 # Answer the malformed call with what was wrong, and let the model try again.
                 log.info("malformed tool call(s): %s", "; ".join(reply.errors))
                 with self._render_lock:

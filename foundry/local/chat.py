@@ -21,6 +21,7 @@ from foundry.local.tool_calls import (
     to_chat_messages,
     tools_for_template,
 )
+from foundry.local.tool_grammar import FALLBACK_FORMAT, NATIVE_JSON_FORMAT, CallFormat
 
 log = logging.getLogger(__name__)
 # A shorter prefix (an empty system turn) costs less to prefill than a file costs to keep.
@@ -58,6 +59,19 @@ def uses_native_tools(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "has_tool_calling", False))
 
 
+def tool_parser_name(tokenizer: Any) -> str | None:
+    """The name of mlx-lm's tool parser for this template ("json_tools", "mistral", ...)."""
+    try:
+        kwargs = tokenizer.init_kwargs
+    except AttributeError:
+        return None
+    return kwargs.get("tool_parser_type") if isinstance(kwargs, dict) else None
+
+
+# Native formats whose calls are {"name": ..., "arguments": {...}} JSON between tags.
+JSON_PARSERS = frozenset({"json_tools"})
+
+
 class ChatRenderer:
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
@@ -73,6 +87,14 @@ class ChatRenderer:
         """The text that opens a tool call in this model's replies."""
         start = getattr(self.tokenizer, "tool_call_start", None) if self.native else None
         return start or TAG_OPEN
+
+    @property
+    def call_format(self) -> CallFormat | None:
+        """How this model writes a tool call, for the grammar that constrains it; None for a
+        native format foundry has no grammar for (its calls are parsed, not constrained)."""
+        if not self.native:
+            return FALLBACK_FORMAT
+        return NATIVE_JSON_FORMAT if tool_parser_name(self.tokenizer) in JSON_PARSERS else None
 
     def system_text(self, request: ModelRequest) -> str:
         if self.native or not request.tools:
@@ -172,8 +194,8 @@ class ChatRenderer:
 
     def parse(self, text: str, request: ModelRequest) -> ParsedReply:
         known = {t.name for t in request.tools} if request.tools else None
-        start = getattr(self.tokenizer, "tool_call_start", None)
-        if not self.native or start == "<tool_call>":
+        # Qwen3-Coder's parser opens with <tool_call> too, but its body is not JSON.
+        if self.call_format is not None:
             return parse_tool_calls(text, known)
         return _parse_native(self.tokenizer, text, request, known)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from foundry.fsutil import write_atomic
 from foundry.local.prefix_store import PrefixIdentity
 from foundry.local.runtime import import_mlx, import_mlx_lm, versions
 
+log = logging.getLogger(__name__)
 PREFILL_STEP = 512
 IDENTITY_FILES = (
     "config.json",
@@ -52,6 +54,15 @@ class LoadedModel:
                 if isinstance(value, int) and not isinstance(value, bool) and value > 0:
                     return value
         return None
+
+    @property
+    def vocab_size(self) -> int:
+        """The width of the model's logits (can exceed the tokenizer's vocabulary)."""
+        for section in (self.config, self.config.get("text_config") or {}):
+            value = section.get("vocab_size")
+            if isinstance(value, int) and value > 0:
+                return value
+        return len(self.tokenizer.get_vocab())
 
     def make_cache(self) -> list[Any]:
         from mlx_lm.models.cache import make_prompt_cache
@@ -187,6 +198,43 @@ class StepTimes:
     generate_s: float = 0.0
     generated: int = 0
     ended_on_eos: bool = False  # False: stopped by max_tokens
+    forward_passes: int = 0  # decode steps; fewer than tokens when a grammar forced some
+
+
+class TokenPicker:
+    """Samples the next token, within a grammar's mask when the reply is constrained.
+
+    A grammar that fails mid-reply (it should not: only allowed tokens are sampled) is
+    dropped with a warning, and the reply goes on unconstrained rather than failing."""
+
+    def __init__(self, temperature: float, constraint: Any = None) -> None:
+        self.temperature = temperature
+        self.constraint = constraint  # a foundry.local.constrained.ToolConstraint, or None
+
+    @property
+    def finished(self) -> bool:
+        return self.constraint is not None and self.constraint.finished
+
+    def pick(self, logits: Any) -> int | None:
+        """The next token, or None when the grammar allows none (the reply is complete)."""
+        if self.constraint is None:
+            return sample(logits, self.temperature)
+        mx = import_mlx()
+        allowed = self.constraint.allowed()
+        if not allowed.any():
+            return None
+        return sample(mx.where(mx.array(allowed), logits, -mx.inf), self.temperature)
+
+    def accept(self, token: int) -> list[int]:
+        """Tell the grammar what was sampled; returns the tokens it forces next."""
+        if self.constraint is None:
+            return []
+        try:
+            return list(self.constraint.accept(token))
+        except ValueError as exc:
+            log.warning("constrained decoding stopped: %s", exc)
+            self.constraint = None
+            return []
 
 
 def generate_tokens(
@@ -199,15 +247,20 @@ def generate_tokens(
     times: StepTimes,
     fed: Callable[[int], None],
     stop: Callable[[], bool] | None = None,
+    constraint: Any = None,
 ) -> Iterator[int]:
-    """Prefill `new_tokens`, then yield sampled tokens until EOS or max_tokens.
+    """Prefill `new_tokens`, then yield sampled tokens until EOS, max_tokens, or the end of
+    what `constraint` (a ToolConstraint) allows.
 
-    `fed(token)` is called for every token that enters the KV cache, so the caller always
-    knows exactly which tokens the cache holds. `stop()` is asked between prefill chunks
-    (Cancelled is raised); between generated tokens the caller stops by closing the iterator.
+    Tokens a constraint forces are yielded like sampled ones but enter the model together,
+    in one forward pass. `fed(token)` is called for every token that enters the KV cache, so
+    the caller always knows exactly which tokens the cache holds. `stop()` is asked between
+    prefill chunks (Cancelled is raised); between generated tokens the caller stops by
+    closing the iterator.
     """
     mx = import_mlx()
     eos = set(loaded.tokenizer.eos_token_ids)
+    picker = TokenPicker(temperature, constraint)
     started = time.perf_counter()
 
     def fed_chunk(chunk: list[int]) -> None:
@@ -216,18 +269,29 @@ def generate_tokens(
 
     logits = prefill(loaded.model, cache, new_tokens, stop=stop, fed=fed_chunk)
     times.prefill_s = time.perf_counter() - started
-    token = sample(logits, temperature)
+    token = picker.pick(logits)
     times.first_token_s = time.perf_counter() - started
     gen_started = time.perf_counter()
-    for count in range(max_tokens):
-        times.generated = count + 1
-        if token in eos:
+    while times.generated < max_tokens:
+        if token is None:  # the grammar is complete
             times.ended_on_eos = True
             break
-        yield token
-        if count + 1 == max_tokens:
+        if token in eos:
+            times.generated += 1
+            times.ended_on_eos = True
             break
-        logits = loaded.model(mx.array([[token]]), cache=cache)[:, -1, :]
-        fed(token)
-        token = sample(logits, temperature)
+        step = [token, *picker.accept(token)][: max_tokens - times.generated]
+        for each in step:
+            times.generated += 1
+            yield each
+        if picker.finished:
+            times.ended_on_eos = True
+            break
+        if times.generated >= max_tokens:
+            break
+        logits = loaded.model(mx.array([step]), cache=cache)[:, -1, :]
+        times.forward_passes += 1
+        for each in step:
+            fed(each)
+        token = picker.pick(logits)
     times.generate_s = time.perf_counter() - gen_started

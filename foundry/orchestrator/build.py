@@ -159,6 +159,7 @@ class BuildRun:
             name,
             max_turns=self.plan.max_turns,
             check_finish=require_test_command_once() if name == "architect" else None,
+            finish_requires=("test_command",) if name == "architect" else (),
         )
         assert phase.artifact is not None
         path = artifact_path(self.plan.workdir, phase.artifact)

@@ -80,13 +80,21 @@ def run_turns(
     max_turns: int,
     first_turn: int = 1,
     check_finish: FinishCheck | None = None,
+    finish_requires: tuple[str, ...] = (),
 ) -> PhaseRun:
-    """Run model turns until an accepted finish_phase or `max_turns` turns."""
+    """Run model turns until an accepted finish_phase or `max_turns` turns. On the last
+    turn a local model must call finish_phase with the `finish_requires` arguments."""
     stats = session.stats(phase)
     last_turn = first_turn + max_turns - 1
     for turn in range(first_turn, last_turn + 1):
         try:
-            response = session.send(conversation, phase, turn)
+            response = session.send(
+                conversation,
+                phase,
+                turn,
+                last_turn=turn == last_turn,
+                finish_requires=finish_requires,
+            )
         except BackendError as exc:
             # A conversation that cannot even start will not fit next phase either: fail.
             if exc.error_class != CONTEXT_TOO_LONG or len(conversation.messages) <= 1:

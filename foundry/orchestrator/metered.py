@@ -9,9 +9,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from foundry.backends.base import FailedAttempt, Message, ModelRequest, ModelResponse
+from foundry.backends.base import (
+    FailedAttempt,
+    Message,
+    ModelRequest,
+    ModelResponse,
+    ToolChoice,
+)
 from foundry.errors import BackendError, BudgetExceeded, LedgerFull
 from foundry.orchestrator.events import Events
+from foundry.orchestrator.tools import FINISH_PHASE
 from foundry.usage import Usage
 
 if TYPE_CHECKING:
@@ -218,7 +225,29 @@ class ModelSession:
             )
 
     # -- requests ---------------------------------------------------------------------
-    def send(self, conversation: Conversation, phase: str, turn: int) -> ModelResponse:
+    def tool_choice(
+        self, *, last_turn: bool, finish_requires: tuple[str, ...] = ()
+    ) -> ToolChoice | None:
+        """What a turn's reply must call. A local model must call a tool every turn, and
+        finish_phase on its last (a phase's turns are all tool calls; a text-only turn is a
+        wasted one, and small models otherwise ramble to the output limit), with the
+        arguments the phase's finish needs. Claude keeps "auto": forcing a call would stop
+        it writing its reasoning before the call."""
+        if not self.backend.local:
+            return None
+        if last_turn and FINISH_PHASE in self.tools:
+            return ToolChoice("tool", FINISH_PHASE.name, required=finish_requires)
+        return ToolChoice("any")
+
+    def send(
+        self,
+        conversation: Conversation,
+        phase: str,
+        turn: int,
+        *,
+        last_turn: bool = False,
+        finish_requires: tuple[str, ...] = (),
+    ) -> ModelResponse:
         """One model turn: budget check, the request, and its ledger row(s)."""
         from foundry.ledger import utc_now
 
@@ -230,6 +259,7 @@ class ModelSession:
             messages=list(conversation.messages),
             max_tokens=self.max_tokens,
             ttl=self.ttl,
+            tool_choice=self.tool_choice(last_turn=last_turn, finish_requires=finish_requires),
         )
         self.events.request_started(phase, turn)
         self.last_request = request

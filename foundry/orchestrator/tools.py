@@ -111,7 +111,11 @@ FINISH_PHASE = ToolSpec(
     input_schema={
         "type": "object",
         "properties": {
-            "summary": {"type": "string", "description": "One line: what the phase did."},
+            "summary": {
+                "type": "string",
+                "pattern": r"\S",  # not blank: the orchestrator refuses a blank summary
+                "description": "One line: what the phase did.",
+            },
             "report": {"type": "string", "description": "Markdown report of the phase."},
             "test_command": {"type": "string", "description": "Architect only: test command."},
         },

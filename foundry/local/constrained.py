@@ -1,0 +1,149 @@
+"""Constrained decoding with llguidance: which tokens a grammar allows next, for any engine.
+
+An engine asks `allowed()` for a boolean mask over its vocabulary before it samples, tells
+`accept(token)` what it sampled, and gets back the tokens the grammar forces after it (fed
+to the model in one step instead of one decode step each). The engine-neutral part lives
+here; applying the mask to logits is the engine's (mlx, llama.cpp).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from foundry.backends.base import ModelRequest, ToolChoice, ToolSpec
+from foundry.errors import LocalModelError
+from foundry.local.tool_grammar import CallFormat, tool_call_grammar
+
+log = logging.getLogger(__name__)
+
+
+def import_llguidance() -> Any:
+    try:
+        import llguidance
+    except ImportError:
+        raise LocalModelError(
+            "constrained tool calls need llguidance, which is not installed",
+            "pip install 'foundry[mlx]' (or set mlx.constrained_tools to false)",
+        ) from None
+    return llguidance
+
+
+def hf_grammar_tokenizer(hf_tokenizer: Any, n_vocab: int, eos: list[int]) -> Any:
+    """llguidance's view of a Hugging Face fast tokenizer. About a second for a 50k
+    vocabulary, so an engine builds it once per model."""
+    import_llguidance()
+    from llguidance.hf import from_tokenizer
+
+    try:
+        return from_tokenizer(hf_tokenizer, n_vocab=n_vocab, eos_token=eos)
+    except Exception as exc:  # a slow (non-Rust) tokenizer, or a vocabulary it cannot read
+        raise LocalModelError(
+            f"constrained tool calls cannot read this model's tokenizer: {exc}",
+            "set mlx.constrained_tools to false in cache_config.json",
+        ) from None
+
+
+@dataclass
+class MaskCost:
+    """What masking cost in one reply: for the per-token overhead figure."""
+
+    masks: int = 0
+    mask_s: float = 0.0
+    forced: int = 0  # tokens the grammar forced (fed without sampling)
+
+    @property
+    def ms_per_token(self) -> float | None:
+        return self.mask_s * 1000 / self.masks if self.masks else None
+
+
+class ToolConstraint:
+    """One reply's grammar state: built from the request's tools and tool_choice."""
+
+    def __init__(self, grammar_tokenizer: Any, grammar: str) -> None:
+        llguidance = import_llguidance()
+        self.matcher = llguidance.LLMatcher(grammar_tokenizer, grammar, log_level=0)
+        if self.matcher.is_error():
+            raise ValueError(self.matcher.get_error())
+        self.n_vocab = int(grammar_tokenizer.vocab_size)
+        self.cost = MaskCost()
+
+    @classmethod
+    def for_request(
+        cls,
+        grammar_tokenizer: Any,
+        tools: list[ToolSpec],
+        choice: ToolChoice | None,
+        fmt: CallFormat,
+    ) -> ToolConstraint | None:
+        """The constraint for a request, or None (logged) when no grammar can be built: the
+        strict schemas first, then leniently (unimplemented keywords ignored)."""
+        for lenient in (False, True):
+            grammar = tool_call_grammar(tools, choice, fmt, lenient=lenient)
+            try:
+                return cls(grammar_tokenizer, grammar)
+            except ValueError as exc:
+                problem = str(exc)
+        log.warning("tool calls are not constrained for this request: %s", problem)
+        return None
+
+    @property
+    def finished(self) -> bool:
+        """The grammar allows nothing more: the reply is complete."""
+        return bool(self.matcher.is_stopped())
+
+    def allowed(self) -> np.ndarray:
+        """A boolean mask over the vocabulary: True where the grammar allows the token."""
+        started = time.perf_counter()
+        bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
+        mask = np.unpackbits(bits, bitorder="little")[: self.n_vocab].astype(bool)
+        self.cost.mask_s += time.perf_counter() - started
+        self.cost.masks += 1
+        return mask
+
+    def accept(self, token: int) -> list[int]:
+        """Advance past a sampled token; returns the tokens the grammar now forces (already
+        consumed), which the engine feeds and emits as if sampled."""
+        if not self.matcher.consume_token(token):
+            raise ValueError(f"the grammar refused token {token}: {self.matcher.get_error()}")
+        forced = list(self.matcher.compute_ff_tokens())
+        if forced and not self.matcher.consume_tokens(forced):
+            raise ValueError(f"the grammar refused its own forced tokens: {forced}")
+        self.cost.forced += len(forced)
+        return forced
+
+
+class ToolGrammars:
+    """One model's constraints: its grammar tokenizer (built on first use) and call format."""
+
+    def __init__(
+        self, make_tokenizer: Callable[[], Any], fmt: CallFormat | None, *, enabled: bool
+    ) -> None:
+        self.make_tokenizer = make_tokenizer
+        self.fmt = fmt
+        self.enabled = enabled
+        self._tokenizer: Any = None
+        self._warned = False
+
+    def for_request(self, request: ModelRequest) -> ToolConstraint | None:
+        """The constraint for one request with tools; None when off or not possible."""
+        if not self.enabled or not request.tools:
+            return None
+        if self.fmt is None:
+            if not self._warned:
+                log.warning(
+                    "this model's native tool-call format has no grammar in foundry; "
+                    "its tool calls are parsed, not constrained"
+                )
+                self._warned = True
+            return None
+        if self._tokenizer is None:
+            self._tokenizer = self.make_tokenizer()
+        return ToolConstraint.for_request(
+            self._tokenizer, request.tools, request.tool_choice, self.fmt
+        )
