@@ -46,8 +46,10 @@ class Script:
         real = engine.generate_tokens
 
         def generate_tokens(
-            loaded, cache, new_tokens, *, max_tokens, temperature, times, fed, stop=None
+            loaded, cache, new_tokens, *, max_tokens, temperature, times, fed, stop=None, **extra
         ):
+            # `extra` (a tool-call grammar, say) goes to the real sampler; a scripted reply
+            # is what the test says the model wrote, so nothing constrains it.
             if not self.replies and not self.endless:
                 yield from real(
                     loaded,
@@ -58,6 +60,7 @@ class Script:
                     times=times,
                     fed=fed,
                     stop=stop,
+                    **extra,
                 )
                 return
             yield from self._scripted(loaded, cache, new_tokens, max_tokens, times, fed, stop)

@@ -18,7 +18,7 @@ from foundry.backends.anthropic.layout import (
     keepalive_request,
     map_usage,
 )
-from foundry.backends.base import Message, ModelRequest, ToolSpec
+from foundry.backends.base import Message, ModelRequest, ToolChoice, ToolSpec
 from foundry.backends.registry import create_backend
 from foundry.config import FoundryConfig
 from foundry.errors import BackendError
@@ -57,11 +57,15 @@ STATIC_TOKENS = sum(tool_tokens(t) for t in TOOLS) + count_tokens(STATIC)
 
 
 def request(
-    task: str = TASK, static: str = STATIC, tools=TOOLS, model: str = MODEL, ttl="5m"
+    task: str = TASK,
+    static: str = STATIC,
+    tools=TOOLS,
+    model: str = MODEL,
+    ttl="5m",
+    tool_choice: ToolChoice | None = None,
 ) -> ModelRequest:
-    return ModelRequest(
-        model, static, list(tools), [Message("user", [{"type": "text", "text": task}])], 1024, ttl
-    )
+    task_turn = [Message("user", [{"type": "text", "text": task}])]
+    return ModelRequest(model, static, list(tools), task_turn, 1024, ttl, tool_choice=tool_choice)
 
 
 def backend(server, monkeypatch, model: str = MODEL) -> AnthropicBackend:
@@ -176,6 +180,7 @@ def test_a_second_build_within_the_ttl_reads_the_static_prefix(anthropic_server,
         ({"model": "claude-sonnet-5"}, "nothing"),
         ({"task": "Build a JSON linter with tests."}, "static"),
         ({"tools": list(reversed(TOOLS))}, "everything"),  # the caller's tool order does not matter
+        ({"tool_choice": ToolChoice("any")}, "static"),  # the API: it is part of the messages'
     ],
 )
 def test_what_misses_and_what_does_not(anthropic_server, monkeypatch, change, hit):
@@ -188,6 +193,25 @@ def test_what_misses_and_what_does_not(anthropic_server, monkeypatch, change, hi
         "everything": STATIC_TOKENS + count_tokens(TASK) + 3,
     }
     assert usage.cache_read_tokens == expected[hit]
+
+
+@pytest.mark.parametrize(
+    ("choice", "sent"),
+    [
+        (ToolChoice(), {"type": "auto"}),
+        (ToolChoice("any", parallel=False), {"type": "any", "disable_parallel_tool_use": True}),
+        (ToolChoice("tool", "read_file"), {"type": "tool", "name": "read_file"}),
+        (ToolChoice("none", parallel=False), {"type": "none"}),  # the API allows no more here
+    ],
+)
+def test_the_tool_choice_is_sent_as_the_api_spells_it(anthropic_server, monkeypatch, choice, sent):
+    be = backend(anthropic_server, monkeypatch)
+    be.complete(request())
+    be.complete(request(tool_choice=choice))  # the server refuses what the API would refuse
+    without, chosen = anthropic_server.requests
+    assert "tool_choice" not in without  # None: the body every caller sent before
+    assert chosen.pop("tool_choice") == sent
+    assert json.dumps(chosen) == json.dumps(without)
 
 
 def test_layout_breakpoints_and_no_mutation():

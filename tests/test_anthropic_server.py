@@ -232,6 +232,32 @@ def test_breakpoint_rules_are_enforced(anthropic_server):
         send(c, wrong_order)
 
 
+READ = {"name": "read_file", "description": "Read a file", "input_schema": {"type": "object"}}
+
+
+@pytest.mark.parametrize(
+    ("tool_choice", "tools", "error"),
+    [
+        ({"type": "sometimes"}, [READ], "tool_choice: Input tag 'sometimes'"),
+        ({"type": "none", "disable_parallel_tool_use": True}, [READ], "Extra inputs"),
+        ({"type": "auto", "disable_parallel_tool_use": "yes"}, [READ], "valid boolean"),
+        ({"type": "tool"}, [READ], "tool_choice.tool.name: Field required"),
+        ({"type": "tool", "name": "rm"}, [READ], "no tool named 'rm'"),
+        ({"type": "any"}, [], "only be specified while providing tools"),
+    ],
+)
+def test_a_bad_tool_choice_is_refused_as_the_api_refuses_it(
+    anthropic_server, tool_choice, tools, error
+):
+    c = client(anthropic_server)
+    with pytest.raises(anthropic.BadRequestError, match=error):
+        send(c, {**cached_system(), "tools": tools}, tool_choice=tool_choice)
+    assert anthropic_server.requests == []
+    ok = {"type": "tool", "name": "read_file", "disable_parallel_tool_use": True}
+    send(c, {**cached_system(), "tools": [READ]}, tool_choice=ok)
+    assert anthropic_server.requests[0]["tool_choice"] == ok
+
+
 def test_prefix_is_per_model_and_byte_exact(anthropic_server):
     c = client(anthropic_server)
     body = cached_system()

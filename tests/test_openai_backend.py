@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from foundry.backends.base import FailedAttempt, Message, ModelRequest
+from foundry.backends.base import FailedAttempt, Message, ModelRequest, ToolChoice
 from foundry.backends.openai.client import SERVER_MODEL, OpenAIBackend
 from foundry.backends.openai.endpoint import is_private_host
 from foundry.config import FoundryConfig, parse_config
@@ -140,6 +140,76 @@ def test_text_format_when_configured_never_sends_tools(server) -> None:
     be = backend(server, config)
     be.complete(request([user("go")]))
     assert "tools" not in server.requests[0]
+
+
+@pytest.mark.parametrize(
+    ("choice", "sent"),
+    [
+        (ToolChoice(), {"tool_choice": "auto"}),
+        (ToolChoice("any"), {"tool_choice": "required"}),
+        (
+            ToolChoice("tool", "read_file", parallel=False),
+            {
+                "tool_choice": {"type": "function", "function": {"name": "read_file"}},
+                "parallel_tool_calls": False,
+            },
+        ),
+        (ToolChoice("none", parallel=False), {"tool_choice": "none"}),  # no calls: no limit
+    ],
+)
+def test_the_tool_choice_goes_out_as_openais(server, choice, sent) -> None:
+    be = backend(server)
+    be.complete(request([user("go")]))
+    be.complete(request([user("go")], tool_choice=choice))
+    without, chosen = server.requests  # the fake refuses a tool_choice OpenAI would refuse
+    assert not {"tool_choice", "parallel_tool_calls"} & set(without)  # None: sent as before
+    assert {k: chosen.pop(k) for k in sent} == sent
+    assert chosen == without
+
+
+def test_without_tools_only_a_forced_choice_is_sent_and_the_server_refuses_it(server) -> None:
+    be = backend(server)
+    bare = ModelRequest(MODEL, SYSTEM, [], [user("go")], 50, tool_choice=ToolChoice("none"))
+    be.complete(bare)  # "none" without tools is what happens anyway: nothing to send
+    assert "tool_choice" not in server.requests[0]
+    with pytest.raises(BackendError, match="only allowed when 'tools' are specified"):
+        be.complete(
+            ModelRequest(MODEL, SYSTEM, [], [user("go")], 50, tool_choice=ToolChoice("any"))
+        )
+
+
+def test_the_text_format_never_sends_a_tool_choice() -> None:
+    forced = ToolChoice("tool", "list_files", parallel=False)
+    with FakeOpenAI() as server:
+        be = backend(server, parse_config({"openai": {"tool_format": "text"}}, "c"))
+        be.complete(request([user("go")], tool_choice=forced))
+        assert not {"tools", "tool_choice", "parallel_tool_calls"} & set(server.requests[0])
+    # Nor the retry in text format after a server refused function calling.
+    with FakeOpenAI(supports_tools=False) as server:
+        backend(server).complete(request([user("go")], tool_choice=forced))
+        first, retry = server.requests
+        assert first["tool_choice"]["function"] == {"name": "list_files"}
+        assert not {"tools", "tool_choice", "parallel_tool_calls"} & set(retry)
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ({"tool_choice": "any"}, "Supported values are: 'none', 'auto', 'required'"),
+        ({"tool_choice": {"type": "function", "function": {"name": "rm"}}}, "'rm' is not in"),
+        ({"tool_choice": {"type": "tool", "name": "read_file"}}, "Invalid 'tool_choice'"),
+        ({"parallel_tool_calls": "no"}, "expected a boolean"),
+    ],
+)
+def test_the_fake_refuses_a_tool_choice_as_a_real_server_does(server, extra, named) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=server.base_url, api_key="none", max_retries=0)
+    tools = [{"type": "function", "function": {"name": "read_file", "parameters": {}}}]
+    with pytest.raises(openai.BadRequestError, match=named):
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "go"}], tools=tools, **extra
+        )
 
 
 def test_a_server_that_reports_no_cached_count_is_unknown_not_a_miss(tmp_path) -> None:

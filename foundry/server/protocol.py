@@ -2,9 +2,10 @@
 request, and the Message JSON, usage and error shapes that go back.
 
 Fields foundry cannot honour are accepted and ignored (IGNORED_FIELDS; docs/serve.md lists
-them); content a text model cannot read (images, documents) is refused with a 400 that names
-the block. Message block dicts keep their `cache_control`, which is where the local backend
-reads the client's cache breakpoints from.
+them). `tool_choice` is checked as the API checks it and travels on the request, for the
+backend to constrain the model's calls. Content a text model cannot read (images,
+documents) is refused with a 400 that names the block. Message block dicts keep their
+`cache_control`, which is where the local backend reads the client's cache breakpoints from.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from foundry.backends.base import Message, ToolSpec
+from foundry.backends.base import Message, ToolChoice, ToolSpec
 from foundry.local.chat import ClientRequest
 from foundry.usage import Usage
 
@@ -37,7 +38,6 @@ IGNORED_FIELDS = frozenset(
         "context_management",
         "output_config",
         "service_tier",
-        "tool_choice",
         "top_k",
         "top_p",
         "container",
@@ -56,6 +56,7 @@ KNOWN_FIELDS = IGNORED_FIELDS | {
     "messages",
     "system",
     "tools",
+    "tool_choice",
     "stream",
     "temperature",
     "stop_sequences",
@@ -64,6 +65,7 @@ KNOWN_FIELDS = IGNORED_FIELDS | {
 # Assistant blocks a client sends back from Claude's own replies; a local model made none.
 DROPPED_BLOCKS = frozenset({"thinking", "redacted_thinking"})
 UNREADABLE_BLOCKS = frozenset({"image", "document", "search_result", "container_upload"})
+TOOL_CHOICE_TYPES = ("auto", "any", "tool", "none")
 SYSTEM_SEPARATOR = "\n\n"
 # Claude Code's first system block is billing metadata with a hash of each request in it
 # ("cc_version=2.1.197.ffc"): as prompt text it would make every request's prefix differ
@@ -215,6 +217,35 @@ def _tools(value: Any) -> tuple[list[ToolSpec], list[dict[str, Any]]]:
     return specs, kept
 
 
+def _tool_choice(value: Any, tools: list[ToolSpec]) -> ToolChoice | None:
+    """The API's tool_choice, checked against the request's own tools; None when absent."""
+    if value is None:
+        return None
+    _need(value, dict, "tool_choice", 'must be an object, e.g. {"type": "auto"}')
+    kind = value.get("type")
+    if kind not in TOOL_CHOICE_TYPES:
+        allowed = ", ".join(repr(t) for t in TOOL_CHOICE_TYPES)
+        raise invalid(f"tool_choice.type: must be one of {allowed}, not {kind!r}")
+    single = value.get("disable_parallel_tool_use", False)
+    _need(single, bool, "tool_choice.disable_parallel_tool_use", "must be true or false")
+    names = [t.name for t in tools]
+    if kind in ("any", "tool") and not names:
+        raise invalid(
+            f"tool_choice: type {kind!r} requires tools, and this request has none the model "
+            "can call; send `tools`, or use type 'auto' or 'none'"
+        )
+    name = None
+    if kind == "tool":
+        what = f"is required with type 'tool': the tool to call, one of {', '.join(names)}"
+        name = _need(value.get("name"), str, "tool_choice.name", what)
+        if name not in names:
+            raise invalid(
+                f"tool_choice.name: {name!r} is not one of this request's tools; "
+                f"use one of {', '.join(names)}"
+            )
+    return ToolChoice(kind, name, parallel=not single)
+
+
 def _strip_cache_control(value: Any) -> Any:
     """A copy without cache_control anywhere: it never changes what a model answers."""
     if isinstance(value, dict):
@@ -241,6 +272,7 @@ def parse_request(
         if not b["text"].startswith(BILLING_HEADER)
     ]
     tools, tool_identity = _tools(body.get("tools"))
+    tool_choice = _tool_choice(body.get("tool_choice"), tools)
     temperature = body.get("temperature")
     if temperature is not None:
         _need(temperature, (int, float), "temperature", "must be a number")
@@ -275,6 +307,7 @@ def parse_request(
         messages=messages,
         max_tokens=max_tokens,
         temperature=temperature,
+        tool_choice=tool_choice,
         system_breakpoints=tuple(breakpoints),
         stop_sequences=tuple(stops),
     )
@@ -282,6 +315,7 @@ def parse_request(
         "model": served_model,
         "system": system,
         "tools": tool_identity,
+        "tool_choice": tool_choice.to_anthropic() if tool_choice else None,
         "messages": _strip_cache_control([m.to_dict() for m in messages]),
         "max_tokens": max_tokens,
         "stop_sequences": stops,

@@ -7,6 +7,8 @@ The rules modelled (Anthropic prompt-caching docs; see docs/claude-backend.md):
 * A breakpoint WRITES one entry: a hash of the byte-exact prefix ending at that block
   (the `cache_control` markers themselves are not part of the hash), for this model and
   this API key. Below the model's minimum cacheable length nothing is written, silently.
+* tool_choice is part of the message blocks' prefix, not of tools' or system's: changing it
+  (or sending it where the last request did not) misses from the first message on.
 * A breakpoint READS by looking back at most 20 block positions (itself included) for an
   entry a previous response wrote; the furthest hit of all breakpoints is the read point.
 * Entries become readable once the writing response has started (commit()), expire after
@@ -112,6 +114,8 @@ def flatten(body: dict[str, Any]) -> list[FlatBlock]:
     for i, block in enumerate(system or []):
         ident = "S" + compact_json(_without_cache_control(block))
         add(f"system[{i}]", block, block_tokens(block), ident)
+    choice = body.get("tool_choice")
+    head = "C" + compact_json(choice) if choice is not None else ""
     for m, message in enumerate(body.get("messages") or []):
         content = message.get("content")
         if isinstance(content, str):
@@ -119,9 +123,10 @@ def flatten(body: dict[str, Any]) -> list[FlatBlock]:
         for b, block in enumerate(content or []):
             overhead = MESSAGE_OVERHEAD if b == 0 else 0
             # The role and message boundary are part of the prefix, not just the block bytes.
-            ident = f"M{message.get('role')}{'|' if b == 0 else ''}" + compact_json(
+            ident = f"{head}M{message.get('role')}{'|' if b == 0 else ''}" + compact_json(
                 _without_cache_control(block)
             )
+            head = ""  # once, before the first message block
             add(f"messages[{m}].content[{b}]", block, block_tokens(block) + overhead, ident)
     top = body.get("cache_control")
     if top is not None and blocks and blocks[-1].ttl is None:

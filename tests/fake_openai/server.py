@@ -42,6 +42,7 @@ FAULTS = {
     "error",
     "pings",
 }
+CHOICE_MODES = ("none", "auto", "required")
 CONTEXT_MESSAGE = (
     "This model's maximum context length is 2048 tokens. However, you requested 4096 tokens "
     "(4000 in the messages, 96 in the completion). Please reduce the length of the messages."
@@ -170,6 +171,30 @@ class FakeOpenAI:
         return usage
 
 
+def _tool_choice_problem(body: dict[str, Any]) -> str | None:
+    """OpenAI's (and vLLM's) checks of tool_choice and parallel_tool_calls: a mode or a named
+    function among the tools, and neither without tools."""
+    names = [t.get("function", {}).get("name") for t in body.get("tools") or []]
+    for field in ("tool_choice", "parallel_tool_calls"):
+        if field in body and not names:
+            return f"Invalid value for '{field}': only allowed when 'tools' are specified."
+    parallel = body.get("parallel_tool_calls", True)
+    if not isinstance(parallel, bool):
+        return f"Invalid type for 'parallel_tool_calls': expected a boolean, got {parallel!r}."
+    choice = body.get("tool_choice", "auto")
+    if isinstance(choice, str):
+        if choice in CHOICE_MODES:
+            return None
+        modes = ", ".join(repr(m) for m in CHOICE_MODES)
+        return f"Invalid value for 'tool_choice': {choice!r}. Supported values are: {modes}."
+    function = choice.get("function") if isinstance(choice, dict) else None
+    if not isinstance(function, dict) or choice.get("type") != "function":
+        return "Invalid 'tool_choice': a mode, or {'type': 'function', 'function': {'name': ...}}."
+    if function.get("name") not in names:
+        return f"Invalid 'tool_choice': function {function.get('name')!r} is not in 'tools'."
+    return None
+
+
 def _make_handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
     class Handler(_Handler):
         server_fake = fake
@@ -237,6 +262,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, f"The model `{body.get('model')}` does not exist.")
         if body.get("tools") and not fake.supports_tools:
             return self._error(500, "tools param requires --jinja flag")  # llama.cpp's words
+        problem = _tool_choice_problem(body)
+        if problem:
+            return self._error(400, problem)
         kind, options = fake._fault()
         if kind in ("rate_limit", "server_error", "overloaded", "error", "context"):
             status = {"rate_limit": 429, "server_error": 500, "overloaded": 503}.get(kind, 400)

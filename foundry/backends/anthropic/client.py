@@ -192,6 +192,8 @@ class AnthropicBackend:
             params["tools"] = layout.tools
         if layout.system:
             params["system"] = layout.system
+        if request.tool_choice is not None:  # absent: the API's default, and existing bodies
+            params["tool_choice"] = request.tool_choice.to_anthropic()
         if request.temperature is not None:  # not a typed argument in SDK 2.12
             params["extra_body"] = {"temperature": request.temperature}
         return params

@@ -7,7 +7,8 @@ too), the tools (sorted by name, schema keys sorted), then the conversation, app
 by turn and never reordered.
 
 Tool calls go both ways in one of two formats:
-  native: OpenAI function calling (assistant `tool_calls`, role "tool" results);
+  native: OpenAI function calling (assistant `tool_calls`, role "tool" results), with the
+          request's tool choice as `tool_choice` / `parallel_tool_calls`;
   text:   foundry's <tool_call>{json}</tool_call> format (foundry.local.tool_calls), for
           servers or models without function calling.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from foundry.backends.base import Block, Message, ModelRequest, ToolSpec
+from foundry.backends.base import Block, Message, ModelRequest, ToolChoice, ToolSpec
 from foundry.local.tool_calls import (
     TAG_OPEN,
     new_tool_use_id,
@@ -28,6 +29,7 @@ from foundry.local.tool_calls import (
 
 ToolFormat = Literal["native", "text"]
 ERROR_PREFIX = "Error: "  # role "tool" has no is_error flag; the text says it instead
+CHOICE_MODES = {"auto": "auto", "any": "required", "none": "none"}  # Anthropic's → OpenAI's
 
 
 def _sorted_keys(value: Any) -> Any:
@@ -47,6 +49,23 @@ def function_tool(tool: ToolSpec) -> dict[str, Any]:
             "parameters": _sorted_keys(tool.input_schema),
         },
     }
+
+
+def tool_choice_params(choice: ToolChoice | None, has_tools: bool) -> dict[str, Any]:
+    """`tool_choice` and `parallel_tool_calls` for function calling; {} leaves the server's
+    default. OpenAI refuses either without `tools`; there "auto" and "none" change nothing,
+    so they are left out, while a forced choice is sent for the server to refuse rather than
+    dropped without a word."""
+    if choice is None or (not has_tools and choice.type not in ("any", "tool")):
+        return {}
+    params: dict[str, Any] = {
+        "tool_choice": {"type": "function", "function": {"name": choice.name}}
+        if choice.type == "tool"
+        else CHOICE_MODES[choice.type]
+    }
+    if not choice.parallel and choice.type != "none":
+        params["parallel_tool_calls"] = False
+    return params
 
 
 def system_text(request: ModelRequest, tool_format: ToolFormat) -> str:
@@ -132,6 +151,8 @@ def request_params(
     }
     if tool_format == "native" and request.tools:
         params["tools"] = [function_tool(t) for t in sorted(request.tools, key=lambda t: t.name)]
+    if tool_format == "native":  # the text format describes tools in the prompt: no choice
+        params |= tool_choice_params(request.tool_choice, bool(request.tools))
     if request.temperature is not None:
         params["temperature"] = request.temperature
     return params
