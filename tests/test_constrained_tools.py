@@ -111,7 +111,9 @@ def test_any_every_reply_is_a_valid_call(model_dir, tmp_path) -> None:
     ended_early = 0
     for response in replies(b, ToolChoice("any")):
         if response.stop_reason == "max_tokens":  # a string ran to the output limit
-            assert not any(block["type"] == "tool_use" for block in response.content)
+            # The cut call stays text and is never run; the whole calls before it are valid.
+            for call in (block for block in response.content if block["type"] == "tool_use"):
+                jsonschema.validate(call["input"], SCHEMAS[call["name"]])
             continue
         assert_valid_calls(response, set(SCHEMAS))
         assert b.last_cache_event["constrained"] is True
@@ -298,3 +300,31 @@ def test_strict_schema_only_narrows() -> None:
     assert strict["enum"] == schema["enum"]  # data, not a schema
     open_schema = {"type": "object", "properties": {}, "additionalProperties": True}
     assert strict_schema(open_schema) == open_schema
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_what_a_build_asks_of_a_local_model(local) -> None:
+    """One call on every turn and finish_phase (with what the phase's finish needs) on the
+    last, for a local model; Claude is left to choose."""
+    from types import SimpleNamespace
+
+    from foundry.orchestrator.metered import ModelSession
+
+    session = ModelSession(
+        backend=SimpleNamespace(local=local),  # type: ignore[arg-type]
+        ledger=None,  # type: ignore[arg-type]
+        build_id="b",
+        pricing=None,  # type: ignore[arg-type]
+        system="s",
+        tools=list(TOOL_SPECS),
+        max_tokens=64,
+        ttl=None,
+        events=None,  # type: ignore[arg-type]
+    )
+    turn = session.tool_choice(last_turn=False)
+    last = session.tool_choice(last_turn=True, finish_requires=("test_command",))
+    if local:
+        assert turn == ToolChoice("any", parallel=False)
+        assert last == ToolChoice("tool", "finish_phase", required=("test_command",))
+    else:
+        assert turn is None and last is None

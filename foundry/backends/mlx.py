@@ -599,8 +599,8 @@ class MLXBackend:
             {"type": "tool_use", "id": new_tool_use_id(), "name": c["name"], "input": c["input"]}
             for c in reply.calls
         ]
-        if reply.calls:
-            stop = "tool_use"
+        if reply.calls and not (hit_max and reply.errors):
+            stop = "tool_use"  # (a call the output limit cut short makes it max_tokens)
         elif self.last_stop_sequence is not None:
             stop = "stop_sequence"
         else:

@@ -228,16 +228,17 @@ class ModelSession:
     def tool_choice(
         self, *, last_turn: bool, finish_requires: tuple[str, ...] = ()
     ) -> ToolChoice | None:
-        """What a turn's reply must call. A local model must call a tool every turn, and
-        finish_phase on its last (a phase's turns are all tool calls; a text-only turn is a
-        wasted one, and small models otherwise ramble to the output limit), with the
-        arguments the phase's finish needs. Claude keeps "auto": forcing a call would stop
-        it writing its reasoning before the call."""
+        """What a turn's reply must call. A local model must make one tool call every turn,
+        and call finish_phase on its last, with the arguments the phase's finish needs: a
+        phase's turns are all tool calls, a text-only turn is a wasted one, and a small
+        model otherwise rambles, or repeats a call, up to the output limit. One call per
+        turn also lets it see each result before its next call. Claude keeps "auto":
+        forcing a call would stop it writing its reasoning before the call."""
         if not self.backend.local:
             return None
         if last_turn and FINISH_PHASE in self.tools:
             return ToolChoice("tool", FINISH_PHASE.name, required=finish_requires)
-        return ToolChoice("any")
+        return ToolChoice("any", parallel=False)
 
     def send(
         self,
