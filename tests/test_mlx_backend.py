@@ -337,3 +337,24 @@ def test_the_system_turn_appends_compact_schemas_and_no_second_format_text(
     assert b._renderer.render(again).prefix == b._renderer.render(req).prefix
     # A system prompt that does not teach the format gets the short note.
     assert FALLBACK_FORMAT in b._renderer.system_text(request())
+
+
+def test_a_reply_stuck_in_a_loop_stops_early(model_dir, tmp_path) -> None:
+    """The tiny random model, greedy, falls into a short cycle at once: the reply stops
+    after a few cycles, cut short (max_tokens), instead of running to its limit."""
+    b = backend(model_dir, config(tmp_path))
+    response = b.complete(request(max_tokens=900))
+    assert b.last_cache_event.get("looped") is True
+    assert response.stop_reason == "max_tokens"
+    assert response.usage.output_tokens < 200
+
+
+def test_looping() -> None:
+    from foundry.local.engine import looping
+
+    assert looping([7] * 64) and not looping([7] * 63)
+    assert looping([1, 2, 3] * 22) and looping([5, 9] + [1, 2, 3] * 22)
+    cycle = list(range(16))
+    assert looping(cycle * 8) and not looping(cycle * 7)
+    assert not looping(list(range(200)))
+    assert not looping(list(range(17)) * 8)  # a cycle longer than LOOP_PERIOD

@@ -442,6 +442,9 @@ class MLXBackend:
         self._pool.put(held, cache)
         self._active = None
         usage = self._usage(rendered, event, times, ttft, started, times.generated)
+        if times.looped:
+            self.last_cache_event["looped"] = True
+            log.info("the reply was repeating itself: stopped after %d tokens", times.generated)
         if constraint is not None:
             self._note_constraint(constraint.cost, times)
         self.last_stop_sequence = gate.hit

@@ -191,6 +191,26 @@ def sample(logits: Any, temperature: float) -> int:
     return int(mx.random.categorical(logits * (1.0 / temperature)).item())
 
 
+# A reply whose last LOOP_SPAN tokens (or more) repeat one cycle of at most LOOP_PERIOD
+# tokens, LOOP_REPEATS times or more, is stuck: greedy decoding of a small model never
+# leaves such a loop, and it would run to max_tokens (minutes on a CPU).
+LOOP_PERIOD = 16
+LOOP_REPEATS = 8
+LOOP_SPAN = 64
+
+
+def looping(tokens: list[int]) -> bool:
+    """Whether the tail of `tokens` is one short cycle repeated (see LOOP_PERIOD)."""
+    for period in range(1, LOOP_PERIOD + 1):
+        span = max(LOOP_SPAN, period * LOOP_REPEATS)
+        if len(tokens) < span:
+            return False
+        tail = tokens[-span:]
+        if tail[period:] == tail[:-period]:
+            return True
+    return False
+
+
 @dataclass
 class StepTimes:
     prefill_s: float = 0.0
@@ -199,6 +219,7 @@ class StepTimes:
     generated: int = 0
     ended_on_eos: bool = False  # False: stopped by max_tokens
     forward_passes: int = 0  # decode steps; fewer than tokens when a grammar forced some
+    looped: bool = False  # stopped early: the reply was repeating itself
 
 
 class TokenPicker:
@@ -249,8 +270,8 @@ def generate_tokens(
     stop: Callable[[], bool] | None = None,
     constraint: Any = None,
 ) -> Iterator[int]:
-    """Prefill `new_tokens`, then yield sampled tokens until EOS, max_tokens, or the end of
-    what `constraint` (a ToolConstraint) allows.
+    """Prefill `new_tokens`, then yield sampled tokens until EOS, max_tokens, the end of
+    what `constraint` (a ToolConstraint) allows, or a loop (see `looping`).
 
     Tokens a constraint forces are yielded like sampled ones but enter the model together,
     in one forward pass. `fed(token)` is called for every token that enters the KV cache, so
@@ -272,6 +293,7 @@ def generate_tokens(
     token = picker.pick(logits)
     times.first_token_s = time.perf_counter() - started
     gen_started = time.perf_counter()
+    reply: list[int] = []
     while times.generated < max_tokens:
         if token is None:  # the grammar is complete
             times.ended_on_eos = True
@@ -286,6 +308,10 @@ def generate_tokens(
             yield each
         if picker.finished:
             times.ended_on_eos = True
+            break
+        reply += step
+        if looping(reply):
+            times.looped = True
             break
         if times.generated >= max_tokens:
             break
