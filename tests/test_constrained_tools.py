@@ -328,3 +328,25 @@ def test_what_a_build_asks_of_a_local_model(local) -> None:
         assert last == ToolChoice("tool", "finish_phase", required=("test_command",))
     else:
         assert turn is None and last is None
+
+
+def test_a_call_stuck_in_a_loop_is_wound_up(tmp_path, tmp_path_factory) -> None:
+    """The sharp tiny model, greedy, repeats one token inside the path string forever; the
+    loop is caught and the call steered to its end: a valid call, not a cut-off reply."""
+    from tests.tiny_model import build_tiny_model
+
+    sharp = build_tiny_model(tmp_path_factory.mktemp("sharp") / "model")
+    b = backend(sharp, config(tmp_path, temperature=0.0))
+    read = next(t for t in TOOL_SPECS if t.name == "read_file")
+    ask = ModelRequest(
+        "tiny",
+        SYSTEM,
+        [read],
+        [Message("user", [{"type": "text", "text": "Read the notes"}])],
+        max_tokens=384,
+        tool_choice=ToolChoice("tool", "read_file"),
+    )
+    response = b.complete(ask)
+    assert b.last_cache_event.get("wound_up") is True
+    assert_valid_calls(response, {"read_file"})
+    assert response.usage.output_tokens < 200

@@ -442,6 +442,9 @@ class MLXBackend:
         self._pool.put(held, cache)
         self._active = None
         usage = self._usage(rendered, event, times, ttft, started, times.generated)
+        if times.wound_up:
+            self.last_cache_event["wound_up"] = True
+            log.info("the reply was repeating itself in a tool call: the call was closed")
         if times.looped:
             self.last_cache_event["looped"] = True
             log.info("the reply was repeating itself: stopped after %d tokens", times.generated)

@@ -21,6 +21,9 @@ from foundry.errors import LocalModelError
 from foundry.local.tool_grammar import CallFormat, tool_call_grammar
 
 log = logging.getLogger(__name__)
+# The first bytes of tokens that close a JSON string, object or array. Inside a string a
+# token that starts with '"' always closes it (an escaped quote starts with a backslash).
+CLOSING_BYTES = b'"}]'
 
 
 def import_llguidance() -> Any:
@@ -49,6 +52,15 @@ def hf_grammar_tokenizer(hf_tokenizer: Any, n_vocab: int, eos: list[int]) -> Any
         ) from None
 
 
+def closing_tokens(grammar_tokenizer: Any) -> np.ndarray:
+    """A mask of the tokens that start by closing a JSON string, object or array."""
+    closers = np.zeros(int(grammar_tokenizer.vocab_size), dtype=bool)
+    for token in range(len(closers)):
+        text = grammar_tokenizer.decode_bytes([token])
+        closers[token] = bool(text) and text[0] in CLOSING_BYTES
+    return closers
+
+
 @dataclass
 class MaskCost:
     """What masking cost in one reply: for the per-token overhead figure."""
@@ -65,13 +77,17 @@ class MaskCost:
 class ToolConstraint:
     """One reply's grammar state: built from the request's tools and tool_choice."""
 
-    def __init__(self, grammar_tokenizer: Any, grammar: str) -> None:
+    def __init__(
+        self, grammar_tokenizer: Any, grammar: str, closers: np.ndarray | None = None
+    ) -> None:
         llguidance = import_llguidance()
         self.matcher = llguidance.LLMatcher(grammar_tokenizer, grammar, log_level=0)
         if self.matcher.is_error():
             raise ValueError(self.matcher.get_error())
         self.n_vocab = int(grammar_tokenizer.vocab_size)
         self.cost = MaskCost()
+        self.closers = closers
+        self.closing = False  # steering the call to its end (see wind_up)
 
     @classmethod
     def for_request(
@@ -80,13 +96,14 @@ class ToolConstraint:
         tools: list[ToolSpec],
         choice: ToolChoice | None,
         fmt: CallFormat,
+        closers: np.ndarray | None = None,
     ) -> ToolConstraint | None:
         """The constraint for a request, or None (logged) when no grammar can be built: the
         strict schemas first, then leniently (unimplemented keywords ignored)."""
         for lenient in (False, True):
             grammar = tool_call_grammar(tools, choice, fmt, lenient=lenient)
             try:
-                return cls(grammar_tokenizer, grammar)
+                return cls(grammar_tokenizer, grammar, closers)
             except ValueError as exc:
                 problem = str(exc)
         log.warning("tool calls are not constrained for this request: %s", problem)
@@ -102,9 +119,23 @@ class ToolConstraint:
         started = time.perf_counter()
         bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
         mask = np.unpackbits(bits, bitorder="little")[: self.n_vocab].astype(bool)
+        if self.closing and self.closers is not None:
+            closing = mask & self.closers
+            if closing.any():
+                mask = closing
         self.cost.mask_s += time.perf_counter() - started
         self.cost.masks += 1
         return mask
+
+    def wind_up(self) -> bool:
+        """Steer the rest of the reply to the end of its call: from now on, where the grammar
+        allows a token that closes a string, object or array, only those. For a model stuck
+        in a loop inside an argument: the call then ends, valid, instead of being cut off.
+        False when it is already winding up (or cannot)."""
+        if self.closing or self.closers is None:
+            return False
+        self.closing = True
+        return True
 
     def accept(self, token: int) -> list[int]:
         """Advance past a sampled token; returns the tokens the grammar now forces (already
@@ -128,6 +159,7 @@ class ToolGrammars:
         self.fmt = fmt
         self.enabled = enabled
         self._tokenizer: Any = None
+        self._closers: np.ndarray | None = None
         self._warned = False
 
     def for_request(self, request: ModelRequest) -> ToolConstraint | None:
@@ -144,6 +176,7 @@ class ToolGrammars:
             return None
         if self._tokenizer is None:
             self._tokenizer = self.make_tokenizer()
+            self._closers = closing_tokens(self._tokenizer)
         return ToolConstraint.for_request(
-            self._tokenizer, request.tools, request.tool_choice, self.fmt
+            self._tokenizer, request.tools, request.tool_choice, self.fmt, self._closers
         )

@@ -220,6 +220,7 @@ class StepTimes:
     ended_on_eos: bool = False  # False: stopped by max_tokens
     forward_passes: int = 0  # decode steps; fewer than tokens when a grammar forced some
     looped: bool = False  # stopped early: the reply was repeating itself
+    wound_up: bool = False  # a loop inside a call: the call was steered to its end
 
 
 class TokenPicker:
@@ -246,6 +247,10 @@ class TokenPicker:
             return None
         return sample(mx.where(mx.array(allowed), logits, -mx.inf), self.temperature)
 
+    def wind_up(self) -> bool:
+        """Steer a constrained reply to the end of its call; False if it cannot."""
+        return self.constraint is not None and bool(self.constraint.wind_up())
+
     def accept(self, token: int) -> list[int]:
         """Tell the grammar what was sampled; returns the tokens it forces next."""
         if self.constraint is None:
@@ -271,7 +276,8 @@ def generate_tokens(
     constraint: Any = None,
 ) -> Iterator[int]:
     """Prefill `new_tokens`, then yield sampled tokens until EOS, max_tokens, the end of
-    what `constraint` (a ToolConstraint) allows, or a loop (see `looping`).
+    what `constraint` (a ToolConstraint) allows, or a loop (see `looping`). A loop inside a
+    constrained call first winds the call up (see ToolConstraint.wind_up); a second stops.
 
     Tokens a constraint forces are yielded like sampled ones but enter the model together,
     in one forward pass. `fed(token)` is called for every token that enters the KV cache, so
@@ -311,8 +317,12 @@ def generate_tokens(
             break
         reply += step
         if looping(reply):
-            times.looped = True
-            break
+            if picker.wind_up():
+                times.wound_up = True
+                reply = []
+            else:
+                times.looped = True
+                break
         if times.generated >= max_tokens:
             break
         logits = loaded.model(mx.array([step]), cache=cache)[:, -1, :]
