@@ -1,0 +1,275 @@
+"""Local engines side by side on SmolLM2-135M with the packaged prompt (issue 16):
+  mlx       foundry's mlx backend (fp32 weights + OpenBLAS on Linux)
+  raw       llama-cpp-python alone, without foundry (the Q4_1 GGUF, f16 KV, all cores)
+  llamacpp  foundry's llamacpp backend (the same GGUF through foundry)
+
+The same token ids for all three: the scout phase's first request as a build renders it
+(~6.2k tokens: the static prefix + the dynamic part). Every figure is measured in a fresh
+process, and the engines take turns within each round:
+  * cold prefill: prompt tokens / time to first token, nothing saved (foundry also saves the
+    static prefix on the way, as a build does);
+  * warm TTFT: a new process restores the saved static prefix and prefills the rest;
+  * decode: tokens per second over the reply at ~6.2k context, in cold and warm runs
+    (greedy, constraints off, so every engine runs the same plain decode steps; foundry
+    stops at an end token, raw runs all --decode steps).
+Goals: llamacpp within 0.9x of raw on every figure; against mlx at least 2.4x (prefill),
+3x (warm TTFT) and 4x (decode).
+
+Run:  FOUNDRY_HOME=/tmp/bench-home nice -n 19 .venv/bin/python bench/local_engines_bench.py
+        [--engines mlx,raw,llamacpp] [--rounds 2] [--decode 64] [--threads N] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.prefix_cache_bench import first_turn, request, static_and_dynamic  # noqa: E402
+from foundry.backends.llamacpp import LlamaCppBackend  # noqa: E402
+from foundry.backends.mlx import MLXBackend  # noqa: E402
+from foundry.config import FoundryConfig  # noqa: E402
+from foundry.local.model_dirs import DEFAULT_MODEL  # noqa: E402
+
+ENGINES = ("mlx", "raw", "llamacpp")
+FIGURES = ("cold_prefill_tok_s", "warm_ttft_s", "decode_tok_s")
+
+
+def prompt_request(decode: int):
+    static, dynamic = static_and_dynamic()
+    return request(static, first_turn(dynamic), decode)
+
+
+def bench_config(store: Path, decode: int) -> FoundryConfig:
+    return FoundryConfig.model_validate(
+        {
+            "prefix_cache": {"dir": str(store)},
+            "mlx": {"max_tokens": max(decode, 1), "constrained_tools": False},
+        }
+    )
+
+
+# -- workers: one measurement each, in their own process ---------------------------------------
+
+
+def foundry_worker(
+    engine: str, phase: str, store: Path, decode: int, threads: int | None
+) -> dict[str, Any]:
+    if threads:  # the config has no llama.cpp thread setting (yet)
+        import foundry.local.llamacpp_engine as llamacpp_engine
+
+        llamacpp_engine.default_threads = lambda: threads
+    Backend = MLXBackend if engine == "mlx" else LlamaCppBackend
+    backend = Backend(bench_config(store, decode), DEFAULT_MODEL)
+    backend.load()
+    usage = backend.complete(prompt_request(decode)).usage
+    prompt = usage.total_input_tokens
+    ttft_s = (usage.ttft_ms or 0.0) / 1000
+    row = {
+        "prompt_tokens": prompt,
+        "reused": usage.cache_read_tokens,
+        "ttft_s": ttft_s,
+        "decode_tok_s": usage.generation_tokens_per_s,
+        "generated": usage.output_tokens,
+        "source": backend.last_cache_event.get("source"),
+    }
+    if phase == "cold":
+        row["cold_prefill_tok_s"] = prompt / ttft_s
+    else:
+        row["warm_ttft_s"] = ttft_s
+    return row
+
+
+def raw_worker(
+    phase: str, state_file: Path, ids_file: Path, decode: int, threads: int | None
+) -> dict[str, Any]:
+    """llama-cpp-python's own API: Llama.eval, the last position's logits, argmax, and the
+    sequence state saved with llama_state_seq_get_data."""
+    import ctypes
+
+    import llama_cpp
+    import numpy as np
+
+    from foundry.local.llamacpp_models import find_gguf
+
+    spec = json.loads(ids_file.read_text())
+    tokens, n_prefix = spec["tokens"], spec["prefix"]
+    threads = threads or len(os.sched_getaffinity(0))
+    llm = llama_cpp.Llama(
+        str(find_gguf(DEFAULT_MODEL)),
+        n_ctx=0,
+        n_threads=threads,
+        n_threads_batch=threads,
+        verbose=False,
+    )
+    n_vocab = llm.n_vocab()
+
+    def last_logits() -> Any:
+        pointer = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+        return np.ctypeslib.as_array(pointer, shape=(n_vocab,))
+
+    def decode_rate(token: int) -> float | None:
+        """Greedy steps after the first token, timed as foundry times them (the first token
+        came with the prefill); end tokens are not special here."""
+        started = time.perf_counter()
+        for _ in range(decode - 1):
+            llm.eval([token])
+            token = int(np.argmax(last_logits()))
+        return decode / (time.perf_counter() - started) if decode > 1 else None
+
+    started = time.perf_counter()
+    if phase == "warm":
+        data = bytearray(state_file.read_bytes())
+        buffer = (ctypes.c_uint8 * len(data)).from_buffer(data)
+        assert llama_cpp.llama_state_seq_set_data(llm.ctx, buffer, len(data), 0) == len(data)
+        llm.n_tokens = n_prefix
+        llm.eval(tokens[n_prefix:])
+        token = int(np.argmax(last_logits()))
+        ttft_s = time.perf_counter() - started
+        return {"warm_ttft_s": ttft_s, "reused": n_prefix, "decode_tok_s": decode_rate(token)}
+    llm.eval(tokens)
+    token = int(np.argmax(last_logits()))
+    ttft_s = time.perf_counter() - started
+    rate = decode_rate(token)
+    llm._ctx.kv_cache_seq_rm(0, n_prefix, -1)  # keep the static prefix, save it
+    saved = time.perf_counter()
+    size = llama_cpp.llama_state_seq_get_size(llm.ctx, 0)
+    buffer = (ctypes.c_uint8 * size)()
+    written = llama_cpp.llama_state_seq_get_data(llm.ctx, buffer, size, 0)
+    state_file.write_bytes(bytes(buffer)[:written])
+    return {
+        "prompt_tokens": len(tokens),
+        "ttft_s": ttft_s,
+        "cold_prefill_tok_s": len(tokens) / ttft_s,
+        "decode_tok_s": rate,
+        "generated": decode,
+        "state_mb": written / 1e6,
+        "save_ms": (time.perf_counter() - saved) * 1000,
+    }
+
+
+def worker(args: argparse.Namespace) -> int:
+    work = Path(args.work)
+    if args.worker == "raw":
+        state, ids = work / "raw-state.bin", work / "ids.json"
+        row = raw_worker(args.phase, state, ids, args.decode, args.threads)
+    else:
+        store = work / f"{args.worker}-store"
+        row = foundry_worker(args.worker, args.phase, store, args.decode, args.threads)
+    print(json.dumps(row))
+    return 0
+
+
+# -- the driver --------------------------------------------------------------------------------
+
+
+def render_ids(engines: list[str], decode: int) -> dict[str, Any]:
+    """The prompt's token ids as foundry renders them (mlx's tokenizer when it runs; the
+    llamacpp renderer must agree with it, or the comparison would not be of the same work)."""
+    req = prompt_request(decode)
+    rendered: dict[str, Any] = {}
+    for engine in ("mlx", "llamacpp"):
+        if engine not in engines and not (engine == "llamacpp" and "raw" in engines):
+            continue
+        Backend = MLXBackend if engine == "mlx" else LlamaCppBackend
+        backend = Backend(bench_config(Path(tempfile.mkdtemp()), decode), DEFAULT_MODEL)
+        backend.load()
+        prompt = backend._renderer.render(req)
+        rendered[engine] = {"tokens": prompt.tokens, "prefix": len(prompt.prefix)}
+        backend.close()
+    ids = rendered.get("mlx") or rendered["llamacpp"]
+    if len(rendered) == 2:
+        same = rendered["mlx"] == rendered["llamacpp"]
+        print(f"mlx and llamacpp render the same token ids: {same}")
+    return ids
+
+
+def run_worker(engine: str, phase: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--worker", engine, "--phase", phase]
+    command += ["--work", str(work), "--decode", str(args.decode)]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{engine} {phase} failed:\n{done.stderr[-3000:]}")
+    row: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return row
+
+
+def spread(values: list[float]) -> str:
+    if not values:
+        return "-"
+    middle = statistics.median(values)
+    return f"{middle:.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--decode", type=int, default=64, help="reply tokens per cold run")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="llama.cpp threads (default: every core; on a shared machine a busy core stalls "
+        "every llama.cpp step, so fewer threads can be faster)",
+    )
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
+    parser.add_argument("--phase", choices=("cold", "warm"), help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+    engines = [e for e in args.engines.split(",") if e]
+    if "raw" in engines or "llamacpp" in engines:
+        from foundry.local.llamacpp_models import fetch_gguf, find_gguf
+
+        if find_gguf(DEFAULT_MODEL) is None:
+            fetch_gguf(DEFAULT_MODEL, progress=print)
+    ids = render_ids(engines, args.decode)
+    print(f"prompt: {ids['prefix']} static + {len(ids['tokens']) - ids['prefix']} dynamic tokens")
+    rows: dict[str, list[dict[str, Any]]] = {e: [] for e in engines}
+    for number in range(args.rounds):
+        work = {e: Path(tempfile.mkdtemp(prefix=f"engines-{e}-")) for e in engines}
+        for engine in engines:
+            (work[engine] / "ids.json").write_text(json.dumps(ids))
+        for phase in ("cold", "warm"):
+            for engine in engines:
+                row = run_worker(engine, phase, work[engine], args)
+                print(f"round {number + 1} {engine:8s} {phase}: {json.dumps(row)}", flush=True)
+                rows[engine].append({"phase": phase, **row})
+    table: dict[str, dict[str, list[float]]] = {
+        e: {f: [r[f] for r in rows[e] if r.get(f) is not None] for f in FIGURES} for e in engines
+    }
+    print("\nmedian (range) over rounds; each figure from a fresh process")
+    print(f"{'engine':10s} {'cold prefill tok/s':>24s} {'warm TTFT s':>22s} {'decode tok/s':>22s}")
+    for engine in engines:
+        cells = [spread(table[engine][f]) for f in FIGURES]
+        print(f"{engine:10s} {cells[0]:>24s} {cells[1]:>22s} {cells[2]:>22s}")
+    medians = {e: {f: statistics.median(v) for f, v in table[e].items() if v} for e in engines}
+    for a, b in (("llamacpp", "raw"), ("llamacpp", "mlx"), ("raw", "mlx")):
+        if a in medians and b in medians:
+            ratios = []
+            for figure in FIGURES:
+                x, y = medians[a].get(figure), medians[b].get(figure)
+                if x and y:
+                    ratio = y / x if figure == "warm_ttft_s" else x / y
+                    ratios.append(f"{figure} {ratio:.2f}x")
+            print(f"{a} vs {b} (higher is faster): " + ", ".join(ratios))
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "medians": medians}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,303 @@
+"""llama.cpp in-process (llama-cpp-python): load a GGUF, prefill and decode one sequence, and
+save or restore the KV state of a token prefix as bytes.
+
+State it owns: one llama.cpp context holding one sequence (seq 0), and exactly the token ids
+its KV cache holds (`tokens`), so a caller can keep the longest common prefix of the next
+prompt and drop the rest. Logits come back as numpy arrays, so a grammar mask applies to
+them as it does for mlx. Only this module and its llamacpp_* siblings import llama_cpp.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from foundry.errors import LocalModelError
+from foundry.local.engine import Cancelled, StepTimes, TokenPicker, looping
+
+PREFILL_STEP = 512  # tokens per llama_decode call while prefilling (llama.cpp's default batch)
+SEQ = 0  # the one sequence a context holds
+# KV cache element types foundry offers (llama.cpp's GGML_TYPE_* numbers); f16 is the default.
+KV_TYPES = {"f16": 1, "f32": 0, "q8_0": 8}
+INSTALL_HINT = (
+    "install the llama.cpp extra: pip install 'foundry[llamacpp]' (it compiles llama.cpp "
+    "from source: about 8 minutes on 2 cores)"
+)
+
+
+def import_llama_cpp() -> Any:
+    try:
+        import llama_cpp
+    except ImportError:
+        raise LocalModelError("llama-cpp-python is not installed", INSTALL_HINT) from None
+    return llama_cpp
+
+
+def default_threads() -> int:
+    """The cores this process may use: llama-cpp-python's own default decodes on half."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def sample(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
+    if temperature <= 0:
+        return int(np.argmax(logits))
+    scaled = (logits - np.max(logits)) / temperature
+    weights = np.exp(scaled, dtype=np.float64)
+    return int(rng.choice(len(weights), p=weights / weights.sum()))
+
+
+class NumpyPicker(TokenPicker):
+    """foundry's token picker (grammar bookkeeping included) over numpy logits."""
+
+    def __init__(self, temperature: float, constraint: Any = None, seed: int | None = None):
+        super().__init__(temperature, constraint)
+        self.rng = np.random.default_rng(seed)
+
+    def pick(self, logits: Any) -> int | None:
+        if self.constraint is not None:
+            allowed = self.constraint.allowed()
+            if not allowed.any():
+                return None
+            logits = np.where(allowed[: len(logits)], logits, -np.inf)
+        return sample(logits, self.temperature, self.rng)
+
+
+class Detokenizer:
+    """Streams text token by token; a character split across tokens waits for its last byte."""
+
+    def __init__(self, piece: Callable[[int], bytes]) -> None:
+        self.piece = piece
+        self.last_segment = ""
+        self.reset()
+
+    def reset(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.last_segment = ""
+
+    def add_token(self, token: int) -> None:
+        self.last_segment = self._decoder.decode(self.piece(token))
+
+    def finalize(self) -> None:
+        self.last_segment = self._decoder.decode(b"", final=True)
+
+
+class LlamaCppModel:
+    """A GGUF loaded into one llama.cpp context of `n_ctx` tokens (None: the file's length)."""
+
+    def __init__(
+        self,
+        path: Path,
+        name: str,
+        *,
+        n_ctx: int | None = None,
+        kv_type: str = "f16",
+        threads: int | None = None,
+    ) -> None:
+        llama_cpp = import_llama_cpp()
+        self._lib = llama_cpp
+        self.path, self.name, self.kv_type = path, name, kv_type
+        threads = threads or default_threads()
+        try:
+            self.llm = llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=n_ctx or 0,  # 0: the context length the GGUF declares
+                n_batch=PREFILL_STEP,
+                n_threads=threads,
+                n_threads_batch=threads,
+                type_k=KV_TYPES[kv_type],
+                type_v=KV_TYPES[kv_type],
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as exc:  # what llama-cpp-python raises on a bad file
+            raise LocalModelError(
+                f"llama.cpp cannot load {path}: {exc}", "check that the file is a GGUF model"
+            ) from None
+        self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
+        self.n_ctx = int(self.llm.n_ctx())  # what the KV buffer holds (llama.cpp pads it)
+        self.n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(self.llm.model))
+        self.metadata: dict[str, str] = dict(self.llm.metadata)
+        self.tokens: list[int] = []  # exactly what the KV cache of SEQ holds
+        self.detokenizer = Detokenizer(self.piece)
+        self._piece_buffer = ctypes.create_string_buffer(256)
+
+    @property
+    def version(self) -> str:
+        return str(self._lib.__version__)
+
+    # -- the vocabulary ----------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
+        """Token ids of `text`; special tokens in it (<|im_start|>) are parsed as such, and a
+        BOS is added when `add_special` and the model asks for one."""
+        return list(self.llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=True))
+
+    def piece(self, token: int, *, special: bool = False) -> bytes:
+        buffer = self._piece_buffer
+        n = self._lib.llama_token_to_piece(self.vocab, token, buffer, len(buffer), 0, special)
+        return buffer.raw[: max(n, 0)]
+
+    def special_text(self, token: int) -> str | None:
+        return self.piece(token, special=True).decode("utf-8", "replace") if token >= 0 else None
+
+    @property
+    def bos(self) -> int:
+        return int(self._lib.llama_vocab_bos(self.vocab))
+
+    @property
+    def eos(self) -> int:
+        return int(self._lib.llama_vocab_eos(self.vocab))
+
+    @property
+    def adds_bos(self) -> bool:
+        return bool(self._lib.llama_vocab_get_add_bos(self.vocab))
+
+    def is_end(self, token: int) -> bool:
+        """End of generation: EOS, EOT, <|im_end|> and the like, as the GGUF marks them."""
+        return bool(self._lib.llama_vocab_is_eog(self.vocab, token))
+
+    def end_tokens(self) -> list[int]:
+        return [t for t in range(self.n_vocab) if self.is_end(t)]
+
+    def grammar_tokenizer(self) -> Any:
+        """llguidance's view of this vocabulary (about a second; build it once per model)."""
+        from foundry.local.constrained import import_llguidance
+
+        import_llguidance()
+        from llguidance.llamacpp import lltokenizer_from_vocab
+
+        with warnings.catch_warnings():  # it calls a deprecated alias once per token
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return lltokenizer_from_vocab(self.vocab, eos_token=self.end_tokens())
+
+    # -- the sequence ------------------------------------------------------------------------
+
+    def trim(self, length: int) -> None:
+        """Keep only the first `length` tokens of the sequence in the KV cache."""
+        length = min(length, len(self.tokens))
+        self.llm._ctx.kv_cache_seq_rm(SEQ, length, -1)
+        del self.tokens[length:]
+        self.llm.n_tokens = length
+
+    def feed(
+        self,
+        tokens: list[int],
+        *,
+        stop: Callable[[], bool] | None = None,
+        step: int = PREFILL_STEP,
+    ) -> np.ndarray:
+        """Run `tokens` into the KV cache after what it holds; the last position's logits.
+        `stop()` is asked before each chunk (Cancelled); `tokens` stays exact either way."""
+        if not tokens:
+            raise ValueError("feed needs at least one token")
+        if len(self.tokens) + len(tokens) > self.n_ctx:
+            raise ValueError(f"{len(self.tokens) + len(tokens)} tokens exceed n_ctx {self.n_ctx}")
+        self.llm.n_tokens = len(self.tokens)
+        for start in range(0, len(tokens), step):
+            if stop is not None and stop():
+                raise Cancelled()
+            chunk = tokens[start : start + step]
+            self.llm.eval(chunk)  # logits of the chunk's last position only
+            self.tokens.extend(chunk)
+        pointer = self._lib.llama_get_logits_ith(self.llm.ctx, -1)
+        return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy()
+
+    def kv_bytes_per_token(self) -> int:
+        size = int(self._lib.llama_state_seq_get_size(self.llm.ctx, SEQ))
+        return size // len(self.tokens) if self.tokens else 0
+
+    def save_state(self) -> bytearray:
+        """The KV state of the whole sequence, as llama.cpp serialises it (positions included)."""
+        ctx = self.llm.ctx
+        size = int(self._lib.llama_state_seq_get_size(ctx, SEQ))
+        data = bytearray(size)
+        buffer = (ctypes.c_uint8 * size).from_buffer(data)
+        written = int(self._lib.llama_state_seq_get_data(ctx, buffer, size, SEQ))
+        del buffer  # release the export so the bytearray may be resized
+        del data[written:]
+        return data
+
+    def load_state(self, data: bytearray, tokens: list[int]) -> bool:
+        """Replace the sequence by a saved state holding exactly `tokens`; False (and an empty
+        sequence) when llama.cpp refuses it or it holds another number of positions."""
+        self.trim(0)
+        buffer = (ctypes.c_uint8 * len(data)).from_buffer(data)
+        read = int(self._lib.llama_state_seq_set_data(self.llm.ctx, buffer, len(data), SEQ))
+        del buffer
+        memory = self._lib.llama_get_memory(self.llm.ctx)
+        held = int(self._lib.llama_memory_seq_pos_max(memory, SEQ)) + 1
+        if read != len(data) or held != len(tokens):
+            self.trim(0)  # whatever part of it llama.cpp took
+            return False
+        self.tokens = list(tokens)
+        self.llm.n_tokens = len(tokens)
+        return True
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+def generate_tokens(
+    model: LlamaCppModel,
+    new_tokens: list[int],
+    *,
+    max_tokens: int,
+    temperature: float,
+    times: StepTimes,
+    stop: Callable[[], bool] | None = None,
+    constraint: Any = None,
+    seed: int | None = None,
+) -> Iterator[int]:
+    """Prefill `new_tokens`, then yield tokens until an end token, max_tokens, the end of
+    what `constraint` (a ToolConstraint) allows, or a loop (foundry.local.engine.looping).
+    Tokens the grammar forces enter the model together, in one decode call. `model.tokens`
+    always says what the KV cache holds; the caller stops between tokens by closing the
+    iterator. The loop is foundry.local.engine's generate_tokens over llama.cpp calls."""
+    picker = NumpyPicker(temperature, constraint, seed)
+    started = time.perf_counter()
+    logits = model.feed(new_tokens, stop=stop)
+    times.prefill_s = time.perf_counter() - started
+    token = picker.pick(logits)
+    times.first_token_s = time.perf_counter() - started
+    gen_started = time.perf_counter()
+    reply: list[int] = []
+    while times.generated < max_tokens:
+        if token is None:  # the grammar is complete
+            times.ended_on_eos = True
+            break
+        if model.is_end(token):
+            times.generated += 1
+            times.ended_on_eos = True
+            break
+        step = [token, *picker.accept(token)][: max_tokens - times.generated]
+        for each in step:
+            times.generated += 1
+            yield each
+        if picker.finished:
+            times.ended_on_eos = True
+            break
+        reply += step
+        if looping(reply):  # a loop inside a call winds it up; a second loop stops
+            if picker.wind_up():
+                times.wound_up = True
+                reply = []
+            else:
+                times.looped = True
+                break
+        if times.generated >= max_tokens or len(model.tokens) + len(step) > model.n_ctx:
+            break
+        logits = model.feed(step)
+        times.forward_passes += 1
+        token = picker.pick(logits)
+    times.generate_s = time.perf_counter() - gen_started

@@ -1,0 +1,244 @@
+"""The llamacpp backend on a tiny random-weight GGUF: the mlx backend's guarantees (saved
+and verified prefix, in-memory turns, usage meanings, context window, constrained calls)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from foundry.backends.base import Message, ModelRequest, ToolChoice, ToolSpec
+from foundry.config import FoundryConfig
+from foundry.errors import BackendError, LocalModelError, UsageError
+from tests.tiny_model import write_tiny_gguf
+
+pytestmark = pytest.mark.llamacpp
+READ = ToolSpec(
+    "read_file",
+    "Read a file.",
+    {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]},
+)
+SYSTEM = "You are a careful build orchestrator. " * 40
+
+
+@pytest.fixture(scope="module")
+def gguf(tiny_model_dir, tmp_path_factory) -> Path:
+    return write_tiny_gguf(tiny_model_dir, tmp_path_factory.mktemp("gguf") / "tiny.gguf")
+
+
+def config(tmp_path, **sections) -> FoundryConfig:
+    prefix_cache = {"dir": str(tmp_path / "store"), **sections.pop("prefix_cache", {})}
+    return FoundryConfig.model_validate({"prefix_cache": prefix_cache, **sections})
+
+
+def backend(gguf, cfg, **kwargs):
+    from foundry.backends.llamacpp import LlamaCppBackend
+
+    return LlamaCppBackend(cfg, str(gguf), **kwargs)
+
+
+def request(text="Build a todo app", messages=None, max_tokens=8, **kwargs) -> ModelRequest:
+    messages = messages or [Message("user", [{"type": "text", "text": text}])]
+    kwargs.setdefault("temperature", 0.0)
+    return ModelRequest("tiny", SYSTEM, [READ], messages, max_tokens=max_tokens, **kwargs)
+
+
+def assert_context_is_exact(b) -> None:
+    """The context's KV cache gives the next-token logits of a cold run over the tokens it
+    claims to hold (equal greedy replies alone would not show a stale KV entry)."""
+    from foundry.local.llamacpp_engine import LlamaCppModel
+
+    held = list(b._loaded.tokens)
+    warm = b._loaded.feed([5])
+    fresh = LlamaCppModel(b._loaded.path, "cold")
+    np.testing.assert_allclose(warm, fresh.feed([*held, 5]), atol=2e-3)
+    fresh.close()
+
+
+def test_cold_then_saved_prefix_gives_the_same_reply(gguf, tmp_path) -> None:
+    cfg = config(tmp_path)
+    plain = backend(gguf, config(tmp_path, prefix_cache={"enabled": False})).complete(request())
+    first = backend(gguf, cfg)
+    cold = first.complete(request())
+    u = cold.usage
+    assert first.last_cache_event["source"] == "computed"
+    assert u.cache_write_5m_tokens > 100 and u.cache_read_tokens == 0
+    second = backend(gguf, cfg)  # a new build: nothing in memory, the prefix on disk
+    streamed: list[str] = []
+    warm = second.complete(request(), on_text=streamed.append)
+    w = warm.usage
+    assert second.last_cache_event["source"] == "store"
+    assert w.cache_read_tokens == u.cache_write_5m_tokens and w.cache_write_5m_tokens == 0
+    assert w.input_tokens >= 1 and w.total_input_tokens == u.total_input_tokens
+    assert warm.content == cold.content == plain.content
+    assert "".join(streamed).strip() == warm.text
+    assert w.output_tokens >= 1 and w.ttft_ms > 0 and w.duration_ms >= w.ttft_ms
+    assert w.prefill_tokens_per_s > 0 and w.peak_memory_mb > 0 and w.prefill_saved_ms > 0
+    assert warm.stop_reason in ("end_turn", "max_tokens")
+    assert_context_is_exact(second)
+
+
+def test_a_corrupt_saved_prefix_is_a_miss_and_is_recomputed(gguf, tmp_path) -> None:
+    cfg = config(tmp_path)
+    cold = backend(gguf, cfg).complete(request())
+    (saved,) = (tmp_path / "store").glob("*.safetensors")
+    data = bytearray(saved.read_bytes())
+    data[-64] ^= 0xFF  # a flipped bit in the KV data loads fine: only the checksum sees it
+    saved.write_bytes(bytes(data))
+    again = backend(gguf, cfg)
+    response = again.complete(request())
+    assert again.last_cache_event["source"] == "computed"
+    assert "corrupt" in again.last_cache_event["reason"]
+    assert saved.with_name(saved.name + ".corrupt").is_file()
+    assert response.usage.cache_read_tokens == 0
+    assert response.usage.cache_write_5m_tokens == cold.usage.cache_write_5m_tokens
+    assert response.content == cold.content
+
+
+def test_turns_prefill_only_what_they_add(gguf, tmp_path) -> None:
+    b = backend(gguf, config(tmp_path))
+    messages = [Message("user", [{"type": "text", "text": "Build a todo app"}])]
+    first = b.complete(request(messages=messages))
+    prefix = first.usage.cache_write_5m_tokens
+    messages += [
+        Message("assistant", [{"type": "text", "text": "Reading the files."}]),
+        Message("user", [{"type": "text", "text": "The tests pass."}]),
+    ]
+    second = b.complete(request(messages=messages))
+    assert b.last_cache_event["source"] == "memory"
+    assert second.usage.cache_read_tokens > first.usage.total_input_tokens - 2
+    assert second.usage.input_tokens < 40 and second.usage.prefill_saved_ms > 0
+    assert_context_is_exact(b)
+    third = b.complete(request("Phase: architect"))  # a new conversation: trimmed back
+    assert prefix <= third.usage.cache_read_tokens < second.usage.cache_read_tokens
+    assert b.complete(request("Phase: architect")).usage.input_tokens == 1
+    assert_context_is_exact(b)
+    fresh = backend(gguf, config(tmp_path), reuse_conversation=False)
+    again = fresh.complete(request(messages=messages))
+    assert fresh.last_cache_event["source"] == "store"
+    assert again.usage.cache_read_tokens == prefix and again.content == second.content
+
+
+def test_tool_calls_are_valid_under_the_constraint(gguf, tmp_path) -> None:
+    """Random weights at temperature 1 (the worst case). With one call allowed and bounded
+    arguments, every reply is that call; with the build's tools, every whole call validates
+    (one cut by max_tokens stays text and is never run)."""
+    import jsonschema
+
+    from foundry.orchestrator.tools import TOOL_SPECS
+
+    bounded = ToolSpec(
+        "read_file",
+        "Read a file.",
+        {
+            "type": "object",
+            "properties": {"path": {"type": "string", "maxLength": 16}},
+            "required": ["path"],
+        },
+    )
+    b = backend(gguf, config(tmp_path))
+    one_call = ToolChoice("any", parallel=False)
+    for _ in range(6):
+        req = request(max_tokens=200, temperature=1.0, tool_choice=one_call)
+        req.tools = [bounded]
+        response = b.complete(req)
+        assert b.last_cache_event["constrained"] is True
+        assert response.stop_reason == "tool_use" and len(response.tool_uses) == 1
+        jsonschema.validate(response.tool_uses[0]["input"], bounded.input_schema)
+    # Three of the build's tools: all six overflow the tiny model's 2,048 tokens.
+    tools = [t for t in TOOL_SPECS if t.name in ("read_file", "list_files", "finish_phase")]
+    schemas = {spec.name: spec.input_schema for spec in tools}
+    for _ in range(6):
+        req = request(max_tokens=256, temperature=1.0, tool_choice=ToolChoice("any"))
+        req.tools = tools
+        response = b.complete(req)
+        # A call cut by the output limit stays text (max_tokens); whole calls are valid.
+        assert response.stop_reason in ("tool_use", "max_tokens")
+        assert response.stop_reason == "max_tokens" or response.tool_uses
+        for call in response.tool_uses:
+            jsonschema.validate(call["input"], schemas[call["name"]])
+    text_only = b.complete(request(max_tokens=30, tool_choice=ToolChoice("none")))
+    assert not text_only.tool_uses and "<tool_call>" not in text_only.text
+
+
+def test_usage_lands_on_the_ledger_as_a_local_request(gguf, tmp_path) -> None:
+    from foundry.ledger import Ledger
+    from foundry.timestamps import utc_now
+
+    b = backend(gguf, config(tmp_path))
+    usage = b.complete(request()).usage
+    with Ledger.open(tmp_path / "l.db") as ledger:
+        ledger.record_request(
+            build_id=None, phase="scout", turn=1, backend=b.name, model=b.model,
+            usage=usage, started_at=utc_now(), local=b.local,
+        )  # fmt: skip
+        row = ledger.conn.execute(
+            "SELECT backend, input_tokens, cache_read_tokens, cache_write_5m_tokens, cost_usd,"
+            " pricing_version, prefill_saved_ms FROM requests"
+        ).fetchone()
+    written = usage.cache_write_5m_tokens
+    assert row == ("llamacpp", usage.input_tokens, 0, written, 0.0, "local", 0.0)
+
+
+def test_the_context_window_is_the_files_capped_by_max_kv_size(gguf, tmp_path) -> None:
+    b = backend(gguf, config(tmp_path, models={str(gguf): {"context_window": 64}}))
+    b.load()
+    assert b.context_window == 2048  # llama.context_length of the tiny GGUF wins
+    length = b.count_request_tokens(request())
+    failures: list = []
+    small = backend(gguf, config(tmp_path, mlx={"max_kv_size": length}))
+    with pytest.raises(BackendError) as caught:
+        small.complete(request(), on_failed_attempt=failures.append)
+    assert caught.value.error_class == "context_too_long" and small.context_window == length
+    assert [f.error_class for f in failures] == ["context_too_long"]
+    assert small._loaded.tokens == []  # refused before any prefill
+    roomy = backend(gguf, config(tmp_path, mlx={"max_kv_size": length + 3}))
+    reply = roomy.complete(request(max_tokens=50))
+    assert roomy.last_cache_event["max_tokens"] == 3 and reply.usage.output_tokens <= 3
+
+
+def test_setup_errors_are_clear(gguf, tmp_path, monkeypatch) -> None:
+    from foundry.backends import llamacpp
+
+    with pytest.raises(UsageError, match="--base-url does not apply to the llamacpp backend"):
+        backend(gguf, config(tmp_path), base_url="http://127.0.0.1:9/v1")
+    with pytest.raises(LocalModelError, match="no GGUF file for local model 'nonesuch'"):
+        backend("nonesuch", config(tmp_path)).check()
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 40)
+    with pytest.raises(LocalModelError, match="cannot read bad.gguf as GGUF"):
+        backend(bad, config(tmp_path)).check()
+    assert llamacpp.LlamaCppBackend.auto_available(config(tmp_path))
+    monkeypatch.setattr(llamacpp, "is_apple_silicon", lambda: True)
+    assert not llamacpp.LlamaCppBackend.auto_available(config(tmp_path))
+
+
+def test_foundry_serve_serves_it(gguf, tmp_path, monkeypatch) -> None:
+    """The real server and the anthropic SDK over this backend. run.py creates the "mlx"
+    backend by name today; the patch stands in for choosing the local backend there."""
+    import foundry.backends.registry as registry
+    from foundry.backends.llamacpp import LlamaCppBackend
+    from tests.serve_helpers import READ_TOOL, serving, system_blocks
+
+    monkeypatch.setattr(
+        registry, "create_backend", lambda _, cfg, model: LlamaCppBackend(cfg, model)
+    )
+    with serving(gguf, tmp_path / "home") as served:
+        client = served.client()
+        ask = {
+            "model": "claude-sonnet-4-6",
+            "max_tokens": 8,
+            "system": system_blocks(),
+            "tools": [READ_TOOL],
+        }
+        first = client.messages.create(messages=[{"role": "user", "content": "Hi"}], **ask)
+        with client.messages.stream(messages=[{"role": "user", "content": "Go"}], **ask) as s:
+            streamed = "".join(s.text_stream)
+            second = s.get_final_message()
+        assert first.usage.cache_creation_input_tokens > 100
+        assert second.usage.cache_read_input_tokens >= first.usage.cache_creation_input_tokens
+        assert streamed == "".join(b.text for b in second.content if b.type == "text")
+        rows = served.ledger_rows()
+    assert [r["backend"] for r in rows] == ["llamacpp", "llamacpp"]
+    assert rows[1]["cache_read_tokens"] == second.usage.cache_read_input_tokens

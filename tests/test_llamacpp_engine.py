@@ -1,0 +1,128 @@
+"""The llama.cpp engine on a tiny random-weight GGUF: a prefix state restored in another
+process gives the logits of a cold run, trimming keeps the KV cache exact, a state that does
+not fit is refused, and constrained decoding yields valid calls."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from foundry.backends.base import ToolChoice, ToolSpec
+from foundry.local.engine import StepTimes
+from foundry.local.tool_calls import parse_tool_calls
+from foundry.local.tool_grammar import FALLBACK_FORMAT
+from tests.tiny_model import write_tiny_gguf
+
+pytestmark = pytest.mark.llamacpp
+TEXT = "You are a careful build orchestrator. Read files, write files, run the tests. " * 6
+READ = ToolSpec(
+    "read_file",
+    "Read a file.",
+    {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]},
+)
+# Prefill in other chunkings and batch sizes rounds differently; a stale or missing KV entry
+# moves these random-weight logits by whole units.
+ATOL = 2e-3
+
+
+@pytest.fixture(scope="module")
+def gguf(tiny_model_dir, tmp_path_factory) -> Path:
+    return write_tiny_gguf(tiny_model_dir, tmp_path_factory.mktemp("gguf") / "tiny.gguf")
+
+
+def load(path: Path):
+    from foundry.local.llamacpp_engine import LlamaCppModel
+
+    return LlamaCppModel(path, "tiny")
+
+
+def _restore_and_continue(path: str, state_file: str, tokens: list[int], split: int) -> list:
+    """In a fresh process: restore the saved prefix, feed the rest, return the logits."""
+    model = load(Path(path))
+    assert model.load_state(bytearray(Path(state_file).read_bytes()), tokens[:split])
+    return model.feed(tokens[split:]).tolist()
+
+
+def test_a_prefix_restored_in_a_new_process_gives_the_cold_logits(gguf, tmp_path) -> None:
+    model = load(gguf)
+    tokens = model.tokenize(TEXT, add_special=True)
+    split = len(tokens) - 7
+    cold = model.feed(tokens)
+    model.trim(0)
+    model.feed(tokens[:split])
+    state_file = tmp_path / "state.bin"
+    state_file.write_bytes(model.save_state())
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        warm = pool.apply(_restore_and_continue, (str(gguf), str(state_file), tokens, split))
+    np.testing.assert_allclose(np.array(warm), cold, atol=ATOL)
+    assert np.abs(cold).max() > 1  # the comparison means something
+
+
+def test_trimming_keeps_exactly_the_prefix(gguf) -> None:
+    model = load(gguf)
+    tokens = model.tokenize(TEXT, add_special=True)
+    cold = model.feed(tokens)
+    other = model.tokenize(" a different ending", add_special=False)
+    model.feed(other)
+    model.trim(len(tokens) - 1)
+    assert model.tokens == tokens[:-1]
+    np.testing.assert_allclose(model.feed(tokens[-1:]), cold, atol=ATOL)
+
+
+def test_a_state_that_does_not_fit_is_refused(gguf) -> None:
+    model = load(gguf)
+    tokens = model.tokenize(TEXT, add_special=True)
+    model.feed(tokens)
+    state = model.save_state()
+    assert not model.load_state(state, tokens[:-1])  # holds another number of positions
+    assert model.tokens == []
+    assert not model.load_state(state[: len(state) // 2], tokens)  # truncated
+    assert model.tokens == []
+    assert model.load_state(state, tokens) and model.tokens == tokens
+
+
+def test_constrained_decoding_yields_valid_calls(gguf) -> None:
+    """Random weights sampled at temperature 1 (the worst case): with one call allowed and a
+    bounded argument, every reply is a complete, valid call that ends the turn."""
+    from foundry.local.constrained import ToolConstraint
+    from foundry.local.llamacpp_engine import generate_tokens
+
+    bounded = ToolSpec(
+        "read_file",
+        "Read a file.",
+        {
+            "type": "object",
+            "properties": {"path": {"type": "string", "maxLength": 12}},
+            "required": ["path"],
+        },
+    )
+    model = load(gguf)
+    grammar = model.grammar_tokenizer()
+    prompt = model.tokenize(TEXT, add_special=True)
+    for seed in range(8):
+        model.trim(0)
+        choice = ToolChoice("any", parallel=False)
+        constraint = ToolConstraint.for_request(grammar, [bounded], choice, FALLBACK_FORMAT)
+        assert constraint is not None
+        times = StepTimes()
+        out = list(
+            generate_tokens(
+                model,
+                prompt,
+                max_tokens=200,
+                temperature=1.0,
+                times=times,
+                constraint=constraint,
+                seed=seed,
+            )
+        )
+        # What the context holds is exact: the prompt and every token fed since.
+        assert model.tokens == prompt + out[: len(model.tokens) - len(prompt)]
+        assert times.ended_on_eos and times.forward_passes < times.generated  # some forced
+        text = b"".join(model.piece(t) for t in out).decode("utf-8")
+        reply = parse_tool_calls(text, {"read_file"})
+        assert len(reply.calls) == 1 and not reply.errors and not reply.text, text
+        assert len(reply.calls[0]["input"]["path"]) <= 12
