@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from foundry.backends.base import Message, ModelRequest, ToolSpec
@@ -358,3 +360,15 @@ def test_looping() -> None:
     assert looping(cycle * 8) and not looping(cycle * 7)
     assert not looping(list(range(200)))
     assert not looping(list(range(17)) * 8)  # a cycle longer than LOOP_PERIOD
+
+
+def test_a_closing_tag_inside_a_json_string_does_not_end_the_call() -> None:
+    content = 'print("</tool_call>")\n'
+    text = (
+        "<tool_call>"
+        + json.dumps({"name": "write_file", "arguments": {"path": "a.py", "content": content}})
+        + "</tool_call> done"
+    )
+    reply = parse_tool_calls(text, {"write_file"})
+    assert reply.errors == [] and reply.text == "done"
+    assert reply.calls == [{"name": "write_file", "input": {"path": "a.py", "content": content}}]

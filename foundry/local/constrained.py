@@ -21,9 +21,10 @@ from foundry.errors import LocalModelError
 from foundry.local.tool_grammar import CallFormat, tool_call_grammar
 
 log = logging.getLogger(__name__)
-# The first bytes of tokens that close a JSON string, object or array. Inside a string a
-# token that starts with '"' always closes it (an escaped quote starts with a backslash).
-CLOSING_BYTES = b'"}]'
+# The first bytes of tokens that close a JSON string, then those that close an object or
+# array, in the order a call winding up prefers them. Inside a string a token that starts
+# with '"' always closes it (an escaped quote starts with a backslash); '}' there is text.
+CLOSING_TIERS = (b'"', b"}]")
 
 
 def import_llguidance() -> Any:
@@ -53,11 +54,12 @@ def hf_grammar_tokenizer(hf_tokenizer: Any, n_vocab: int, eos: list[int]) -> Any
 
 
 def closing_tokens(grammar_tokenizer: Any) -> np.ndarray:
-    """A mask of the tokens that start by closing a JSON string, object or array."""
-    closers = np.zeros(int(grammar_tokenizer.vocab_size), dtype=bool)
-    for token in range(len(closers)):
+    """One mask per CLOSING_TIERS entry: the tokens whose first byte is in it."""
+    closers = np.zeros((len(CLOSING_TIERS), int(grammar_tokenizer.vocab_size)), dtype=bool)
+    for token in range(closers.shape[1]):
         text = grammar_tokenizer.decode_bytes([token])
-        closers[token] = bool(text) and text[0] in CLOSING_BYTES
+        for tier, first_bytes in enumerate(CLOSING_TIERS):
+            closers[tier, token] = bool(text) and text[0] in first_bytes
     return closers
 
 
@@ -120,18 +122,21 @@ class ToolConstraint:
         bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
         mask = np.unpackbits(bits, bitorder="little")[: self.n_vocab].astype(bool)
         if self.closing and self.closers is not None:
-            closing = mask & self.closers
-            if closing.any():
-                mask = closing
+            for tier in self.closers:  # close a string first, then objects and arrays
+                closing = mask & tier
+                if closing.any():
+                    mask = closing
+                    break
         self.cost.mask_s += time.perf_counter() - started
         self.cost.masks += 1
         return mask
 
     def wind_up(self) -> bool:
         """Steer the rest of the reply to the end of its call: from now on, where the grammar
-        allows a token that closes a string, object or array, only those. For a model stuck
-        in a loop inside an argument: the call then ends, valid, instead of being cut off.
-        False when it is already winding up (or cannot)."""
+        allows a token that closes a string, only those; else, where it allows one that
+        closes an object or array, only those. For a model stuck in a loop inside an
+        argument: the call then ends, valid, instead of being cut off. False when it is
+        already winding up (or cannot)."""
         if self.closing or self.closers is None:
             return False
         self.closing = True
