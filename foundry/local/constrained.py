@@ -87,9 +87,11 @@ class ToolConstraint:
         if self.matcher.is_error():
             raise ValueError(self.matcher.get_error())
         self.n_vocab = int(grammar_tokenizer.vocab_size)
+        self.eos = [t for t in grammar_tokenizer.eos_tokens if t < self.n_vocab]
         self.cost = MaskCost()
         self.closers = closers
         self.closing = False  # steering the call to its end (see wind_up)
+        self.failed = False  # the grammar refused a token: the reply went on without it
 
     @classmethod
     def for_request(
@@ -102,12 +104,21 @@ class ToolConstraint:
     ) -> ToolConstraint | None:
         """The constraint for a request, or None (logged) when no grammar can be built: the
         strict schemas first, then leniently (unimplemented keywords ignored)."""
+        problem = ""
         for lenient in (False, True):
             grammar = tool_call_grammar(tools, choice, fmt, lenient=lenient)
             try:
-                return cls(grammar_tokenizer, grammar, closers)
+                constraint = cls(grammar_tokenizer, grammar, closers)
             except ValueError as exc:
                 problem = str(exc)
+                continue
+            if lenient:
+                log.warning(
+                    "a tool schema uses what the grammar cannot enforce (%s); those keywords "
+                    "are ignored, the rest of each schema is enforced",
+                    problem,
+                )
+            return constraint
         log.warning("tool calls are not constrained for this request: %s", problem)
         return None
 
@@ -119,9 +130,12 @@ class ToolConstraint:
     def allowed(self) -> np.ndarray:
         """A boolean mask over the vocabulary: True where the grammar allows the token."""
         started = time.perf_counter()
-        bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
-        mask = np.unpackbits(bits, bitorder="little")[: self.n_vocab].astype(bool)
+        mask = self._grammar_mask()
         if self.closing and self.closers is not None:
+            if self.eos and mask[self.eos].any():  # not inside a call: end the reply
+                only = np.zeros_like(mask)
+                only[self.eos] = mask[self.eos]
+                return only
             for tier in self.closers:  # close a string first, then objects and arrays
                 closing = mask & tier
                 if closing.any():
@@ -132,23 +146,33 @@ class ToolConstraint:
         return mask
 
     def wind_up(self) -> bool:
-        """Steer the rest of the reply to the end of its call: from now on, where the grammar
-        allows a token that closes a string, only those; else, where it allows one that
-        closes an object or array, only those. For a model stuck in a loop inside an
-        argument: the call then ends, valid, instead of being cut off. False when it is
-        already winding up (or cannot)."""
-        if self.closing or self.closers is None:
+        """Steer the rest of a reply stuck inside a call to its end: from now on, where the
+        grammar allows a token that closes a string, only those; else, where it allows one
+        that closes an object or array, only those; once the call is closed, the end of
+        the turn. The call then ends valid instead of being cut off. False when it is
+        already winding up, or the reply is not inside a call (a loop in text just stops)."""
+        if self.closing or self.closers is None or self._may_end():
             return False
         self.closing = True
         return True
+
+    def _may_end(self) -> bool:
+        """Whether the grammar allows the end of the turn now (the reply is not in a call)."""
+        return bool(self.eos) and bool(self._grammar_mask()[self.eos].any())
+
+    def _grammar_mask(self) -> np.ndarray:
+        bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
+        return np.unpackbits(bits, bitorder="little")[: self.n_vocab].astype(bool)
 
     def accept(self, token: int) -> list[int]:
         """Advance past a sampled token; returns the tokens the grammar now forces (already
         consumed), which the engine feeds and emits as if sampled."""
         if not self.matcher.consume_token(token):
+            self.failed = True
             raise ValueError(f"the grammar refused token {token}: {self.matcher.get_error()}")
         forced = list(self.matcher.compute_ff_tokens())
         if forced and not self.matcher.consume_tokens(forced):
+            self.failed = True
             raise ValueError(f"the grammar refused its own forced tokens: {forced}")
         self.cost.forced += len(forced)
         return forced

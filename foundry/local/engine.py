@@ -191,24 +191,19 @@ def sample(logits: Any, temperature: float) -> int:
     return int(mx.random.categorical(logits * (1.0 / temperature)).item())
 
 
-# A reply whose last LOOP_SPAN tokens (or more) repeat one cycle of at most LOOP_PERIOD
-# tokens, LOOP_REPEATS times or more, is stuck: greedy decoding of a small model never
-# leaves such a loop, and it would run to max_tokens (minutes on a CPU).
+# A reply whose last LOOP_SPAN tokens repeat one cycle of at most LOOP_PERIOD tokens is
+# stuck: greedy decoding of a small model never leaves such a loop, and it would run to
+# max_tokens (minutes on a CPU). An array of 32 zeros ("0, 0, ...": 64 tokens) is content.
 LOOP_PERIOD = 16
-LOOP_REPEATS = 8
-LOOP_SPAN = 64
+LOOP_SPAN = 128
 
 
 def looping(tokens: list[int]) -> bool:
-    """Whether the tail of `tokens` is one short cycle repeated (see LOOP_PERIOD)."""
-    for period in range(1, LOOP_PERIOD + 1):
-        span = max(LOOP_SPAN, period * LOOP_REPEATS)
-        if len(tokens) < span:
-            return False
-        tail = tokens[-span:]
-        if tail[period:] == tail[:-period]:
-            return True
-    return False
+    """Whether the last LOOP_SPAN tokens are one short cycle repeated (see LOOP_PERIOD)."""
+    if len(tokens) < LOOP_SPAN:
+        return False
+    tail = tokens[-LOOP_SPAN:]
+    return any(tail[period:] == tail[:-period] for period in range(1, LOOP_PERIOD + 1))
 
 
 @dataclass
@@ -308,11 +303,12 @@ def generate_tokens(
             times.generated += 1
             times.ended_on_eos = True
             break
-        step = [token, *picker.accept(token)][: max_tokens - times.generated]
+        whole = [token, *picker.accept(token)]
+        step = whole[: max_tokens - times.generated]
         for each in step:
             times.generated += 1
             yield each
-        if picker.finished:
+        if picker.finished and len(step) == len(whole):  # else the limit cut the call short
             times.ended_on_eos = True
             break
         reply += step
