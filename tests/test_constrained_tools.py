@@ -300,6 +300,28 @@ def test_strict_schema_only_narrows() -> None:
     assert strict["enum"] == schema["enum"]  # data, not a schema
     open_schema = {"type": "object", "properties": {}, "additionalProperties": True}
     assert strict_schema(open_schema) == open_schema
+    # Inside `not` tightening would widen the whole; inside `allOf` refuse another part's keys.
+    kept = {"allOf": [{"properties": {"a": {}}}, {"properties": {"b": {}}}], "not": schema}
+    assert strict_schema(kept) == kept
+
+
+def test_a_required_argument_keeps_its_own_pattern() -> None:
+    from foundry.backends.base import ToolSpec
+    from foundry.local.tool_grammar import NOT_BLANK, call_schema
+
+    spec = ToolSpec(
+        "t",
+        "d",
+        {"type": "object", "properties": {"a": {"type": "string", "pattern": "^x"}, "b": {}}},
+    )
+    arguments = call_schema(spec, ("a", "b"))["properties"]["arguments"]
+    assert arguments["required"] == ["a", "b"]
+    assert arguments["properties"]["a"]["pattern"] == "^x"
+    plain = ToolSpec("t", "d", {"type": "object", "properties": {"a": {"type": "string"}}})
+    assert call_schema(plain, ("a",))["properties"]["arguments"]["properties"]["a"] == {
+        "type": "string",
+        "pattern": NOT_BLANK,
+    }
 
 
 @pytest.mark.parametrize("local", [True, False])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from foundry.backends.base import Message, ModelRequest, ToolSpec
@@ -352,9 +354,22 @@ def test_a_reply_stuck_in_a_loop_stops_early(model_dir, tmp_path) -> None:
 def test_looping() -> None:
     from foundry.local.engine import looping
 
-    assert looping([7] * 64) and not looping([7] * 63)
-    assert looping([1, 2, 3] * 22) and looping([5, 9] + [1, 2, 3] * 22)
+    assert looping([7] * 128) and not looping([7] * 127)
+    assert looping([1, 2, 3] * 43) and looping([5, 9] + [1, 2, 3] * 43)
     cycle = list(range(16))
-    assert looping(cycle * 8) and not looping(cycle * 7)
+    assert looping(cycle * 8) and not looping(cycle[1:] + cycle * 7)
     assert not looping(list(range(200)))
     assert not looping(list(range(17)) * 8)  # a cycle longer than LOOP_PERIOD
+    assert not looping([0, 1] * 32 + list(range(2, 66)))  # 32 zeros of an array, then more
+
+
+def test_a_closing_tag_inside_a_json_string_does_not_end_the_call() -> None:
+    content = 'print("</tool_call>")\n'
+    text = (
+        "<tool_call>"
+        + json.dumps({"name": "write_file", "arguments": {"path": "a.py", "content": content}})
+        + "</tool_call> done"
+    )
+    reply = parse_tool_calls(text, {"write_file"})
+    assert reply.errors == [] and reply.text == "done"
+    assert reply.calls == [{"name": "write_file", "input": {"path": "a.py", "content": content}}]

@@ -444,22 +444,23 @@ class MLXBackend:
         usage = self._usage(rendered, event, times, ttft, started, times.generated)
         if times.wound_up:
             self.last_cache_event["wound_up"] = True
-            log.info("the reply was repeating itself in a tool call: the call was closed")
+            log.info("the reply was repeating itself: it was steered to its end")
         if times.looped:
             self.last_cache_event["looped"] = True
             log.info("the reply was repeating itself: stopped after %d tokens", times.generated)
         if constraint is not None:
-            self._note_constraint(constraint.cost, times)
+            self._note_constraint(constraint, times)
         self.last_stop_sequence = gate.hit
         hit_max = not times.ended_on_eos and gate.hit is None
         return gate.text, usage, hit_max
 
-    def _note_constraint(self, cost: Any, times: Any) -> None:
+    def _note_constraint(self, constraint: Any, times: Any) -> None:
         """What the grammar cost this reply, for reports and benchmarks."""
+        cost = constraint.cost
         per_token = cost.ms_per_token
         decode_ms = times.generate_s * 1000 / times.forward_passes if times.forward_passes else None
         self.last_cache_event.update(
-            constrained=True,
+            constrained=not constraint.failed,
             mask_ms_per_token=per_token,
             decode_ms_per_step=decode_ms,
             forced_tokens=cost.forced,

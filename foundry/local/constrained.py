@@ -21,9 +21,10 @@ from foundry.errors import LocalModelError
 from foundry.local.tool_grammar import CallFormat, tool_call_grammar
 
 log = logging.getLogger(__name__)
-# The first bytes of tokens that close a JSON string, object or array. Inside a string a
-# token that starts with '"' always closes it (an escaped quote starts with a backslash).
-CLOSING_BYTES = b'"}]'
+# The first bytes of tokens that close a JSON string, then those that close an object or
+# array, in the order a call winding up prefers them. Inside a string a token that starts
+# with '"' always closes it (an escaped quote starts with a backslash); '}' there is text.
+CLOSING_TIERS = (b'"', b"}]")
 
 
 def import_llguidance() -> Any:
@@ -53,11 +54,12 @@ def hf_grammar_tokenizer(hf_tokenizer: Any, n_vocab: int, eos: list[int]) -> Any
 
 
 def closing_tokens(grammar_tokenizer: Any) -> np.ndarray:
-    """A mask of the tokens that start by closing a JSON string, object or array."""
-    closers = np.zeros(int(grammar_tokenizer.vocab_size), dtype=bool)
-    for token in range(len(closers)):
+    """One mask per CLOSING_TIERS entry: the tokens whose first byte is in it."""
+    closers = np.zeros((len(CLOSING_TIERS), int(grammar_tokenizer.vocab_size)), dtype=bool)
+    for token in range(closers.shape[1]):
         text = grammar_tokenizer.decode_bytes([token])
-        closers[token] = bool(text) and text[0] in CLOSING_BYTES
+        for tier, first_bytes in enumerate(CLOSING_TIERS):
+            closers[tier, token] = bool(text) and text[0] in first_bytes
     return closers
 
 
@@ -85,9 +87,11 @@ class ToolConstraint:
         if self.matcher.is_error():
             raise ValueError(self.matcher.get_error())
         self.n_vocab = int(grammar_tokenizer.vocab_size)
+        self.eos = [t for t in grammar_tokenizer.eos_tokens if t < self.n_vocab]
         self.cost = MaskCost()
         self.closers = closers
         self.closing = False  # steering the call to its end (see wind_up)
+        self.failed = False  # the grammar refused a token: the reply went on without it
 
     @classmethod
     def for_request(
@@ -100,12 +104,21 @@ class ToolConstraint:
     ) -> ToolConstraint | None:
         """The constraint for a request, or None (logged) when no grammar can be built: the
         strict schemas first, then leniently (unimplemented keywords ignored)."""
+        problem = ""
         for lenient in (False, True):
             grammar = tool_call_grammar(tools, choice, fmt, lenient=lenient)
             try:
-                return cls(grammar_tokenizer, grammar, closers)
+                constraint = cls(grammar_tokenizer, grammar, closers)
             except ValueError as exc:
                 problem = str(exc)
+                continue
+            if lenient:
+                log.warning(
+                    "a tool schema uses what the grammar cannot enforce (%s); those keywords "
+                    "are ignored, the rest of each schema is enforced",
+                    problem,
+                )
+            return constraint
         log.warning("tool calls are not constrained for this request: %s", problem)
         return None
 
@@ -117,33 +130,49 @@ class ToolConstraint:
     def allowed(self) -> np.ndarray:
         """A boolean mask over the vocabulary: True where the grammar allows the token."""
         started = time.perf_counter()
-        bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
-        mask = np.unpackbits(bits, bitorder="little")[: self.n_vocab].astype(bool)
+        mask = self._grammar_mask()
         if self.closing and self.closers is not None:
-            closing = mask & self.closers
-            if closing.any():
-                mask = closing
+            if self.eos and mask[self.eos].any():  # not inside a call: end the reply
+                only = np.zeros_like(mask)
+                only[self.eos] = mask[self.eos]
+                return only
+            for tier in self.closers:  # close a string first, then objects and arrays
+                closing = mask & tier
+                if closing.any():
+                    mask = closing
+                    break
         self.cost.mask_s += time.perf_counter() - started
         self.cost.masks += 1
         return mask
 
     def wind_up(self) -> bool:
-        """Steer the rest of the reply to the end of its call: from now on, where the grammar
-        allows a token that closes a string, object or array, only those. For a model stuck
-        in a loop inside an argument: the call then ends, valid, instead of being cut off.
-        False when it is already winding up (or cannot)."""
-        if self.closing or self.closers is None:
+        """Steer the rest of a reply stuck inside a call to its end: from now on, where the
+        grammar allows a token that closes a string, only those; else, where it allows one
+        that closes an object or array, only those; once the call is closed, the end of
+        the turn. The call then ends valid instead of being cut off. False when it is
+        already winding up, or the reply is not inside a call (a loop in text just stops)."""
+        if self.closing or self.closers is None or self._may_end():
             return False
         self.closing = True
         return True
+
+    def _may_end(self) -> bool:
+        """Whether the grammar allows the end of the turn now (the reply is not in a call)."""
+        return bool(self.eos) and bool(self._grammar_mask()[self.eos].any())
+
+    def _grammar_mask(self) -> np.ndarray:
+        bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
+        return np.unpackbits(bits, bitorder="little")[: self.n_vocab].astype(bool)
 
     def accept(self, token: int) -> list[int]:
         """Advance past a sampled token; returns the tokens the grammar now forces (already
         consumed), which the engine feeds and emits as if sampled."""
         if not self.matcher.consume_token(token):
+            self.failed = True
             raise ValueError(f"the grammar refused token {token}: {self.matcher.get_error()}")
         forced = list(self.matcher.compute_ff_tokens())
         if forced and not self.matcher.consume_tokens(forced):
+            self.failed = True
             raise ValueError(f"the grammar refused its own forced tokens: {forced}")
         self.cost.forced += len(forced)
         return forced

@@ -191,24 +191,19 @@ def sample(logits: Any, temperature: float) -> int:
     return int(mx.random.categorical(logits * (1.0 / temperature)).item())
 
 
-# A reply whose last LOOP_SPAN tokens (or more) repeat one cycle of at most LOOP_PERIOD
-# tokens, LOOP_REPEATS times or more, is stuck: greedy decoding of a small model never
-# leaves such a loop, and it would run to max_tokens (minutes on a CPU).
+# A reply whose last LOOP_SPAN tokens repeat one cycle of at most LOOP_PERIOD tokens is
+# stuck: greedy decoding of a small model never leaves such a loop, and it would run to
+# max_tokens (minutes on a CPU). An array of 32 zeros ("0, 0, ...": 64 tokens) is content.
 LOOP_PERIOD = 16
-LOOP_REPEATS = 8
-LOOP_SPAN = 64
+LOOP_SPAN = 128
 
 
 def looping(tokens: list[int]) -> bool:
-    """Whether the tail of `tokens` is one short cycle repeated (see LOOP_PERIOD)."""
-    for period in range(1, LOOP_PERIOD + 1):
-        span = max(LOOP_SPAN, period * LOOP_REPEATS)
-        if len(tokens) < span:
-            return False
-        tail = tokens[-span:]
-        if tail[period:] == tail[:-period]:
-            return True
-    return False
+    """Whether the last LOOP_SPAN tokens are one short cycle repeated (see LOOP_PERIOD)."""
+    if len(tokens) < LOOP_SPAN:
+        return False
+    tail = tokens[-LOOP_SPAN:]
+    return any(tail[period:] == tail[:-period] for period in range(1, LOOP_PERIOD + 1))
 
 
 @dataclass
@@ -275,15 +270,12 @@ def generate_tokens(
     stop: Callable[[], bool] | None = None,
     constraint: Any = None,
 ) -> Iterator[int]:
-    """Prefill `new_tokens`, then yield sampled tokens until EOS, max_tokens, the end of
-    what `constraint` (a ToolConstraint) allows, or a loop (see `looping`). A loop inside a
-    constrained call first winds the call up (see ToolConstraint.wind_up); a second stops.
+    """Prefill `new_tokens`, then decode (see `decode`) with mlx.
 
-    Tokens a constraint forces are yielded like sampled ones but enter the model together,
-    in one forward pass. `fed(token)` is called for every token that enters the KV cache, so
-    the caller always knows exactly which tokens the cache holds. `stop()` is asked between
-    prefill chunks (Cancelled is raised); between generated tokens the caller stops by
-    closing the iterator.
+    `fed(token)` is called for every token that enters the KV cache, so the caller always
+    knows exactly which tokens the cache holds. `stop()` is asked between prefill chunks
+    (Cancelled is raised); between generated tokens the caller stops by closing the
+    iterator.
     """
     mx = import_mlx()
     eos = set(loaded.tokenizer.eos_token_ids)
@@ -294,25 +286,54 @@ def generate_tokens(
         for token in chunk:
             fed(token)
 
+    def forward(step: list[int]) -> Any:
+        logits = loaded.model(mx.array([step]), cache=cache)[:, -1, :]
+        fed_chunk(step)
+        return logits
+
     logits = prefill(loaded.model, cache, new_tokens, stop=stop, fed=fed_chunk)
     times.prefill_s = time.perf_counter() - started
     token = picker.pick(logits)
     times.first_token_s = time.perf_counter() - started
+    yield from decode(
+        token, picker, is_end=eos.__contains__, forward=forward, max_tokens=max_tokens, times=times
+    )
+
+
+def decode(
+    token: int | None,
+    picker: Any,
+    *,
+    is_end: Callable[[int], bool],
+    forward: Callable[[list[int]], Any],
+    max_tokens: int,
+    times: StepTimes,
+) -> Iterator[int]:
+    """Yield tokens from the first sampled one until an end token, max_tokens, the end of
+    what the picker's grammar allows, or a loop (see `looping`); engine-neutral.
+
+    `picker` samples (`pick(logits)`, None when the grammar is complete) and knows the
+    grammar (`accept`, `finished`, `wind_up`: a TokenPicker, or an engine's own). Tokens the
+    grammar forces are yielded like sampled ones and go to `forward(step)` together, in one
+    pass; `forward` feeds a step to the model and returns the next logits. A loop inside a
+    constrained call first winds the call up (see ToolConstraint.wind_up); a second stops.
+    """
     gen_started = time.perf_counter()
     reply: list[int] = []
     while times.generated < max_tokens:
         if token is None:  # the grammar is complete
             times.ended_on_eos = True
             break
-        if token in eos:
+        if is_end(token):
             times.generated += 1
             times.ended_on_eos = True
             break
-        step = [token, *picker.accept(token)][: max_tokens - times.generated]
+        whole = [token, *picker.accept(token)]
+        step = whole[: max_tokens - times.generated]
         for each in step:
             times.generated += 1
             yield each
-        if picker.finished:
+        if picker.finished and len(step) == len(whole):  # else the limit cut the call short
             times.ended_on_eos = True
             break
         reply += step
@@ -325,9 +346,7 @@ def generate_tokens(
                 break
         if times.generated >= max_tokens:
             break
-        logits = loaded.model(mx.array([step]), cache=cache)[:, -1, :]
+        logits = forward(step)
         times.forward_passes += 1
-        for each in step:
-            fed(each)
         token = picker.pick(logits)
     times.generate_s = time.perf_counter() - gen_started

@@ -18,7 +18,7 @@ from typing import Any
 from foundry.backends.base import Block, Message, ToolSpec
 
 TAG_OPEN, TAG_CLOSE = "<tool_call>", "</tool_call>"
-_CALL_RE = re.compile(re.escape(TAG_OPEN) + r"(.*?)" + re.escape(TAG_CLOSE), re.DOTALL)
+_DECODER = json.JSONDecoder()
 _FENCE_RE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 
 # Only for a system prompt that does not teach the format itself (the packaged one does).
@@ -95,20 +95,45 @@ def _parse_one(raw: str, known: set[str] | None) -> tuple[dict[str, Any] | None,
     return {"name": value["name"], "input": arguments}, None
 
 
+def _call_span(text: str, body_start: int) -> tuple[str, int] | None:
+    """The body of the call whose tag opens just before `body_start`, and where its closing
+    tag ends; None when it has none. A body that is one JSON object ends where the object
+    does, so a closing tag inside one of its strings (a file about tool calls, or a model
+    that forgot a quote) does not cut it short."""
+    start = body_start + len(text[body_start:]) - len(text[body_start:].lstrip())
+    if text.startswith("{", start):
+        try:
+            _, end = _DECODER.raw_decode(text, start)
+        except json.JSONDecodeError:
+            pass
+        else:
+            after = end + len(text[end:]) - len(text[end:].lstrip())
+            if text.startswith(TAG_CLOSE, after):
+                return text[body_start:end], after + len(TAG_CLOSE)
+    close = text.find(TAG_CLOSE, body_start)
+    if close < 0:
+        return None
+    return text[body_start:close], close + len(TAG_CLOSE)
+
+
 def parse_tool_calls(text: str, known_tools: set[str] | None = None) -> ParsedReply:
     """Pull well-formed calls out of a reply; malformed ones stay in the text and are listed."""
     reply = ParsedReply(text="")
     kept: list[str] = []
     position = 0
-    for match in _CALL_RE.finditer(text):
-        kept.append(text[position : match.start()])
-        call, error = _parse_one(match.group(1), known_tools)
+    while (start := text.find(TAG_OPEN, position)) >= 0:
+        span = _call_span(text, start + len(TAG_OPEN))
+        if span is None:
+            break  # an unclosed tag: below
+        body, end = span
+        kept.append(text[position:start])
+        call, error = _parse_one(body, known_tools)
         if call is not None:
             reply.calls.append(call)
         else:
             reply.errors.append(error or "malformed tool call")
-            kept.append(match.group(0))
-        position = match.end()
+            kept.append(text[start:end])
+        position = end
     rest = text[position:]
     if TAG_OPEN in rest:  # an unclosed tag: the reply was cut off or the model forgot to close
         head, _, body = rest.partition(TAG_OPEN)

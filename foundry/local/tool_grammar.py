@@ -23,6 +23,10 @@ CALL_SEPARATOR = "\n"  # between two calls of one reply
 NOT_BLANK = r"\S"  # a JSON Schema pattern matches anywhere in the string
 # Keywords whose values are data, not schemas.
 DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples", "required"})
+# Subschemas left as they are: tightening one inside `not` or an `if` condition would widen
+# the whole, and inside `allOf` or `dependentSchemas` it would refuse properties that
+# another part of the schema allows.
+KEPT_KEYWORDS = frozenset({"not", "if", "allOf", "dependentSchemas"})
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,7 @@ def strict_schema(schema: Any) -> Any:
     if not isinstance(schema, dict):
         return schema
     tightened = {
-        key: value if key in DATA_KEYWORDS else strict_schema(value)
+        key: value if key in DATA_KEYWORDS | KEPT_KEYWORDS else strict_schema(value)
         for key, value in schema.items()
     }
     properties = schema.get("properties")
@@ -70,8 +74,8 @@ def call_schema(tool: ToolSpec, required: tuple[str, ...] = ()) -> dict[str, Any
     wanted = [name for name in required if name in properties]
     if wanted:
         arguments["required"] = sorted({*arguments.get("required", []), *wanted})
-        for name in wanted:
-            if properties[name].get("type") == "string":
+        for name in wanted:  # (a pattern of its own is kept: this one would replace it)
+            if properties[name].get("type") == "string" and "pattern" not in properties[name]:
                 properties[name] = {**properties[name], "pattern": NOT_BLANK}
     return {
         "type": "object",
