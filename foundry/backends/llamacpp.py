@@ -296,7 +296,7 @@ class LlamaCppBackend(MLXBackend):
             self.last_cache_event["looped"] = True
             log.info("the reply was repeating itself: stopped after %d tokens", times.generated)
         if constraint is not None:
-            self._note_constraint(constraint.cost, times)
+            self._note_constraint(constraint, times)
         self.last_stop_sequence = gate.hit
         hit_max = not times.ended_on_eos and gate.hit is None
         return gate.text, usage, hit_max

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from foundry.errors import LocalModelError
-from foundry.local.engine import Cancelled, StepTimes, TokenPicker, looping
+from foundry.local.engine import Cancelled, StepTimes, TokenPicker, decode
 
 PREFILL_STEP = 512  # tokens per llama_decode call while prefilling (llama.cpp's default batch)
 SEQ = 0  # the one sequence a context holds
@@ -259,45 +259,22 @@ def generate_tokens(
     constraint: Any = None,
     seed: int | None = None,
 ) -> Iterator[int]:
-    """Prefill `new_tokens`, then yield tokens until an end token, max_tokens, the end of
-    what `constraint` (a ToolConstraint) allows, or a loop (foundry.local.engine.looping).
-    Tokens the grammar forces enter the model together, in one decode call. `model.tokens`
-    always says what the KV cache holds; the caller stops between tokens by closing the
-    iterator. The loop is foundry.local.engine's generate_tokens over llama.cpp calls."""
+    """Prefill `new_tokens`, then decode with foundry.local.engine's engine-neutral loop over
+    llama.cpp calls. `model.tokens` always says what the KV cache holds; the caller stops
+    between tokens by closing the iterator."""
     picker = NumpyPicker(temperature, constraint, seed)
     started = time.perf_counter()
     logits = model.feed(new_tokens, stop=stop)
     times.prefill_s = time.perf_counter() - started
     token = picker.pick(logits)
     times.first_token_s = time.perf_counter() - started
-    gen_started = time.perf_counter()
-    reply: list[int] = []
-    while times.generated < max_tokens:
-        if token is None:  # the grammar is complete
-            times.ended_on_eos = True
-            break
-        if model.is_end(token):
-            times.generated += 1
-            times.ended_on_eos = True
-            break
-        step = [token, *picker.accept(token)][: max_tokens - times.generated]
-        for each in step:
-            times.generated += 1
-            yield each
-        if picker.finished:
-            times.ended_on_eos = True
-            break
-        reply += step
-        if looping(reply):  # a loop inside a call winds it up; a second loop stops
-            if picker.wind_up():
-                times.wound_up = True
-                reply = []
-            else:
-                times.looped = True
-                break
-        if times.generated >= max_tokens or len(model.tokens) + len(step) > model.n_ctx:
-            break
-        logits = model.feed(step)
-        times.forward_passes += 1
-        token = picker.pick(logits)
-    times.generate_s = time.perf_counter() - gen_started
+    # Never past the context: the reply's room is what the sequence has left.
+    room = model.n_ctx - len(model.tokens)
+    yield from decode(
+        token,
+        picker,
+        is_end=model.is_end,
+        forward=model.feed,
+        max_tokens=min(max_tokens, room),
+        times=times,
+    )
