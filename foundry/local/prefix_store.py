@@ -53,7 +53,7 @@ class PrefixIdentity:
 @dataclass
 class Lookup:
     key: str
-    cache: list[Any] | None  # the loaded KV cache (a private copy) on a hit
+    cache: Any  # the loaded payload on a hit (mlx: a private copy of the KV cache), else None
     reason: str  # why it missed, or "hit"
     load_ms: float = 0.0
     size: int = 0
@@ -80,6 +80,43 @@ def kv_checksum(cache: list[Any]) -> str:
     return f"{crc:08x}"
 
 
+class MlxCodec:
+    """How the store reads and writes its payload: here mlx-lm prompt caches (a list of
+    per-layer KV caches) as safetensors files. Another engine brings its own codec with the
+    same five methods; keys, identity, token checks, locks and limits stay the store's."""
+
+    @staticmethod
+    def read(path: Path) -> tuple[Any, dict[str, str]]:
+        mx = import_mlx()
+        from mlx_lm.models.cache import load_prompt_cache
+
+        cache, meta = load_prompt_cache(str(path), return_metadata=True)
+        mx.eval([layer.state for layer in cache])  # force the read: truncation fails here
+        return cache, meta
+
+    @staticmethod
+    def write(path: Path, cache: Any, metadata: dict[str, str]) -> None:
+        from mlx_lm.models.cache import save_prompt_cache
+
+        save_prompt_cache(str(path), cache, metadata)
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+
+    @staticmethod
+    def checksum(cache: Any) -> str:
+        import_mlx().eval([layer.state for layer in cache])
+        return kv_checksum(cache)
+
+    @staticmethod
+    def nbytes(cache: Any) -> int:
+        return sum(getattr(layer, "nbytes", 0) for layer in cache)
+
+    @staticmethod
+    def holds(cache: Any, n_tokens: int) -> bool:
+        """Whether the payload's KV length is `n_tokens`."""
+        return {getattr(layer, "offset", n_tokens) for layer in cache} == {n_tokens}
+
+
 def tokens_digest(tokens: list[int]) -> str:
     return hashlib.sha256(json.dumps(tokens, separators=(",", ":")).encode()).hexdigest()
 
@@ -101,8 +138,10 @@ class PrefixCacheStore:
         ttl_days: float = 30.0,
         memory_budget_mb: int = 4096,
         create: bool = True,
+        codec: Any = None,
     ) -> None:
         self.dir = Path(directory)
+        self.codec = codec or MlxCodec()
         self.max_bytes = max_bytes
         self.ttl_s = ttl_days * 86400
         self.memory_budget_bytes = memory_budget_mb * 1024 * 1024
@@ -119,7 +158,9 @@ class PrefixCacheStore:
         self.manifest = Manifest(self.dir)
 
     @classmethod
-    def from_config(cls, config: FoundryConfig, *, create: bool = True) -> PrefixCacheStore:
+    def from_config(
+        cls, config: FoundryConfig, *, create: bool = True, codec: Any = None
+    ) -> PrefixCacheStore:
         pc = config.prefix_cache
         return cls(
             prefix_cache_dir(config),
@@ -127,6 +168,7 @@ class PrefixCacheStore:
             ttl_days=pc.ttl_days,
             memory_budget_mb=pc.memory_budget_mb,
             create=create,
+            codec=codec,
         )
 
     def path_for(self, key: str) -> Path:
@@ -177,10 +219,10 @@ class PrefixCacheStore:
             )
         started = time.perf_counter()
         try:
-            cache, meta = self._read(path)
+            cache, meta = self.codec.read(path)
             if meta.get("foundry_prefix_cache") != FORMAT_VERSION:
                 return Lookup(key, None, "saved prefix has an unknown format version")
-            if kv_checksum(cache) != meta.get("kv_crc32"):
+            if self.codec.checksum(cache) != meta.get("kv_crc32"):
                 # Flipped bits load fine and then turn every logit into NaN: never a hit.
                 self._move_aside(key, "its KV data does not match its checksum")
                 return Lookup(key, None, "corrupt: the saved prefix's checksum did not match")
@@ -188,7 +230,7 @@ class PrefixCacheStore:
             stored_tokens = json.loads(meta.get("token_ids", "[]"))
             if not isinstance(stored_identity, dict):
                 raise ValueError("identity is not an object")
-        except Exception as exc:  # truncated/corrupt files raise from mlx in many ways
+        except Exception as exc:  # truncated/corrupt files raise from a codec in many ways
             self._drop(key, f"unreadable ({type(exc).__name__}: {exc})")
             return Lookup(key, None, f"saved prefix file was corrupt and was removed ({exc})")
         if stored_identity != identity.fields:
@@ -196,8 +238,7 @@ class PrefixCacheStore:
             return Lookup(key, None, f"model identity differs ({changed})")
         if stored_tokens != tokens:
             return Lookup(key, None, "stored token ids differ from the prompt's prefix")
-        offsets = {getattr(layer, "offset", len(tokens)) for layer in cache}
-        if offsets != {len(tokens)}:
+        if not self.codec.holds(cache, len(tokens)):
             self._drop(key, "KV length does not match its token ids")
             return Lookup(key, None, "saved prefix was inconsistent and was removed")
         try:
@@ -206,14 +247,6 @@ class PrefixCacheStore:
             prefill_ms = None
         load_ms = (time.perf_counter() - started) * 1000
         return Lookup(key, cache, "hit", load_ms, size, prefill_ms)
-
-    def _read(self, path: Path) -> tuple[list[Any], dict[str, str]]:
-        mx = import_mlx()
-        from mlx_lm.models.cache import load_prompt_cache
-
-        cache, meta = load_prompt_cache(str(path), return_metadata=True)
-        mx.eval([layer.state for layer in cache])  # force the read: truncation fails here
-        return cache, meta
 
     def _why_absent(self, identity: PrefixIdentity, tokens: list[int]) -> str:
         digest = tokens_digest(tokens)
@@ -231,16 +264,13 @@ class PrefixCacheStore:
         self,
         identity: PrefixIdentity,
         tokens: list[int],
-        cache: list[Any],
+        cache: Any,
         prefill_ms: float | None = None,
     ) -> int:
         """Save `cache` (exactly `tokens` long) under its key; returns bytes written, 0 if not.
         `prefill_ms`, the measured cost of computing it, is what a later hit saves."""
-        mx = import_mlx()
-        from mlx_lm.models.cache import save_prompt_cache
-
         key = cache_key(identity, tokens)
-        estimate = sum(getattr(layer, "nbytes", 0) for layer in cache)
+        estimate = self.codec.nbytes(cache)
         if estimate > min(self.memory_budget_bytes, self.max_bytes):
             log.info("prefix cache not saved: %d bytes is over the store's limits", estimate)
             return 0
@@ -256,11 +286,8 @@ class PrefixCacheStore:
         if prefill_ms is not None:
             metadata["prefill_ms"] = f"{prefill_ms:.3f}"
         try:
-            mx.eval([layer.state for layer in cache])
-            metadata["kv_crc32"] = kv_checksum(cache)
-            save_prompt_cache(str(temp), cache, metadata)
-            with open(temp, "rb") as handle:
-                os.fsync(handle.fileno())
+            metadata["kv_crc32"] = self.codec.checksum(cache)
+            self.codec.write(temp, cache, metadata)
             size = temp.stat().st_size
             os.replace(temp, self.path_for(key))
         except Exception as exc:  # mlx reports file errors as RuntimeError; a save is optional
