@@ -104,7 +104,8 @@ class LlamaCppBackend(MLXBackend):
         from foundry.local.llamacpp_chat import GgufChatTokenizer
         from foundry.local.llamacpp_engine import LlamaCppModel
         from foundry.local.llamacpp_models import resolve_gguf, state_identity
-        from foundry.local.llamacpp_store import StateStore
+        from foundry.local.llamacpp_store import StateCodec
+        from foundry.local.prefix_store import PrefixCacheStore
 
         self.check()
         # The mlx backend's rules: the length the file declares (a configured one only when
@@ -117,7 +118,7 @@ class LlamaCppBackend(MLXBackend):
         self._renderer = ChatRenderer(GgufChatTokenizer(self._loaded))
         memo = None
         if self.config.prefix_cache.enabled:
-            self._store = StateStore.from_config(self.config)
+            self._store = PrefixCacheStore.from_config(self.config, codec=StateCodec())
             memo = self._store.dir / "file-hashes.json"
         self._identity = state_identity(self._loaded, memo)
         self._grammars = ToolGrammars(
@@ -153,7 +154,7 @@ class LlamaCppBackend(MLXBackend):
         if not lookup.hit:
             return lookup.reason
         started = time.perf_counter()
-        if not self._loaded.load_state(lookup.state, tokens):
+        if not self._loaded.load_state(lookup.cache, tokens):
             log.warning("llama.cpp refused a saved prefix that passed its checks; recomputing")
             return "llama.cpp refused the saved state"
         event["load_ms"] = lookup.load_ms + (time.perf_counter() - started) * 1000
