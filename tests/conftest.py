@@ -67,3 +67,22 @@ def no_openai_env(monkeypatch: pytest.MonkeyPatch) -> None:
     `--backend auto` would pick it."""
     for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
+
+
+# `foundry serve` tests (test_serve*.py). Modules with a `server` of their own (the OpenAI
+# fakes) override it.
+@pytest.fixture
+def server(tiny_model_dir, tmp_path):
+    """`foundry serve` on 127.0.0.1 with the tiny model, for the real anthropic SDK."""
+    from tests.serve_helpers import serving
+
+    with serving(tiny_model_dir, tmp_path) as served:
+        yield served
+
+
+@pytest.fixture
+def script(monkeypatch):
+    """Scripted model replies for the served backend (tests.serve_helpers.Script)."""
+    from tests.serve_helpers import Script
+
+    return Script().install(monkeypatch)

@@ -9,7 +9,7 @@ import anthropic
 import httpx2
 import pytest
 
-from tests.serve_helpers import READ_TOOL, SYSTEM, Script, serving, sse_events, system_blocks
+from tests.serve_helpers import READ_TOOL, SYSTEM, serving, sse_events, system_blocks
 
 pytestmark = pytest.mark.mlx
 pytest.importorskip("uvicorn")  # the serve extra: pip install -e '.[serve]'
@@ -17,17 +17,6 @@ pytest.importorskip("starlette")
 TOOL_REPLY = (
     'Let me look.\n<tool_call>{"name": "read_file", "arguments": {"path": "a.py"}}</tool_call>'
 )
-
-
-@pytest.fixture
-def server(tiny_model_dir, tmp_path):
-    with serving(tiny_model_dir, tmp_path) as served:
-        yield served
-
-
-@pytest.fixture
-def script(monkeypatch):
-    return Script().install(monkeypatch)
 
 
 def test_a_message_through_the_sdk_reports_what_was_cached(server) -> None:

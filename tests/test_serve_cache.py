@@ -12,17 +12,12 @@ import httpx2
 import numpy as np
 import pytest
 
-from tests.serve_helpers import READ_TOOL, Script, serving, system_blocks
+from tests.serve_helpers import READ_TOOL, serving, system_blocks
 from tests.tiny_model import build_tiny_model
 
 pytestmark = pytest.mark.mlx
 pytest.importorskip("uvicorn")  # the serve extra: pip install -e '.[serve]'
 pytest.importorskip("starlette")
-
-
-@pytest.fixture
-def script(monkeypatch):
-    return Script().install(monkeypatch)
 
 
 def ask(client, text: str, history: list | None = None, **kwargs):

@@ -10,7 +10,7 @@ import httpx2
 import pytest
 
 from foundry.backends.base import ToolChoice
-from tests.serve_helpers import READ_TOOL, Script, serving, sse_events, system_blocks
+from tests.serve_helpers import READ_TOOL, sse_events, system_blocks
 
 pytestmark = pytest.mark.mlx
 pytest.importorskip("uvicorn")  # the serve extra: pip install -e '.[serve]'
@@ -18,17 +18,6 @@ pytest.importorskip("starlette")
 CALL = '<tool_call>{"name": "read_file", "arguments": {"path": "a.py"}}</tool_call>'
 HI = [{"role": "user", "content": "Show me a.py"}]
 WEB_SEARCH = {"type": "web_search_20250305", "name": "web_search"}  # a server tool: ignored
-
-
-@pytest.fixture
-def server(tiny_model_dir, tmp_path):
-    with serving(tiny_model_dir, tmp_path) as served:
-        yield served
-
-
-@pytest.fixture
-def script(monkeypatch):
-    return Script().install(monkeypatch)
 
 
 @pytest.fixture
