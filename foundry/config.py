@@ -51,6 +51,7 @@ class BackendConfig(_Section):
     # None: the one model the server lists (an error naming them when it lists several).
     openai_model: str | None = None
     mlx_model: str = "smollm2-135m"
+    llamacpp_model: str = "smollm2-135m"  # a name under models/ (its .gguf) or a .gguf path
 
     @field_validator("default")
     @classmethod
@@ -124,14 +125,27 @@ class PrefixCacheConfig(_Section):
     memory_budget_mb: int = Field(default=4096, gt=0)
 
 
-class MlxConfig(_Section):
+class LocalEngineConfig(_Section):
+    """What every in-process local engine takes."""
+
+    # The most positions a KV cache holds (None: the model's own context length).
     max_kv_size: int | None = Field(default=None, gt=0)
-    kv_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     max_tokens: int = Field(default=1024, gt=0)
     temperature: float = Field(default=0.0, ge=0)
     # Decode tool calls under a grammar of the request's tools (llguidance), so every call
     # a local model makes names a real tool and validates against its schema.
     constrained_tools: bool = True
+
+
+class MlxConfig(LocalEngineConfig):
+    kv_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+
+
+class LlamaCppConfig(LocalEngineConfig):
+    # llama.cpp's threads wait for each other at every step: more threads than free cores
+    # makes decode collapse (0.32 tok/s measured with 2 threads and a busy second core).
+    threads: int | None = Field(default=None, gt=0)  # None: the cores this process may use
+    kv_type: Literal["f16", "q8_0", "f32"] = "f16"
 
 
 COMMAND_PHASES = ("scout", "architect", "builder", "test")  # the phases that run commands
@@ -217,6 +231,7 @@ class FoundryConfig(_Section):
     anthropic: AnthropicConfig = Field(default_factory=AnthropicConfig)
     openai: OpenAIConfig = Field(default_factory=OpenAIConfig)
     mlx: MlxConfig = Field(default_factory=MlxConfig)
+    llamacpp: LlamaCppConfig = Field(default_factory=LlamaCppConfig)
     models: dict[str, ModelOverride] = Field(default_factory=dict)
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)

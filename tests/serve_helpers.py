@@ -147,13 +147,15 @@ def serving(
     model_dir: Path,
     home: Path,
     *,
+    backend: str = "mlx",
     serve: dict[str, Any] | None = None,
     mlx: dict[str, Any] | None = None,
     api_key: str | None = None,
     response_cache: bool = True,
     context_policy: str | None = None,
 ) -> Iterator[Served]:
-    """The server, opened as `foundry serve --port 0` opens it, running in a thread."""
+    """The server, opened as `foundry serve --port 0 --backend BACKEND` opens it, running in
+    a thread (`mlx` settings apply to whichever engine serves)."""
     from foundry.server.run import ServeOptions, open_server
 
     home.mkdir(parents=True, exist_ok=True)
@@ -164,6 +166,7 @@ def serving(
                 "prefix_cache": {"dir": str(home / "prefix-cache")},
                 "serve": serve or {},
                 "mlx": mlx or {},
+                "llamacpp": mlx or {},
             }
         )
     )
@@ -171,6 +174,7 @@ def serving(
     opened = open_server(
         ServeOptions(
             model=str(model_dir),
+            backend=backend,
             port=0,
             api_key=api_key,
             context_policy=context_policy,

@@ -15,6 +15,7 @@ OWNERS = {
     "mlx": "local",
     "mlx_lm": "local",
     "llguidance": "local",
+    "llama_cpp": "local",
     "anthropic": "backends/anthropic",
     "openai": "backends/openai",
     "starlette": "server",

@@ -24,7 +24,17 @@ from foundry.errors import ConfigError, UsageError
 PACKAGE = Path(__file__).resolve().parent.parent / "foundry"
 
 
-def test_auto_backend_picks_claude_only_with_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def mlx_is_local_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto's local pick as on Apple silicon, or without the llamacpp extra: mlx."""
+    from foundry.backends import llamacpp
+
+    monkeypatch.setattr(llamacpp, "is_apple_silicon", lambda: True)
+
+
+def test_auto_backend_picks_claude_only_with_a_key(
+    monkeypatch: pytest.MonkeyPatch, mlx_is_local_auto: None
+) -> None:
     config = FoundryConfig()
     assert resolve_backend(config) == "mlx"
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
@@ -32,11 +42,37 @@ def test_auto_backend_picks_claude_only_with_a_key(monkeypatch: pytest.MonkeyPat
     assert resolve_backend(config, "mlx") == "mlx"
     with pytest.raises(UsageError, match="unknown backend 'gpt'") as caught:
         resolve_backend(config, "gpt")
-    assert "anthropic, openai, mlx, auto" in str(caught.value)
+    assert "anthropic, openai, llamacpp, mlx, auto" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("apple_silicon", "installed", "expected"),
+    [(False, True, "llamacpp"), (True, True, "mlx"), (False, False, "mlx")],
+)
+def test_auto_prefers_llama_cpp_where_mlx_is_slow_and_it_is_installed(
+    monkeypatch: pytest.MonkeyPatch, apple_silicon: bool, installed: bool, expected: str
+) -> None:
+    from foundry.backends import llamacpp
+    from foundry.backends.registry import resolve_local_backend
+
+    monkeypatch.setattr(llamacpp, "is_apple_silicon", lambda: apple_silicon)
+    monkeypatch.setattr(llamacpp, "llama_cpp_installed", lambda: installed)
+    config = FoundryConfig()
+    assert resolve_backend(config) == expected
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
+    assert resolve_backend(config) == "anthropic"
+    # foundry serve runs a local engine: a remote default falls back to auto's local pick
+    assert resolve_local_backend(config) == expected
+    config.backend.default = "anthropic"
+    assert resolve_local_backend(config) == expected
+    assert resolve_local_backend(config, "mlx") == "mlx"
+    with pytest.raises(UsageError, match="'openai' is not a local engine") as caught:
+        resolve_local_backend(config, "openai")
+    assert "--backend llamacpp or mlx" in str(caught.value.hint)
 
 
 def test_auto_picks_an_openai_server_only_when_one_is_configured(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, mlx_is_local_auto: None
 ) -> None:
     config = FoundryConfig()
     assert resolve_backend(config) == "mlx"

@@ -187,13 +187,13 @@ def test_the_context_window_is_the_files_capped_by_max_kv_size(gguf, tmp_path) -
     assert b.context_window == 2048  # llama.context_length of the tiny GGUF wins
     length = b.count_request_tokens(request())
     failures: list = []
-    small = backend(gguf, config(tmp_path, mlx={"max_kv_size": length}))
+    small = backend(gguf, config(tmp_path, llamacpp={"max_kv_size": length}))
     with pytest.raises(BackendError) as caught:
         small.complete(request(), on_failed_attempt=failures.append)
     assert caught.value.error_class == "context_too_long" and small.context_window == length
     assert [f.error_class for f in failures] == ["context_too_long"]
     assert small._loaded.tokens == []  # refused before any prefill
-    roomy = backend(gguf, config(tmp_path, mlx={"max_kv_size": length + 3}))
+    roomy = backend(gguf, config(tmp_path, llamacpp={"max_kv_size": length + 3}))
     reply = roomy.complete(request(max_tokens=50))
     assert roomy.last_cache_event["max_tokens"] == 3 and reply.usage.output_tokens <= 3
 
@@ -214,17 +214,11 @@ def test_setup_errors_are_clear(gguf, tmp_path, monkeypatch) -> None:
     assert not llamacpp.LlamaCppBackend.auto_available(config(tmp_path))
 
 
-def test_foundry_serve_serves_it(gguf, tmp_path, monkeypatch) -> None:
-    """The real server and the anthropic SDK over this backend. run.py creates the "mlx"
-    backend by name today; the patch stands in for choosing the local backend there."""
-    import foundry.backends.registry as registry
-    from foundry.backends.llamacpp import LlamaCppBackend
+def test_foundry_serve_serves_it(gguf, tmp_path) -> None:
+    """The real server (`foundry serve --backend llamacpp`) and the anthropic SDK over it."""
     from tests.serve_helpers import READ_TOOL, serving, system_blocks
 
-    monkeypatch.setattr(
-        registry, "create_backend", lambda _, cfg, model: LlamaCppBackend(cfg, model)
-    )
-    with serving(gguf, tmp_path / "home") as served:
+    with serving(gguf, tmp_path / "home", backend="llamacpp") as served:
         client = served.client()
         ask = {
             "model": "claude-sonnet-4-6",

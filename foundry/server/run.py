@@ -139,6 +139,7 @@ def default_memory_budget() -> int:
 @dataclass
 class ServeOptions:
     model: str | None = None
+    backend: str | None = None  # a local engine, or auto; None: from the config
     host: str = "127.0.0.1"
     port: int = 8082
     api_key: str | None = None
@@ -156,12 +157,13 @@ class OpenServer:
     context_window: int | None
     memory_budget: int
     response_cache: bool
+    backend: str = "mlx"  # the engine serving it
 
 
 def open_server(options: ServeOptions) -> OpenServer:
     """Check the options, bind the socket, load the model and open the ledger session; the
     server starts taking requests when the caller runs it."""
-    from foundry.backends.registry import create_backend
+    from foundry.backends.registry import create_backend, resolve_local_backend
     from foundry.config import ledger_path, load_config
     from foundry.ledger.store import Ledger
     from foundry.server.context import POLICIES
@@ -181,7 +183,8 @@ def open_server(options: ServeOptions) -> OpenServer:
     logging.getLogger("transformers.tokenization_utils_base").setLevel(logging.ERROR)
     sock = bind(options.host, options.port)
     try:
-        backend: Any = create_backend("mlx", config, options.model)
+        engine = resolve_local_backend(config, options.backend, options.model)
+        backend: Any = create_backend(engine, config, options.model)
         backend.check()
         backend.load()
         budget = (
@@ -218,7 +221,13 @@ def open_server(options: ServeOptions) -> OpenServer:
         sock.close()
         raise
     return OpenServer(
-        Runner(service, sock), url, backend.model, backend.context_window, budget, cache is not None
+        Runner(service, sock),
+        url,
+        backend.model,
+        backend.context_window,
+        budget,
+        cache is not None,
+        backend=backend.name,
     )
 
 

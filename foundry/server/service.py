@@ -104,7 +104,7 @@ class ServeService:
         self.response_cache = response_cache
         self.stats = ServeStats()
         self.window: int | None = backend.context_window
-        self.default_temperature = backend.config.mlx.temperature
+        self.default_temperature = backend.settings.temperature
         self.tool_tag: str = backend.tool_call_tag
         self.queue = RequestQueue(self._run, settings.queue_size)
         self.shutting_down = False
@@ -147,7 +147,7 @@ class ServeService:
                     window=self.window,
                     policy=self.settings.context_policy,
                     keep_last=self.settings.keep_last,
-                    reply_room=min(request.max_tokens, self.backend.config.mlx.max_tokens),
+                    reply_room=min(request.max_tokens, self.backend.max_tokens),
                     count=self.count,
                 )
             except ApiError:
@@ -316,11 +316,9 @@ class ServeService:
     # -- state and shutdown ------------------------------------------------------------------
 
     def cache_stats(self) -> dict[str, Any]:
-        from foundry.local.runtime import import_mlx
-
-        mx = import_mlx()
         store = getattr(self.backend, "_store", None)
         l1 = self.backend.cache_state()
+        engine_memory = l1.pop("engine_memory", {})  # mlx's or llama.cpp's own figures
         return {
             "model": self.settings.model_name,
             "context_window": self.window,
@@ -331,8 +329,7 @@ class ServeService:
             "memory": {
                 "kv_bytes_in_memory": l1["bytes"],
                 "budget_bytes": l1["memory_budget_bytes"],
-                "mlx_active_bytes": mx.get_active_memory(),
-                "mlx_peak_bytes": mx.get_peak_memory(),
+                **engine_memory,
             },
             "queue": {
                 "running": self.queue.busy,

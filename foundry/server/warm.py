@@ -122,7 +122,7 @@ def warm(options: WarmOptions) -> WarmResult:
     from foundry.ledger.store import Ledger
 
     config = load_config(options.config)
-    name = resolve_backend(config, options.backend)
+    name = resolve_backend(config, options.backend, options.model)
     backend = create_backend(name, config, options.model)
     if options.request_file is not None and not backend.local:
         raise UsageError(

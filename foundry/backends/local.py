@@ -1,0 +1,519 @@
+"""What the in-process local engines share: one request from prompt to reply, with the usage
+meanings, the context-window rules, the repair turn and the error classes they all keep.
+
+An engine's backend (mlx, llamacpp) supplies how a model is found and loaded, how a KV cache
+holding a proper prefix of the prompt is made ready (from memory, the prefix store, or
+computed and saved on the way) and how tokens are generated after it.
+
+Usage follows Claude's meanings: cache_read_tokens = prefix tokens reused (saved or in
+memory), cache_write_5m_tokens = tokens newly saved to the store, input_tokens = the other
+tokens prefilled now; input + cache_read + cache_write = the prompt's length.
+
+A request never runs past the model's context window: a prompt with no room left fails with
+error_class "context_too_long" before any prefill, and the reply is capped to the room left.
+`cancel` stops a request between two decode steps (or prefill chunks) with error_class
+"cancelled".
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
+
+from foundry import console
+from foundry.backends.base import (
+    AttemptCallback,
+    FailedAttempt,
+    ModelRequest,
+    ModelResponse,
+    TextCallback,
+)
+from foundry.config import FoundryConfig, LocalEngineConfig
+from foundry.errors import BackendError, FoundryError, LocalModelError, UsageError
+from foundry.local.kv_memory import OVERLOADED
+from foundry.local.model_dirs import PULLABLE, Progress
+from foundry.local.stops import StopGate
+from foundry.local.tool_calls import new_tool_use_id, repair_prompt
+from foundry.timestamps import utc_now
+from foundry.usage import Usage
+
+log = logging.getLogger(__name__)
+MAX_REPAIRS = 1  # how often a malformed tool call is answered before the text goes back as is
+RATE_SAMPLE_MIN_TOKENS = 64  # prefill rates from fewer tokens are dominated by overhead
+CONTEXT_TOO_LONG = "context_too_long"  # the error class the Claude backend uses too
+CANCELLED = "cancelled"  # the caller cancelled the request (a client disconnected)
+PlanCallback = Callable[[dict[str, Any]], None]
+
+
+class LocalBackend:
+    """A model run in this process by an engine; subclasses fill in the engine's part."""
+
+    name: ClassVar[str]
+    local: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        config: FoundryConfig,
+        model: str,
+        *,
+        base_url: str | None = None,
+        reuse_conversation: bool = True,
+    ) -> None:
+        if base_url is not None:
+            raise UsageError(
+                f"--base-url does not apply to the {self.name} backend: it runs the model in "
+                "this process",
+                "leave out --base-url, or use --backend openai to talk to a model server",
+            )
+        self.config = config
+        self.model = model
+        self.reuse_conversation = reuse_conversation
+        self.settings: LocalEngineConfig = self.engine_settings(config)
+        self.max_tokens = self.settings.max_tokens
+        self._loaded: Any = None
+        self._renderer: Any = None
+        self._identity: Any = None
+        self._store: Any = None
+        self.memory_budget: int | None = None  # bytes of KV cache allowed; None: no guard
+        self.max_repairs = MAX_REPAIRS
+        # Set for the running request only: its cancel flag, plan listener and usage so far.
+        self._cancel: threading.Event | None = None
+        self._on_plan: PlanCallback | None = None
+        self._partial: Usage | None = None
+        self._rendered: tuple[ModelRequest, Any] | None = None  # the last prompt counted
+        # The tokenizer is not safe to share between threads: a server counts prompts on its
+        # request threads while its worker runs the model.
+        self._render_lock = threading.RLock()
+        self.last_stop_sequence: str | None = None
+        self._prefill_rate: float | None = None
+        # (tokens, ms) of the static prefix as measured when it was computed: what reuse saves.
+        self._prefix_cost: tuple[int, float] | None = None
+        self._context_window: int | None = None  # known once the model is loaded
+        self._grammars: Any = None  # ToolGrammars, once the model is loaded
+        self.last_cache_event: dict[str, Any] = {}  # what the last request did, for reports
+        self._checked = False  # check() passed; the build command and _ensure_loaded both call it
+
+    # -- what an engine supplies -------------------------------------------------------------
+
+    @classmethod
+    def engine_settings(cls, config: FoundryConfig) -> LocalEngineConfig:
+        """The config section of this engine (max_tokens, temperature, ...)."""
+        raise NotImplementedError
+
+    def _import_engine(self) -> None:
+        """Import the engine's library, or raise a LocalModelError saying how to install it."""
+        raise NotImplementedError
+
+    def _find_model(self) -> None:
+        """A LocalModelError, saying how to get it, unless the model's files are here."""
+        raise NotImplementedError
+
+    def _fetch_model(self, progress: Progress) -> None:
+        """Fetch a pullable model's files (first use)."""
+        raise NotImplementedError
+
+    def _ensure_loaded(self) -> Any:
+        """Load the model once: sets _loaded, _renderer, _context_window, _store, _identity
+        and _grammars."""
+        raise NotImplementedError
+
+    def _prepare_cache(
+        self, rendered: Any, request: ModelRequest, max_tokens: int, use_store: bool
+    ) -> tuple[int, dict[str, Any]]:
+        """Make a KV cache hold a proper prefix of the prompt; how many tokens it holds, and
+        what it took (reused, written, prefilled, prefill_s, source, reason, load_ms)."""
+        raise NotImplementedError
+
+    def _token_stream(
+        self,
+        new_tokens: list[int],
+        *,
+        max_tokens: int,
+        temperature: float,
+        times: Any,
+        constraint: Any,
+    ) -> Iterator[int]:
+        """Prefill `new_tokens` after the prepared prefix, then yield the reply's tokens."""
+        raise NotImplementedError
+
+    def _detokenizer(self) -> Any:
+        raise NotImplementedError
+
+    def _keep(self) -> None:
+        """A generation finished: keep its KV cache for the next request."""
+
+    def _after_cancel(self) -> None:
+        """A request was cancelled between two steps: its KV cache is consistent."""
+
+    def _after_failure(self) -> None:
+        """An engine failure mid-request: the KV cache's state is unknown."""
+
+    def _reset_peak_memory(self) -> None:
+        pass
+
+    def _peak_memory_mb(self) -> float | None:
+        return None
+
+    def _reply_model(self) -> str:
+        return self.model
+
+    # -- capabilities ------------------------------------------------------------------------
+
+    @classmethod
+    def auto_available(cls, config: FoundryConfig) -> bool:
+        return True
+
+    @property
+    def context_window(self) -> int | None:
+        return self._context_window
+
+    @property
+    def endpoint(self) -> str | None:
+        return None
+
+    def keepalive_request(self, last: ModelRequest) -> ModelRequest | None:
+        return None  # the saved prefix and the in-memory cache never expire
+
+    def count_tokens(self, system: str) -> int:
+        """Exact for this model: `system` through its own tokenizer (without chat framing)."""
+        self._ensure_loaded()
+        return len(self._renderer.encode(system))
+
+    def count_request_tokens(self, request: ModelRequest) -> int:
+        """Exact prompt tokens of a whole request, rendered with the chat template (the
+        rendering is kept, so completing this same request does not render it again)."""
+        self._ensure_loaded()
+        with self._render_lock:
+            rendered = self._renderer.render(request)
+        self._rendered = (request, rendered)
+        return len(rendered.tokens)
+
+    @property
+    def tool_call_tag(self) -> str:
+        """What opens a tool call in this model's replies (for streaming without it)."""
+        self._ensure_loaded()
+        return str(self._renderer.tool_call_tag)
+
+    def serve_with(self, *, l1_entries: int, memory_budget_bytes: int | None) -> None:
+        """Settings for `foundry serve`: conversations kept in memory, a KV memory budget,
+        and no repair turn (a streamed reply cannot take back text it has sent)."""
+        self.memory_budget = memory_budget_bytes
+        self.max_repairs = 0
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """The engine is installed and the model is here: a pullable one is fetched now."""
+        if self._checked:
+            return
+        self._import_engine()
+        try:
+            self._find_model()
+        except LocalModelError:
+            if self.model not in PULLABLE:
+                raise
+            console.info(f"local model '{self.model}' is not here yet; pulling it (first use)")
+            try:
+                self._fetch_model(console.info)
+            except FoundryError as exc:
+                raise LocalModelError(
+                    f"could not pull the default local model '{self.model}': {exc.message}",
+                    exc.hint or "set ANTHROPIC_API_KEY to use Claude instead",
+                ) from None
+        self._checked = True
+
+    def load(self) -> None:
+        """Load the model now (a server loads it before it takes requests)."""
+        self._ensure_loaded()
+
+    def _open_store(self, codec: Any = None) -> Any:
+        """The verified prefix store (None when it is off), and where file hashes are kept."""
+        from foundry.local.prefix_store import PrefixCacheStore
+
+        if not self.config.prefix_cache.enabled:
+            return None
+        if codec is None:
+            self._store = PrefixCacheStore.from_config(self.config)
+        else:
+            self._store = PrefixCacheStore.from_config(self.config, codec=codec)
+        return self._store.dir / "file-hashes.json"
+
+    def close(self) -> None:
+        self._rendered = None
+        self._loaded = self._renderer = None
+
+    # -- shared bookkeeping ------------------------------------------------------------------
+
+    def _stop_requested(self) -> bool:
+        return self._cancel is not None and self._cancel.is_set()
+
+    def _cost_ms(self, tokens: int) -> float | None:
+        """What computing the first `tokens` of a prompt costs, from the measured prefix."""
+        if not tokens:
+            return 0.0
+        if self._prefix_cost is not None:
+            length, ms = self._prefix_cost
+            return ms * tokens / length
+        return tokens / self._prefill_rate * 1000 if self._prefill_rate else None
+
+    def _saved(self, tokens: list[int]) -> bool:
+        return bool(self._store.has(self._identity, tokens))
+
+    def _plan(self, tokens: list[int], reused: int, ahead: list[int], source: str, reason: str):
+        """Tell the listener, before any prefill, what will be read and written."""
+        if self._on_plan is not None:
+            self._on_plan(
+                {
+                    "prompt_tokens": len(tokens),
+                    "cache_read": reused,
+                    "cache_write": ahead[-1] - reused if ahead else 0,
+                    "source": source,
+                    "reason": reason,
+                }
+            )
+
+    # -- the context window ------------------------------------------------------------------
+
+    def _room(self, prompt_tokens: int) -> int | None:
+        """Tokens left for the reply after the prompt; None when the window is unknown."""
+        if self._context_window is None:
+            return None
+        return self._context_window - prompt_tokens
+
+    def _too_long(self, prompt_tokens: int) -> BackendError:
+        return BackendError(
+            f"the prompt is {prompt_tokens:,} tokens, which leaves no room for a reply in local "
+            f"model '{self.model}''s context window of {self._context_window:,} tokens",
+            "start a fresh conversation (fewer turns per phase with --max-turns), shorten the "
+            "orchestrator prompt, or use a model with a longer context",
+            error_class=CONTEXT_TOO_LONG,
+        )
+
+    # -- one generation ----------------------------------------------------------------------
+
+    def _generate(self, rendered: Any, request: ModelRequest, on_text: TextCallback | None):
+        from foundry.local.engine import Cancelled, StepTimes
+
+        started = time.perf_counter()
+        max_tokens = min(request.max_tokens, self.settings.max_tokens)
+        room = self._room(len(rendered.tokens))
+        if room is not None:  # never generate past the model's context window
+            max_tokens = min(max_tokens, room)
+        held, event = self._prepare_cache(rendered, request, max_tokens, request.ttl is not None)
+        new_tokens = rendered.tokens[held:]
+        times = StepTimes()
+        detok = self._detokenizer()
+        detok.reset()
+        temperature = (
+            request.temperature if request.temperature is not None else self.settings.temperature
+        )
+        gate = StopGate(getattr(request, "stop_sequences", ()))
+        constraint = self._grammars.for_request(request)
+        ttft = None
+        event["new_tokens"] = len(new_tokens)
+        self.last_cache_event = {**event, "max_tokens": max_tokens}
+        generated = 0
+        try:
+            for token in self._token_stream(
+                new_tokens,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                times=times,
+                constraint=constraint,
+            ):
+                if ttft is None:
+                    ttft = time.perf_counter() - started
+                if self._stop_requested():  # checked after every decode step
+                    raise Cancelled()
+                generated += 1
+                detok.add_token(token)
+                out = gate.feed(detok.last_segment)
+                if on_text and out:
+                    on_text(out)
+                if gate.hit is not None:
+                    break
+            else:
+                detok.finalize()
+                out = gate.feed(detok.last_segment) + gate.flush()
+                if on_text and out:
+                    on_text(out)
+        except Cancelled:
+            self._partial = self._usage(rendered, event, times, ttft, started, generated)
+            raise
+        if ttft is None:
+            ttft = time.perf_counter() - started
+        self._keep()
+        usage = self._usage(rendered, event, times, ttft, started, times.generated)
+        if times.wound_up:
+            self.last_cache_event["wound_up"] = True
+            log.info("the reply was repeating itself: it was steered to its end")
+        if times.looped:
+            self.last_cache_event["looped"] = True
+            log.info("the reply was repeating itself: stopped after %d tokens", times.generated)
+        if constraint is not None:
+            self._note_constraint(constraint, times)
+        self.last_stop_sequence = gate.hit
+        hit_max = not times.ended_on_eos and gate.hit is None
+        return gate.text, usage, hit_max
+
+    def _note_constraint(self, constraint: Any, times: Any) -> None:
+        """What the grammar cost this reply, for reports and benchmarks."""
+        cost = constraint.cost
+        per_token = cost.ms_per_token
+        decode_ms = times.generate_s * 1000 / times.forward_passes if times.forward_passes else None
+        self.last_cache_event.update(
+            constrained=not constraint.failed,
+            mask_ms_per_token=per_token,
+            decode_ms_per_step=decode_ms,
+            forced_tokens=cost.forced,
+        )
+        log.info(
+            "constrained reply: %d tokens, %d forced by the grammar, mask %.3f ms per token",
+            times.generated,
+            cost.forced,
+            per_token or 0.0,
+        )
+
+    def _usage(
+        self,
+        rendered: Any,
+        event: dict[str, Any],
+        times: Any,
+        ttft: float | None,
+        started: float,
+        generated: int,
+    ) -> Usage:
+        prefilled = event["prefilled"] + event["new_tokens"]
+        prefill_s = event["prefill_s"] + times.prefill_s
+        rate = prefilled / prefill_s if prefill_s > 0 else None
+        if rate and prefilled >= RATE_SAMPLE_MIN_TOKENS:
+            self._prefill_rate = max(rate, self._prefill_rate or 0.0)
+        best_rate = self._prefill_rate or rate
+        return Usage(
+            input_tokens=len(rendered.tokens) - event["reused"] - event["written"],
+            output_tokens=generated,
+            cache_read_tokens=event["reused"],
+            cache_write_5m_tokens=event["written"],
+            ttft_ms=ttft * 1000 if ttft is not None else None,
+            duration_ms=(time.perf_counter() - started) * 1000,
+            prefill_tokens_per_s=rate,
+            generation_tokens_per_s=(
+                times.generated / times.generate_s if times.generate_s > 0 else None
+            ),
+            prefill_saved_ms=self._saved_ms(event, best_rate),
+        )
+
+    def _saved_ms(self, event: dict[str, Any], fallback_rate: float | None) -> float | None:
+        """Prefill time the reused tokens saved, net of loading them. Scaled from the measured
+        cost of the prefix: conservative, as later tokens cost more (they attend to more).
+        Dividing by this request's own rate instead overstated it up to 2x, since a few
+        tokens appended to a long prefix prefill far slower than the prefix's average."""
+        reused = event["reused"]
+        if not reused:
+            return 0.0
+        if self._prefix_cost is not None:
+            tokens, ms = self._prefix_cost
+            return max(ms * reused / tokens - event.get("load_ms", 0.0), 0.0)
+        return reused / fallback_rate * 1000 if fallback_rate else None
+
+    def complete(
+        self,
+        request: ModelRequest,
+        *,
+        on_text: TextCallback | None = None,
+        on_failed_attempt: AttemptCallback | None = None,
+        cancel: threading.Event | None = None,
+        on_plan: PlanCallback | None = None,
+    ) -> ModelResponse:
+        """One request. `cancel`, when set, stops it between two decode steps (or prefill
+        chunks) with error_class "cancelled"; `on_plan` hears, before any prefill, how many
+        prompt tokens will be read from a cache and written to the store."""
+        from foundry.local.engine import Cancelled
+
+        started_at = utc_now()
+        self._ensure_loaded()
+        self._cancel, self._on_plan, self._partial = cancel, on_plan, None
+        self.last_stop_sequence = None
+
+        def failed(error_class: str, message: str, usage: Usage | None = None) -> None:
+            if on_failed_attempt:
+                on_failed_attempt(
+                    FailedAttempt(error_class, message, usage or Usage(), started_at=started_at)
+                )
+
+        try:
+            self._reset_peak_memory()
+            memo = self._rendered
+            if memo is not None and memo[0] is request:
+                rendered = memo[1]
+            else:
+                with self._render_lock:
+                    rendered = self._renderer.render(request)
+            self._rendered = None
+            room = self._room(len(rendered.tokens))
+            if room is not None and room < 1:  # checked before any prefill
+                error = self._too_long(len(rendered.tokens))
+                failed(CONTEXT_TOO_LONG, error.message)
+                raise error
+            total = Usage()
+            for attempt in range(self.max_repairs + 1):
+                text, usage, hit_max = self._generate(rendered, request, on_text)
+                self._on_plan = None  # a repair turn is part of the same reply
+                total += usage
+                reply = self._renderer.parse(text, request)
+                if reply.calls or not reply.errors or attempt == self.max_repairs:
+                    break
+                if self.last_cache_event.get("constrained"):
+                    break  # a constrained call is valid; only max_tokens can cut one short
+                # Answer the malformed call with what was wrong, and let the model try again.
+                log.info("malformed tool call(s): %s", "; ".join(reply.errors))
+                with self._render_lock:
+                    repair = self._renderer.render(
+                        request,
+                        extra_chat=[
+                            {"role": "assistant", "content": text},
+                            {"role": "user", "content": repair_prompt(reply.errors)},
+                        ],
+                    )
+                room = self._room(len(repair.tokens))
+                if room is not None and room < 1:  # no room to repair: return the text as is
+                    break
+                rendered = repair
+            total.peak_memory_mb = self._peak_memory_mb()
+        except Cancelled:
+            self._after_cancel()
+            failed(CANCELLED, "the request was cancelled", self._partial)
+            raise BackendError(
+                "the request was cancelled", "send it again", error_class=CANCELLED
+            ) from None
+        except BackendError as exc:
+            if exc.error_class == OVERLOADED:
+                failed(OVERLOADED, exc.message)
+            raise
+        except FoundryError:
+            raise
+        except Exception as exc:  # an engine failure mid-request
+            self._after_failure()
+            failed("local_model_error", str(exc))
+            raise BackendError(
+                f"local model '{self.model}' failed: {exc}",
+                "retry; set FOUNDRY_DEBUG=1 for details",
+                error_class="local_model_error",
+            ) from exc
+        finally:
+            self._cancel = self._on_plan = None
+        content: list[dict[str, Any]] = [{"type": "text", "text": reply.text}] if reply.text else []
+        content += [
+            {"type": "tool_use", "id": new_tool_use_id(), "name": c["name"], "input": c["input"]}
+            for c in reply.calls
+        ]
+        if reply.calls and not (hit_max and reply.errors):
+            stop = "tool_use"  # (a call the output limit cut short makes it max_tokens)
+        elif self.last_stop_sequence is not None:
+            stop = "stop_sequence"
+        else:
+            stop = "max_tokens" if hit_max else "end_turn"
+        return ModelResponse(content, stop, total, self._reply_model(), None, started_at)
