@@ -49,11 +49,13 @@ def prompt_request(decode: int):
     return request(static, first_turn(dynamic), decode)
 
 
-def bench_config(store: Path, decode: int) -> FoundryConfig:
+def bench_config(store: Path, decode: int, threads: int | None = None) -> FoundryConfig:
+    engine = {"max_tokens": max(decode, 1), "constrained_tools": False}
     return FoundryConfig.model_validate(
         {
             "prefix_cache": {"dir": str(store)},
-            "mlx": {"max_tokens": max(decode, 1), "constrained_tools": False},
+            "mlx": engine,
+            "llamacpp": {**engine, "threads": threads},
         }
     )
 
@@ -64,12 +66,8 @@ def bench_config(store: Path, decode: int) -> FoundryConfig:
 def foundry_worker(
     engine: str, phase: str, store: Path, decode: int, threads: int | None
 ) -> dict[str, Any]:
-    if threads:  # the config has no llama.cpp thread setting (yet)
-        import foundry.local.llamacpp_engine as llamacpp_engine
-
-        llamacpp_engine.default_threads = lambda: threads
     Backend = MLXBackend if engine == "mlx" else LlamaCppBackend
-    backend = Backend(bench_config(store, decode), DEFAULT_MODEL)
+    backend = Backend(bench_config(store, decode, threads), DEFAULT_MODEL)
     backend.load()
     usage = backend.complete(prompt_request(decode)).usage
     prompt = usage.total_input_tokens

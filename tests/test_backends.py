@@ -71,6 +71,24 @@ def test_auto_prefers_llama_cpp_where_mlx_is_slow_and_it_is_installed(
     assert "--backend llamacpp or mlx" in str(caught.value.hint)
 
 
+def test_auto_gives_a_model_to_the_engine_that_runs_its_format(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    from foundry.backends import llamacpp
+
+    monkeypatch.setattr(llamacpp, "is_apple_silicon", lambda: False)
+    monkeypatch.setattr(llamacpp, "llama_cpp_installed", lambda: True)
+    config = FoundryConfig()
+    mlx_dir = tmp_path / "qwen-mlx"
+    mlx_dir.mkdir()
+    gguf = tmp_path / "qwen.gguf"
+    gguf.write_bytes(b"GGUF")
+    assert resolve_backend(config, model=str(mlx_dir)) == "mlx"  # only mlx runs a directory
+    assert resolve_backend(config, model=str(gguf)) == "llamacpp"
+    assert resolve_backend(config, model="smollm2-135m") == "llamacpp"  # pullable as GGUF
+    assert resolve_backend(config, "llamacpp", model=str(mlx_dir)) == "llamacpp"  # as asked
+
+
 def test_auto_picks_an_openai_server_only_when_one_is_configured(
     monkeypatch: pytest.MonkeyPatch, mlx_is_local_auto: None
 ) -> None:

@@ -120,6 +120,39 @@ def test_turns_prefill_only_what_they_add(gguf, tmp_path) -> None:
     assert again.usage.cache_read_tokens == prefix and again.content == second.content
 
 
+def test_served_conversations_taking_turns_come_back_from_memory(gguf, tmp_path) -> None:
+    """`foundry serve` with clients alternating: the conversation the context gives up is
+    parked (a copy of its state) and comes back whole, not re-read from the saved prefix."""
+    b = backend(gguf, config(tmp_path))
+    b.serve_with(l1_entries=3, memory_budget_bytes=None)
+
+    def conversation(first: str, turns: int) -> list[Message]:
+        messages = [Message("user", [{"type": "text", "text": first}])]
+        for turn in range(turns - 1):
+            messages += [
+                Message("assistant", [{"type": "text", "text": f"Working on step {turn}."}]),
+                Message("user", [{"type": "text", "text": f"Step {turn} is done."}]),
+            ]
+        return messages
+
+    b.complete(request(messages=conversation("Build a todo app", 2)))
+    b.complete(request(messages=conversation("Write a haiku about caches", 2)))
+    back = b.complete(request(messages=conversation("Build a todo app", 3)))
+    assert b.last_cache_event["source"] == "memory" and "parked" in b.last_cache_event["reason"]
+    assert back.usage.cache_write_5m_tokens == 0 and back.usage.input_tokens < 40
+    assert_context_is_exact(b)
+    live, *parked = b.cache_state()["entries"]
+    assert live["live"] and len(live) == 3 and live["tokens"] == len(b._loaded.tokens)
+    # the haiku conversation, and the todo one as it was (its copy served the third turn)
+    assert sorted(e["hits"] for e in parked) == [0, 1] and all(e["bytes"] > 0 for e in parked)
+    build = backend(gguf, config(tmp_path))  # a build keeps one conversation: nothing parked
+    build.complete(request(messages=conversation("Build a todo app", 2)))
+    build.complete(request(messages=conversation("Write a haiku about caches", 2)))
+    assert build.cache_state()["entries"] == [
+        {"tokens": len(build._loaded.tokens), "bytes": build.cache_state()["bytes"], "live": True}
+    ]
+
+
 def test_tool_calls_are_valid_under_the_constraint(gguf, tmp_path) -> None:
     """Random weights at temperature 1 (the worst case). With one call allowed and bounded
     arguments, every reply is that call; with the build's tools, every whole call validates
@@ -234,5 +267,9 @@ def test_foundry_serve_serves_it(gguf, tmp_path) -> None:
         assert second.usage.cache_read_input_tokens >= first.usage.cache_creation_input_tokens
         assert streamed == "".join(b.text for b in second.content if b.type == "text")
         rows = served.ledger_rows()
+        stats = served.stats()
     assert [r["backend"] for r in rows] == ["llamacpp", "llamacpp"]
     assert rows[1]["cache_read_tokens"] == second.usage.cache_read_input_tokens
+    assert stats["memory"]["peak_rss_bytes"] > 0 and "mlx_peak_bytes" not in stats["memory"]
+    assert stats["l1"]["entries"][0]["tokens"] >= second.usage.cache_read_input_tokens
+    assert stats["disk"]["entries"] >= 1

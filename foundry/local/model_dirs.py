@@ -105,6 +105,7 @@ def list_models() -> list[dict[str, Any]]:
             rows.append(
                 {
                     "name": path.name,
+                    "engine": "mlx",
                     "path": str(path),
                     "size_bytes": _dir_size(path),
                     "source": info.get("source"),
@@ -113,9 +114,34 @@ def list_models() -> list[dict[str, Any]]:
                     "created_at": info.get("created_at"),
                 }
             )
+        # GGUF files run as they are by the llamacpp backend (a pull keeps its GGUF here).
+        for path in sorted(root.glob("*.gguf")):
+            if path.is_file() and not path.name.startswith("."):
+                rows.append(
+                    {
+                        "name": path.stem,
+                        "engine": "llamacpp",
+                        "path": str(path),
+                        "size_bytes": path.stat().st_size,
+                        "source": PULLABLE[path.stem].description
+                        if path.stem in PULLABLE
+                        else "GGUF file",
+                        "dtype": None,
+                        "quantization": None,
+                        "created_at": None,
+                    }
+                )
     for name, source in PULLABLE.items():
         if not any(row["name"] == name for row in rows):
-            rows.append({"name": name, "path": None, "source": source.description, "pulled": False})
+            rows.append(
+                {
+                    "name": name,
+                    "engine": None,
+                    "path": None,
+                    "source": source.description,
+                    "pulled": False,
+                }
+            )
     return rows
 
 
