@@ -230,10 +230,9 @@ def main() -> int:
         return worker(args)
     engines = [e for e in args.engines.split(",") if e]
     if "raw" in engines or "llamacpp" in engines:
-        from foundry.local.llamacpp_models import fetch_gguf, find_gguf
+        from foundry.local.pull import download_gguf
 
-        if find_gguf(DEFAULT_MODEL) is None:
-            fetch_gguf(DEFAULT_MODEL, progress=print)
+        download_gguf(DEFAULT_MODEL, progress=print)  # kept from an earlier pull when there
     ids = render_ids(engines, args.decode)
     print(f"prompt: {ids['prefix']} static + {len(ids['tokens']) - ids['prefix']} dynamic tokens")
     rows: dict[str, list[dict[str, Any]]] = {e: [] for e in engines}

@@ -7,9 +7,11 @@ it); then prefill only the rest (always at least one token) and generate, with t
 under the request's grammar. The request itself (usage, context window, repair turn,
 errors) is foundry.backends.local's, as for mlx.
 
-What differs from mlx: one llama.cpp context holds one conversation (its KV buffer is
-allocated whole when the model loads, so there is no memory guard to run), and a saved
-prefix is llama.cpp's sequence state.
+What differs from mlx: a saved prefix is llama.cpp's sequence state, and one llama.cpp
+context holds one conversation (its KV buffer is allocated whole when the model loads, so
+there is no memory guard to run). For `foundry serve`, the conversation a request would cut
+is parked first, as a copy of its state in an LRU bounded like mlx's in-memory caches, and
+loaded back when its client returns.
 """
 
 from __future__ import annotations

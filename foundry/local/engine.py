@@ -5,9 +5,7 @@ Kept separate from the backend so the correctness tests can drive prefill direct
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +14,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from foundry.errors import LocalModelError
-from foundry.fsutil import write_atomic
+from foundry.local.file_hashes import file_hashes
 from foundry.local.prefix_store import PrefixIdentity
 from foundry.local.runtime import import_mlx, import_mlx_lm, versions
 
@@ -110,33 +108,15 @@ def activation_dtype(model: Any) -> str:
     return "unknown"
 
 
-def _file_sha256(path: Path, memo: dict[str, Any]) -> str:
-    stat = path.stat()
-    stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
-    cached = memo.get(str(path))
-    if cached and cached.get("stamp") == stamp:
-        return cached["sha256"]
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(8 * 1024 * 1024):
-            digest.update(chunk)
-    memo[str(path)] = {"stamp": stamp, "sha256": digest.hexdigest()}
-    return digest.hexdigest()
-
-
 def model_identity(loaded: LoadedModel, memo_file: Path | None = None) -> PrefixIdentity:
     """Everything that shapes the KV values; weight hashes are memoised by size + mtime."""
-    memo: dict[str, Any] = {}
-    if memo_file is not None:
-        try:
-            memo = json.loads(memo_file.read_text("utf-8"))
-        except (OSError, ValueError):
-            memo = {}
     files = sorted(loaded.path.glob("*.safetensors")) + [
         loaded.path / n for n in IDENTITY_FILES if (loaded.path / n).is_file()
     ]
+    with file_hashes(memo_file) as sha256:
+        hashes = {f.name: sha256(f) for f in files}
     fields: dict[str, Any] = {
-        "files": {f.name: _file_sha256(f, memo) for f in files},
+        "files": hashes,
         "chat_template": hashlib.sha256(
             str(getattr(loaded.tokenizer, "chat_template", "") or "").encode()
         ).hexdigest(),
@@ -145,9 +125,6 @@ def model_identity(loaded: LoadedModel, memo_file: Path | None = None) -> Prefix
         "max_kv_size": loaded.max_kv_size,
         **versions(),
     }
-    if memo_file is not None:
-        with contextlib.suppress(OSError):  # only a speed-up
-            write_atomic(memo_file, json.dumps(memo))
     return PrefixIdentity(fields=fields, model=loaded.name)
 
 

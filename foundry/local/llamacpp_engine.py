@@ -228,7 +228,7 @@ class LlamaCppModel:
         del data[written:]
         return data
 
-    def load_state(self, data: bytearray, tokens: list[int]) -> bool:
+    def load_state(self, data: bytearray | memoryview, tokens: list[int]) -> bool:
         """Replace the sequence by a saved state holding exactly `tokens`; False (and an empty
         sequence) when llama.cpp refuses it or it holds another number of positions."""
         self.trim(0)

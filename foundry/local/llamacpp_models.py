@@ -8,15 +8,12 @@ fetches it).
 
 from __future__ import annotations
 
-import contextlib
-import json
 from pathlib import Path
-from typing import Any
 
 from foundry.config import models_dir
 from foundry.errors import LocalModelError
-from foundry.fsutil import is_safe_name, write_atomic
-from foundry.local.engine import _file_sha256
+from foundry.fsutil import is_safe_name
+from foundry.local.file_hashes import file_hashes
 from foundry.local.gguf_check import validate_gguf
 from foundry.local.llamacpp_engine import LlamaCppModel
 from foundry.local.model_dirs import PULLABLE
@@ -61,18 +58,13 @@ def resolve_gguf(model: str) -> Path:
 def state_identity(model: LlamaCppModel, memo_file: Path | None = None) -> PrefixIdentity:
     """Everything that shapes a saved state: the GGUF's bytes (sha256, memoised by size and
     mtime), the engine and its version (the state's layout), the context size and KV type."""
-    memo: dict[str, Any] = {}
-    if memo_file is not None:
-        with contextlib.suppress(OSError, ValueError):
-            memo = json.loads(memo_file.read_text("utf-8"))
+    with file_hashes(memo_file) as sha256:
+        gguf_sha256 = sha256(model.path)
     fields = {
-        "gguf_sha256": _file_sha256(model.path, memo),
+        "gguf_sha256": gguf_sha256,
         "engine": "llama.cpp",
         "llama_cpp_python": model.version,
         "n_ctx": model.n_ctx,
         "kv_type": model.kv_type,
     }
-    if memo_file is not None:
-        with contextlib.suppress(OSError):  # only a speed-up
-            write_atomic(memo_file, json.dumps(memo))
     return PrefixIdentity(fields=fields, model=model.name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import struct
 import zlib
@@ -20,7 +21,7 @@ TENSOR = "state"
 HEADER_LIMIT = 64 * 1024 * 1024  # a token-id list of a 1M-token prefix fits many times over
 
 
-def state_checksum(data: bytes | bytearray) -> str:
+def state_checksum(data: bytes | bytearray | memoryview) -> str:
     return f"{zlib.crc32(data):08x}"
 
 
@@ -44,28 +45,37 @@ class StateCodec:
             os.fsync(handle.fileno())
 
     @staticmethod
-    def checksum(data: bytes | bytearray) -> str:
+    def checksum(data: bytes | bytearray | memoryview) -> str:
         return state_checksum(data)
 
     @staticmethod
-    def nbytes(data: bytes | bytearray) -> int:
+    def nbytes(data: bytes | bytearray | memoryview) -> int:
         return len(data)
 
     @staticmethod
-    def holds(data: bytes | bytearray, n_tokens: int) -> bool:
+    def holds(data: bytes | bytearray | memoryview, n_tokens: int) -> bool:
         return True  # the engine checks the positions a state holds when it restores it
 
     @staticmethod
-    def read(path: Path) -> tuple[bytearray, dict[str, str]]:
-        """The bytes and metadata; ValueError when the file is truncated or not one of ours."""
+    def read(path: Path) -> tuple[memoryview, dict[str, str]]:
+        """The state's bytes and the metadata; ValueError when the file is truncated or not
+        one of ours. The bytes are a private copy-on-write map of the file, so nothing is
+        copied before llama.cpp copies them into its KV buffer (the store writes files by
+        rename, never in place, so a mapped file never changes under it)."""
         with open(path, "rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
+            size = os.fstat(handle.fileno()).st_size
+            head = handle.read(8)
+            if len(head) != 8:
+                raise ValueError("truncated header")
+            (length,) = struct.unpack("<Q", head)
             if length > HEADER_LIMIT:
                 raise ValueError("header too large")
             header = json.loads(handle.read(length))
             start, end = header[TENSOR]["data_offsets"]
-            data = bytearray(end - start)
-            handle.seek(8 + length + start)
-            if handle.readinto(data) != len(data) or handle.read(1):
+            offset = 8 + length
+            if not 0 <= start <= end or offset + end != size:
                 raise ValueError("the state's length does not match its header")
-        return data, dict(header.get("__metadata__") or {})
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+        return memoryview(mapped)[offset + start : offset + end], dict(
+            header.get("__metadata__") or {}
+        )

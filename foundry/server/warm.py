@@ -127,8 +127,8 @@ def warm(options: WarmOptions) -> WarmResult:
     if options.request_file is not None and not backend.local:
         raise UsageError(
             "--request warms a local model for `foundry serve`",
-            "use --backend mlx with --request, or leave --request out to warm Claude's cache "
-            "for builds",
+            "use --backend mlx or llamacpp (the engine foundry serve runs) with --request, or "
+            "leave --request out to warm Claude's cache for builds",
         )
     try:
         backend.check()
