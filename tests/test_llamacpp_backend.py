@@ -120,37 +120,67 @@ def test_turns_prefill_only_what_they_add(gguf, tmp_path) -> None:
     assert again.usage.cache_read_tokens == prefix and again.content == second.content
 
 
+def conversation(first: str, turns: int) -> list[Message]:
+    """A client's conversation after `turns` user turns."""
+    messages = [Message("user", [{"type": "text", "text": first}])]
+    for turn in range(turns - 1):
+        messages += [
+            Message("assistant", [{"type": "text", "text": f"Working on step {turn}."}]),
+            Message("user", [{"type": "text", "text": f"Step {turn} is done."}]),
+        ]
+    return messages
+
+
 def test_served_conversations_taking_turns_come_back_from_memory(gguf, tmp_path) -> None:
-    """`foundry serve` with clients alternating: the conversation the context gives up is
-    parked (a copy of its state) and comes back whole, not re-read from the saved prefix."""
+    """`foundry serve` with three clients taking turns and room for three conversations:
+    the one the context gives up is parked (a copy of its state) and comes back whole, not
+    re-read from the saved prefix; a client's own next turn parks nothing."""
     b = backend(gguf, config(tmp_path))
     b.serve_with(l1_entries=3, memory_budget_bytes=None)
-
-    def conversation(first: str, turns: int) -> list[Message]:
-        messages = [Message("user", [{"type": "text", "text": first}])]
-        for turn in range(turns - 1):
-            messages += [
-                Message("assistant", [{"type": "text", "text": f"Working on step {turn}."}]),
-                Message("user", [{"type": "text", "text": f"Step {turn} is done."}]),
-            ]
-        return messages
-
-    b.complete(request(messages=conversation("Build a todo app", 2)))
-    b.complete(request(messages=conversation("Write a haiku about caches", 2)))
-    back = b.complete(request(messages=conversation("Build a todo app", 3)))
-    assert b.last_cache_event["source"] == "memory" and "parked" in b.last_cache_event["reason"]
-    assert back.usage.cache_write_5m_tokens == 0 and back.usage.input_tokens < 40
-    assert_context_is_exact(b)
+    clients = ["Build a todo app", "Write a haiku about caches", "Explain the ledger"]
+    for first in clients:
+        b.complete(request(messages=conversation(first, 2)))
+    assert [e["tokens"] > 0 for e in b.cache_state()["entries"]] == [True] * 3
+    for first in (clients[1], clients[0]):  # B, then A, come back
+        req = request(messages=conversation(first, 3))
+        back = b.complete(req)
+        u = back.usage
+        assert b.last_cache_event["source"] == "memory"
+        assert "parked" in b.last_cache_event["reason"]
+        assert u.cache_write_5m_tokens == 0 and u.input_tokens < 40
+        assert u.input_tokens + u.cache_read_tokens == b.count_request_tokens(req)
+        assert_context_is_exact(b)
     live, *parked = b.cache_state()["entries"]
-    assert live["live"] and len(live) == 3 and live["tokens"] == len(b._loaded.tokens)
-    # the haiku conversation, and the todo one as it was (its copy served the third turn)
-    assert sorted(e["hits"] for e in parked) == [0, 1] and all(e["bytes"] > 0 for e in parked)
+    assert live["live"] and live["tokens"] == len(b._loaded.tokens)
+    assert len(parked) == 2 and b.cache_state()["evictions"] == 0  # C and B, none lost
+    assert all(e["bytes"] >= e["tokens"] * b._loaded.kv_bytes_per_token() for e in parked)
+    b.complete(request(messages=conversation(clients[0], 4)))  # A's own next turn
+    assert len(b.cache_state()["entries"]) == 3  # nothing new parked
     build = backend(gguf, config(tmp_path))  # a build keeps one conversation: nothing parked
-    build.complete(request(messages=conversation("Build a todo app", 2)))
-    build.complete(request(messages=conversation("Write a haiku about caches", 2)))
-    assert build.cache_state()["entries"] == [
-        {"tokens": len(build._loaded.tokens), "bytes": build.cache_state()["bytes"], "live": True}
-    ]
+    for first in clients[:2]:
+        build.complete(request(messages=conversation(first, 2)))
+    assert len(build.cache_state()["entries"]) == 1
+
+
+def test_a_cancelled_request_leaves_the_context_exact(gguf, tmp_path) -> None:
+    import threading
+
+    b = backend(gguf, config(tmp_path))
+    cancel = threading.Event()
+    failures: list = []
+    with pytest.raises(BackendError) as caught:
+        b.complete(
+            request(max_tokens=50, temperature=1.0),
+            on_text=lambda _: cancel.set(),
+            cancel=cancel,
+            on_failed_attempt=failures.append,
+        )
+    assert caught.value.error_class == "cancelled"
+    assert [f.error_class for f in failures] == ["cancelled"]
+    assert 1 <= failures[0].usage.output_tokens < 50
+    assert_context_is_exact(b)
+    again = b.complete(request())
+    assert b.last_cache_event["source"] == "memory" and again.usage.cache_read_tokens > 100
 
 
 def test_tool_calls_are_valid_under_the_constraint(gguf, tmp_path) -> None:
@@ -242,7 +272,8 @@ def test_setup_errors_are_clear(gguf, tmp_path, monkeypatch) -> None:
     bad.write_bytes(b"GGUF" + b"\0" * 40)
     with pytest.raises(LocalModelError, match="cannot read bad.gguf as GGUF"):
         backend(bad, config(tmp_path)).check()
-    assert llamacpp.LlamaCppBackend.auto_available(config(tmp_path))
+    monkeypatch.setattr(llamacpp, "is_apple_silicon", lambda: False)
+    assert llamacpp.LlamaCppBackend.auto_available(config(tmp_path))  # installed here
     monkeypatch.setattr(llamacpp, "is_apple_silicon", lambda: True)
     assert not llamacpp.LlamaCppBackend.auto_available(config(tmp_path))
 

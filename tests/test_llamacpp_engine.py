@@ -40,9 +40,13 @@ def load(path: Path):
 
 
 def _restore_and_continue(path: str, state_file: str, tokens: list[int], split: int) -> list:
-    """In a fresh process: restore the saved prefix, feed the rest, return the logits."""
+    """In a fresh process: restore the saved prefix as the store reads it (a map of the
+    file), feed the rest, return the logits."""
+    from foundry.local.llamacpp_store import StateCodec
+
     model = load(Path(path))
-    assert model.load_state(bytearray(Path(state_file).read_bytes()), tokens[:split])
+    data, _ = StateCodec.read(Path(state_file))
+    assert model.load_state(data, tokens[:split])
     return model.feed(tokens[split:]).tolist()
 
 
@@ -53,8 +57,10 @@ def test_a_prefix_restored_in_a_new_process_gives_the_cold_logits(gguf, tmp_path
     cold = model.feed(tokens)
     model.trim(0)
     model.feed(tokens[:split])
-    state_file = tmp_path / "state.bin"
-    state_file.write_bytes(model.save_state())
+    from foundry.local.llamacpp_store import StateCodec
+
+    state_file = tmp_path / "state.safetensors"
+    StateCodec.write(state_file, model.save_state(), {"note": "test"})
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         warm = pool.apply(_restore_and_continue, (str(gguf), str(state_file), tokens, split))
     np.testing.assert_allclose(np.array(warm), cold, atol=ATOL)
@@ -126,3 +132,34 @@ def test_constrained_decoding_yields_valid_calls(gguf) -> None:
         reply = parse_tool_calls(text, {"read_file"})
         assert len(reply.calls) == 1 and not reply.errors and not reply.text, text
         assert len(reply.calls[0]["input"]["path"]) <= 12
+
+
+def test_the_state_file_reads_back_exactly_and_a_bad_one_is_refused(gguf, tmp_path) -> None:
+    from foundry.local.llamacpp_store import StateCodec
+
+    model = load(gguf)
+    tokens = model.tokenize(TEXT, add_special=True)
+    model.feed(tokens)
+    state = model.save_state()
+    # The KV cache's size per position, as /cache/stats reports it, is the state's (its
+    # few bytes of bookkeeping aside).
+    per_token = model.kv_bytes_per_token()
+    assert len(tokens) * per_token <= len(state) < len(tokens) * per_token * 1.01 + 4096
+    path = tmp_path / "state.safetensors"
+    StateCodec.write(path, state, {"identity": "{}", "kv_crc32": StateCodec.checksum(state)})
+    data, meta = StateCodec.read(path)
+    assert bytes(data) == bytes(state) and meta["kv_crc32"] == StateCodec.checksum(data)
+    data[0] ^= 0xFF  # the map is private: writing to it never reaches the file
+    del data
+    assert bytes(StateCodec.read(path)[0]) == bytes(state)
+    whole = path.read_bytes()
+    for name, broken in [
+        ("truncated", whole[:-10]),
+        ("longer than its header", whole + b"x"),
+        ("a header past the end", whole[:12]),
+        ("empty", b""),
+    ]:
+        bad = tmp_path / f"{name}.safetensors"
+        bad.write_bytes(broken)
+        with pytest.raises((ValueError, OSError)):
+            StateCodec.read(bad)

@@ -150,6 +150,10 @@ def test_missing_model_is_a_clear_error(tmp_path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(LocalModelError, match="missing config.json"):
         backend(tmp_path / "empty", config(tmp_path)).check()
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    with pytest.raises(LocalModelError, match="is a GGUF file") as caught:
+        backend(tmp_path / "model.gguf", config(tmp_path)).check()
+    assert "--backend llamacpp" in str(caught.value.hint)
 
 
 def test_default_model_is_pulled_on_first_use_with_a_clear_error(tmp_path, monkeypatch) -> None:

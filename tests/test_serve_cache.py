@@ -208,7 +208,11 @@ def test_a_disconnect_cancels_within_one_decode_step(tiny_model_dir, tmp_path, s
         assert row["status"] == "cancelled" and row["error_class"] == "cancelled"
         assert script.after_cancel <= 1
         assert 5 <= row["output_tokens"] <= script.sampled
-        # The cancelled conversation's cache is consistent, and the server goes on.
+        # The cancelled conversation's cache is kept as it is (its token ids, its KV
+        # cache), and the server goes on.
+        kept = served.backend._pool.newest
+        assert kept is not None and all(isinstance(t, int) for t in kept.tokens)
+        assert len(kept.tokens) > 100 and isinstance(kept.cache, list)
         script.endless = False
         after = ask(served.client(), "go on")
         assert after.usage.cache_read_input_tokens > 100

@@ -60,11 +60,21 @@ class LlamaCppBackend(LocalBackend):
         # Conversations set aside when another takes the context (`foundry serve` only): each
         # a copy of its sequence state, loaded back when its client returns.
         self._parked = KVPool(0, measure=len)
+        self._prompt_length = 0  # the prompt of the request the context last ran
 
     def serve_with(self, *, l1_entries: int, memory_budget_bytes: int | None) -> None:
         super().serve_with(l1_entries=l1_entries, memory_budget_bytes=memory_budget_bytes)
         kept = l1_entries - 1 if self.reuse_conversation else 0  # the context holds one
-        self._parked = KVPool(max(kept, 0), memory_budget_bytes, measure=len)
+        self._parked = KVPool(max(kept, 0), measure=len)
+        self._size_parking()
+
+    def _size_parking(self) -> None:
+        """The parked states get the memory budget less the context's own KV buffer, which
+        llama.cpp allocated whole when the model loaded."""
+        if self.memory_budget is None or self._loaded is None:
+            return
+        context = self._loaded.n_ctx * self._loaded.kv_bytes_per_token()
+        self._parked.max_bytes = max(self.memory_budget - context, 0)
 
     @classmethod
     def engine_settings(cls, config: FoundryConfig) -> LlamaCppConfig:
@@ -89,7 +99,7 @@ class LlamaCppBackend(LocalBackend):
     def cache_state(self) -> dict[str, Any]:
         """The conversation in the context and the parked ones, for /cache/stats."""
         held = len(self._loaded.tokens) if self._loaded is not None else 0
-        per_token = self._loaded.kv_bytes_per_token() if held else None
+        per_token = self._loaded.kv_bytes_per_token() if self._loaded is not None else None
         live = [{"tokens": held, "bytes": per_token * held if per_token else 0, "live": True}]
         return {
             "entries": (live if held else []) + self._parked.describe(),
@@ -150,9 +160,11 @@ class LlamaCppBackend(LocalBackend):
             self._renderer.call_format,
             enabled=settings.constrained_tools,
         )
+        self._size_parking()
         return self._loaded
 
     def close(self) -> None:
+        self._parked.clear()
         if self._loaded is not None:
             self._loaded.close()
         super().close()
@@ -177,7 +189,11 @@ class LlamaCppBackend(LocalBackend):
         return "hit"
 
     def _park(self, engine: Any) -> None:
-        """Set the context's conversation aside (a copy of its state) before it is cut."""
+        """Set the context's conversation aside (a copy of its state) before it is cut; not
+        when it cannot fit in what the memory budget leaves for parked states."""
+        limit = self._parked.max_bytes
+        if limit is not None and len(engine.tokens) * engine.kv_bytes_per_token() > limit:
+            return
         started = time.perf_counter()
         self._parked.put(list(engine.tokens), engine.save_state())
         log.debug(
@@ -187,18 +203,13 @@ class LlamaCppBackend(LocalBackend):
         )
 
     def _unpark(self, entry: Any, common: int, event: dict[str, Any]) -> bool:
-        """Load a parked conversation into the context, cut back to `common` tokens. One the
-        prompt extends whole leaves the pool (the context holds it now); otherwise the copy
-        stays for its own client."""
+        """Load a parked conversation (already out of the pool) into the context, cut back
+        to the `common` tokens the prompt shares with it."""
         started = time.perf_counter()
         if not self._loaded.load_state(entry.cache, entry.tokens):
-            self._parked.clear(keep=lambda e: e is not entry)
+            log.warning("llama.cpp refused a parked conversation's state; reading the prefix")
             return False
         self._loaded.trim(common)
-        entry.hits += 1
-        entry.last_used = time.monotonic()
-        if common == len(entry.tokens):
-            self._parked.clear(keep=lambda e: e is not entry)
         event["load_ms"] = (time.perf_counter() - started) * 1000
         return True
 
@@ -222,17 +233,25 @@ class LlamaCppBackend(LocalBackend):
         parked, parked_common = self._parked.best(tokens)
         if parked_common <= common:
             parked = None
-        if common < len(engine.tokens) and self._parked.max_entries:
-            self._park(engine)  # this request would cut the conversation in the context
-        event: dict[str, Any] = {"reused": 0, "written": 0, "prefilled": 0, "prefill_s": 0.0}
-        source, reason = "none", "prefix cache off or no prefix"
         best = max(common, parked_common if parked else 0)
         disk = next((p for p in reversed(points) if p > best and self._saved(tokens[:p])), None)
+        if parked is not None and disk is None:
+            # Out of the pool before the context's conversation is parked, so parking never
+            # evicts it; the context holds what is reusable of it from here on.
+            self._parked.take(parked, len(parked.tokens), copy_allowed=False)
+        # Park the conversation in the context when this request would cut into its prompt
+        # (another client's, or an edited history); a client's own next turn, which keeps
+        # the whole previous prompt and diverges only inside the reply, is not parked.
+        if self._parked.max_entries and common < min(self._prompt_length, len(engine.tokens)):
+            self._park(engine)
+        event: dict[str, Any] = {"reused": 0, "written": 0, "prefilled": 0, "prefill_s": 0.0}
+        source, reason = "none", "prefix cache off or no prefix"
         if disk is not None:
             reason = self._restore(tokens[:disk], event)
+            common = min(common, len(engine.tokens))  # a state llama.cpp refused emptied it
         if reason == "hit":
             source = "store"
-        elif parked is not None and self._unpark(parked, parked_common, event):
+        elif parked is not None and disk is None and self._unpark(parked, parked_common, event):
             source, reason = "memory", "in-memory reuse (a parked conversation)"
         elif common:
             engine.trim(common)
@@ -249,10 +268,15 @@ class LlamaCppBackend(LocalBackend):
         written_to = reused
         for point in ahead:
             with self._store.lock(cache_key(self._identity, tokens[:point])):
-                if self._saved(tokens[:point]) and self._restore(tokens[:point], event) == "hit":
-                    source, reused = "store", point  # another process saved it meanwhile
-                    written_to, cost = point, self._prefix_cost[1] if self._prefix_cost else None
-                    continue
+                if self._saved(tokens[:point]):  # another process saved it meanwhile
+                    if self._restore(tokens[:point], event) == "hit":
+                        source, reused = "store", point
+                        written_to = point
+                        cost = self._prefix_cost[1] if self._prefix_cost else None
+                        continue
+                    if len(engine.tokens) < reused:  # a refused state emptied the context
+                        reused = written_to = len(engine.tokens)
+                        cost = self._cost_ms(reused)
                 before = len(engine.tokens)
                 started = time.perf_counter()
                 engine.feed(tokens[before:point], stop=self._stop_requested)
@@ -270,6 +294,7 @@ class LlamaCppBackend(LocalBackend):
         event.update(
             source=source, reason=reason, reused=reused, written=max(written_to - reused, 0)
         )
+        self._prompt_length = len(tokens)
         return len(engine.tokens), event
 
     # -- one generation ----------------------------------------------------------------------

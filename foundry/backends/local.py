@@ -151,6 +151,9 @@ class LocalBackend:
     def _after_failure(self) -> None:
         """An engine failure mid-request: the KV cache's state is unknown."""
 
+    def _end_request(self) -> None:
+        """The request is over, however it ended: drop what only it used."""
+
     def _reset_peak_memory(self) -> None:
         pass
 
@@ -496,8 +499,11 @@ class LocalBackend:
         except FoundryError:
             raise
         except Exception as exc:  # an engine failure mid-request
-            self._after_failure()
             failed("local_model_error", str(exc))
+            try:
+                self._after_failure()
+            except Exception:  # the original failure is the one to report
+                log.exception("could not reset the local model after a failure")
             raise BackendError(
                 f"local model '{self.model}' failed: {exc}",
                 "retry; set FOUNDRY_DEBUG=1 for details",
@@ -505,6 +511,7 @@ class LocalBackend:
             ) from exc
         finally:
             self._cancel = self._on_plan = None
+            self._end_request()
         content: list[dict[str, Any]] = [{"type": "text", "text": reply.text}] if reply.text else []
         content += [
             {"type": "tool_use", "id": new_tool_use_id(), "name": c["name"], "input": c["input"]}

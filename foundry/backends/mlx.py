@@ -292,5 +292,5 @@ class MLXBackend(LocalBackend):
     def _after_cancel(self) -> None:
         self._keep()  # the cache is consistent: keep it for the next one
 
-    def _after_failure(self) -> None:
-        self._active = None  # its state is unknown: never pooled
+    def _end_request(self) -> None:
+        self._active = None  # pooled by _keep or _after_cancel, or (state unknown) dropped

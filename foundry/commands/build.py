@@ -31,7 +31,7 @@ def build(
         Path | None, typer.Option("--dir", help="Working directory (default ./NAME).")
     ] = None,
     backend: Annotated[
-        str | None, typer.Option("--backend", help="anthropic, openai, mlx or auto.")
+        str | None, typer.Option("--backend", help="anthropic, openai, llamacpp, mlx or auto.")
     ] = None,
     model: Annotated[
         str | None, typer.Option("--model", help="Model id (default from config).")

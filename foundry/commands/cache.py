@@ -110,7 +110,10 @@ def prune(config: ConfigOption = None, as_json: JsonOption = False) -> None:
 @app.command("warm")
 def warm(
     backend: Annotated[
-        str | None, typer.Option("--backend", help="anthropic, mlx or auto (as a build picks).")
+        str | None,
+        typer.Option(
+            "--backend", help="anthropic, openai, llamacpp, mlx or auto (as a build picks)."
+        ),
     ] = None,
     model: Annotated[
         str | None, typer.Option("--model", help="Model id or local model (default from config).")

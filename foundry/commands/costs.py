@@ -20,7 +20,7 @@ def costs(
     build: str | None = typer.Option(None, "--build", help="Only this build (name or id)."),
     model: str | None = typer.Option(None, "--model", help="Only this model (and its dated ids)."),
     backend: str | None = typer.Option(
-        None, "--backend", help="Only this backend: anthropic or mlx."
+        None, "--backend", help="Only this backend: anthropic, openai, llamacpp or mlx."
     ),
     db: DbOption = None,
     config: ConfigOption = None,

@@ -27,9 +27,10 @@ PREFILL_STEP = 512  # tokens per llama_decode call while prefilling (llama.cpp's
 SEQ = 0  # the one sequence a context holds
 # KV cache element types foundry offers (llama.cpp's GGML_TYPE_* numbers); f16 is the default.
 KV_TYPES = {"f16": 1, "f32": 0, "q8_0": 8}
+KV_ELEMENT_BYTES = {"f16": 2.0, "f32": 4.0, "q8_0": 34 / 32}  # q8_0: 32 values in 34 bytes
 INSTALL_HINT = (
-    "install the llama.cpp extra: pip install 'foundry[llamacpp]' (it compiles llama.cpp "
-    "from source: about 8 minutes on 2 cores)"
+    "install the llamacpp extra: CMAKE_ARGS=\"-DLLAVA_BUILD=OFF\" pip install 'foundry[llamacpp]' "
+    "(it compiles llama.cpp with cmake and a C++ compiler: about 3.5 minutes on 2 cores)"
 )
 
 
@@ -38,6 +39,11 @@ def import_llama_cpp() -> Any:
         import llama_cpp
     except ImportError:
         raise LocalModelError("llama-cpp-python is not installed", INSTALL_HINT) from None
+    except (OSError, RuntimeError) as exc:  # installed, but its shared library will not load
+        raise LocalModelError(
+            f"llama-cpp-python is installed but cannot load llama.cpp: {exc}",
+            f"reinstall it with pip install --force-reinstall --no-cache-dir; {INSTALL_HINT}",
+        ) from None
     return llama_cpp
 
 
@@ -121,7 +127,9 @@ class LlamaCppModel:
             )
         except (ValueError, RuntimeError) as exc:  # what llama-cpp-python raises on a bad file
             raise LocalModelError(
-                f"llama.cpp cannot load {path}: {exc}", "check that the file is a GGUF model"
+                f"llama.cpp cannot load {path}: {exc}",
+                "check that the file is a GGUF model; if memory ran out, set llamacpp.max_kv_size "
+                "(the KV buffer of the whole context is allocated when the model loads)",
             ) from None
         self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
@@ -214,8 +222,16 @@ class LlamaCppModel:
         return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy()
 
     def kv_bytes_per_token(self) -> int:
-        size = int(self._lib.llama_state_seq_get_size(self.llm.ctx, SEQ))
-        return size // len(self.tokens) if self.tokens else 0
+        """The KV cache's bytes per position, from the model's shape and the KV type (never
+        from the context itself, so another thread may ask while a request runs)."""
+        lib, model = self._lib, self.llm.model
+        heads = int(lib.llama_model_n_head(model)) or 1
+        head_dim = int(lib.llama_model_n_embd(model)) // heads
+        arch = self.metadata.get("general.architecture", "")
+        key = int(self.metadata.get(f"{arch}.attention.key_length", head_dim))
+        value = int(self.metadata.get(f"{arch}.attention.value_length", head_dim))
+        per_layer = int(lib.llama_model_n_head_kv(model)) * (key + value)
+        return int(int(lib.llama_model_n_layer(model)) * per_layer * KV_ELEMENT_BYTES[self.kv_type])
 
     def save_state(self) -> bytearray:
         """The KV state of the whole sequence, as llama.cpp serialises it (positions included)."""

@@ -80,6 +80,11 @@ def resolve_model(model: str) -> Path:
     if is_safe_name(model) and (models_dir() / model).is_dir():
         return validate_model_dir(models_dir() / model)
     candidate = Path(model).expanduser()
+    if candidate.is_file() and candidate.suffix.lower() == ".gguf":
+        raise LocalModelError(
+            f"{candidate} is a GGUF file, not an MLX model directory",
+            "run it with --backend llamacpp, or import it with 'foundry models import-gguf'",
+        )
     if candidate.exists():
         return validate_model_dir(candidate)
     hint = (

