@@ -225,6 +225,46 @@ def test_tool_calls_are_valid_under_the_constraint(gguf, tmp_path) -> None:
     assert not text_only.tool_uses and "<tool_call>" not in text_only.text
 
 
+def test_a_gguf_with_a_json_tools_template_gets_native_tool_calls(tiny_model_dir, tmp_path) -> None:
+    """A Qwen/Hermes-style template renders the tools itself and the calls are decoded under
+    the grammar of its own format; a past call and its result render through it too."""
+    import jsonschema
+
+    from foundry.local.tool_grammar import NATIVE_JSON_FORMAT
+    from tests.tiny_model import NATIVE_TOOLS_TEMPLATE
+
+    path = write_tiny_gguf(
+        tiny_model_dir, tmp_path / "native.gguf", chat_template=NATIVE_TOOLS_TEMPLATE
+    )
+    b = backend(path, config(tmp_path))
+    b.load()
+    assert b._renderer.native and b._renderer.call_format == NATIVE_JSON_FORMAT
+    first = request(
+        max_tokens=200, temperature=1.0, tool_choice=ToolChoice("tool", name="read_file")
+    )
+    rendered = b._renderer.render(first)
+    text = b._loaded.llm.detokenize(rendered.tokens).decode()
+    assert '<tools>{"type": "function"' in text and "<tool_call>" in text  # the template's
+    assert "## Tool schemas" not in text  # and not foundry's own tool section
+    for _ in range(4):
+        response = b.complete(first)
+        assert b.last_cache_event["constrained"] is True
+        assert response.stop_reason == "tool_use"
+        assert [c["name"] for c in response.tool_uses] == ["read_file"]
+        jsonschema.validate(response.tool_uses[0]["input"], READ.input_schema)
+    call = response.tool_uses[0]
+    messages = [
+        *first.messages,
+        Message("assistant", [{"type": "tool_use", **call}]),
+        Message(
+            "user",
+            [{"type": "tool_result", "tool_use_id": call["id"], "content": "hello"}],
+        ),
+    ]
+    after = b._loaded.llm.detokenize(b._renderer.render(request(messages=messages)).tokens)
+    assert b'"name": "read_file"' in after and b"<tool_response>\nhello" in after
+
+
 def test_usage_lands_on_the_ledger_as_a_local_request(gguf, tmp_path) -> None:
     from foundry.ledger import Ledger
     from foundry.timestamps import utc_now

@@ -160,6 +160,7 @@ def write_tiny_gguf(
     architecture: str = "llama",
     tokenizer_model: str = "gpt2",
     drop: tuple[str, ...] = (),
+    chat_template: str | None = None,
 ) -> Path:
     """Write the tiny model as a llama GGUF the way llama.cpp's converter lays it out."""
     from foundry.local.runtime import import_mlx
@@ -221,7 +222,7 @@ def write_tiny_gguf(
         "tokenizer.ggml.bos_token_id": mx.array(1, dtype=u32),
         "tokenizer.ggml.eos_token_id": mx.array(2, dtype=u32),
         "tokenizer.ggml.add_bos_token": mx.array(False),
-        "tokenizer.chat_template": CHATML_TEMPLATE,
+        "tokenizer.chat_template": chat_template or CHATML_TEMPLATE,
     }
     for key in drop:  # as a damaged or incomplete export would be
         del metadata[key]

@@ -4,7 +4,10 @@ prompts exactly as mlx models do.
 
 The template is rendered the way transformers renders chat templates (a sandboxed Jinja
 environment with trim_blocks/lstrip_blocks, `raise_exception`, `tojson`), without importing
-transformers. Tools go through foundry's fallback format: the GGUF carries no tool parser.
+transformers. A Qwen/Hermes-style template (JSON calls between <tool_call> tags, mlx-lm's
+"json_tools") gets the tools through the template, as mlx does, since foundry's grammar
+covers that format; every other model gets foundry's fallback format, which is always
+constrained.
 """
 
 from __future__ import annotations
@@ -26,14 +29,30 @@ def _tojson(value: Any, indent: int | None = None, ensure_ascii: bool = False, *
     return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii)
 
 
+def renders_json_tool_calls(template: str | None) -> bool:
+    """A template whose calls are {"name", "arguments"} JSON between <tool_call> tags (the
+    rule mlx-lm uses for "json_tools"; Qwen3-Coder's <function=...> bodies are not JSON)."""
+    return (
+        bool(template)
+        and "<tool_call>" in str(template)
+        and "tool_call.name" in str(template)
+        and "<function=" not in str(template)
+    )
+
+
 class GgufChatTokenizer:
-    has_tool_calling = False  # ChatRenderer then uses foundry's <tool_call> format
+    tool_call_start = "<tool_call>"
+    tool_call_end = "</tool_call>"
 
     def __init__(self, model: LlamaCppModel) -> None:
         self.model = model
         self.chat_template: str | None = model.metadata.get("tokenizer.chat_template")
         self.bos_token = model.special_text(model.bos)
         self.eos_token = model.special_text(model.eos)
+        # What ChatRenderer reads of a tokenizer to choose native tools (as mlx-lm's say);
+        # False: foundry's own <tool_call> format in the system turn.
+        self.has_tool_calling = renders_json_tool_calls(self.chat_template)
+        self.init_kwargs = {"tool_parser_type": "json_tools"} if self.has_tool_calling else {}
 
     @cached_property
     def _template(self) -> Any:
