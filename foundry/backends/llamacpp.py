@@ -27,7 +27,6 @@ from typing import Any, ClassVar
 from foundry.backends.base import ModelRequest
 from foundry.backends.local import LocalBackend
 from foundry.config import FoundryConfig, LlamaCppConfig
-from foundry.local.constrained import ToolGrammars
 from foundry.local.kv_pool import KVPool
 from foundry.local.model_dirs import PULLABLE, Progress
 from foundry.local.runtime import is_apple_silicon
@@ -100,10 +99,11 @@ class LlamaCppBackend(LocalBackend):
         """The conversation in the context and the parked ones, for /cache/stats."""
         held = len(self._loaded.tokens) if self._loaded is not None else 0
         per_token = self._loaded.kv_bytes_per_token() if self._loaded is not None else None
-        live = [{"tokens": held, "bytes": per_token * held if per_token else 0, "live": True}]
+        live_bytes = per_token * held if per_token else 0
+        live = [{"tokens": held, "bytes": live_bytes, "live": True}] if held else []
         return {
-            "entries": (live if held else []) + self._parked.describe(),
-            "bytes": (per_token * held if per_token else 0) + self._parked.nbytes,
+            "entries": live + self._parked.describe(),
+            "bytes": live_bytes + self._parked.nbytes,
             "max_entries": 1 + self._parked.max_entries,
             "evictions": self._parked.evictions,
             "kv_bytes_per_token": per_token,
@@ -128,40 +128,36 @@ class LlamaCppBackend(LocalBackend):
 
         download_gguf(self.model, progress=progress)
 
-    def _ensure_loaded(self) -> Any:
-        if self._loaded is not None:
-            return self._loaded
+    def _load(self) -> None:
         from foundry.local.chat import ChatRenderer
+        from foundry.local.engine import bounded_window
         from foundry.local.llamacpp_chat import GgufChatTokenizer
         from foundry.local.llamacpp_engine import LlamaCppModel
         from foundry.local.llamacpp_models import resolve_gguf, state_identity
         from foundry.local.llamacpp_store import StateCodec
 
-        self.check()
         settings = self.config.llamacpp
-        # The mlx backend's rules: the length the file declares (a configured one only when
-        # it declares none), never past max_kv_size, which also sizes the KV buffer.
-        cap = settings.max_kv_size
+        # max_kv_size also sizes the KV buffer llama.cpp allocates (None: the file's length).
         self._loaded = LlamaCppModel(
             resolve_gguf(self.model),
             self.model,
-            n_ctx=cap,
+            n_ctx=settings.max_kv_size,
             kv_type=settings.kv_type,
             threads=settings.threads,
         )
         override = self.config.models.get(self.model)
-        window = self._loaded.n_ctx_train or (override.context_window if override else None)
-        self._context_window = min(window or self._loaded.n_ctx, cap or self._loaded.n_ctx)
-        self._renderer = ChatRenderer(GgufChatTokenizer(self._loaded))
-        memo = self._open_store(StateCodec())
-        self._identity = state_identity(self._loaded, memo)
-        self._grammars = ToolGrammars(
-            self._loaded.grammar_tokenizer,
-            self._renderer.call_format,
-            enabled=settings.constrained_tools,
+        window = bounded_window(
+            self._loaded.n_ctx_train,
+            override.context_window if override else None,
+            settings.max_kv_size,
         )
+        self._context_window = min(window or self._loaded.n_ctx, self._loaded.n_ctx)
+        self._renderer = ChatRenderer(GgufChatTokenizer(self._loaded))
+        self._identity = state_identity(self._loaded, self._open_store(StateCodec()))
         self._size_parking()
-        return self._loaded
+
+    def _grammar_tokenizer(self) -> Any:
+        return self._loaded.grammar_tokenizer()
 
     def close(self) -> None:
         self._parked.clear()

@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 from foundry import console
@@ -115,9 +116,13 @@ class LocalBackend:
         """Fetch a pullable model's files (first use)."""
         raise NotImplementedError
 
-    def _ensure_loaded(self) -> Any:
-        """Load the model once: sets _loaded, _renderer, _context_window, _store, _identity
-        and _grammars."""
+    def _load(self) -> None:
+        """Load the model: set _loaded, _renderer, _context_window, and (_open_store) _store
+        and _identity."""
+        raise NotImplementedError
+
+    def _grammar_tokenizer(self) -> Any:
+        """llguidance's view of the model's vocabulary (built on first constrained use)."""
         raise NotImplementedError
 
     def _prepare_cache(
@@ -232,17 +237,28 @@ class LocalBackend:
         """Load the model now (a server loads it before it takes requests)."""
         self._ensure_loaded()
 
-    def _open_store(self, codec: Any = None) -> Any:
-        """The verified prefix store (None when it is off), and where file hashes are kept."""
+    def _ensure_loaded(self) -> Any:
+        if self._loaded is None:
+            from foundry.local.constrained import ToolGrammars
+
+            self.check()
+            self._load()
+            self._grammars = ToolGrammars(
+                self._grammar_tokenizer,
+                self._renderer.call_format,
+                enabled=self.settings.constrained_tools,
+            )
+        return self._loaded
+
+    def _open_store(self, codec: Any = None) -> Path | None:
+        """Open the verified prefix store (none when it is off, and no codec: mlx arrays);
+        where the file-hash memo is kept, for the identity."""
         from foundry.local.prefix_store import PrefixCacheStore
 
         if not self.config.prefix_cache.enabled:
             return None
-        if codec is None:
-            self._store = PrefixCacheStore.from_config(self.config)
-        else:
-            self._store = PrefixCacheStore.from_config(self.config, codec=codec)
-        return self._store.dir / "file-hashes.json"
+        self._store = PrefixCacheStore.from_config(self.config, codec=codec)
+        return Path(self._store.dir) / "file-hashes.json"
 
     def close(self) -> None:
         self._rendered = None

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from foundry.backends.base import ModelRequest
 from foundry.backends.local import LocalBackend
 from foundry.config import FoundryConfig, MlxConfig
-from foundry.local.constrained import ToolGrammars, hf_grammar_tokenizer
+from foundry.local.constrained import hf_grammar_tokenizer
 from foundry.local.kv_memory import KVMemory
 from foundry.local.kv_pool import KVPool, copy_prefix
 from foundry.local.model_dirs import Progress, resolve_model
@@ -113,13 +113,10 @@ class MLXBackend(LocalBackend):
     def _fetch_model(self, progress: Progress) -> None:
         pull(self.model, progress=progress)
 
-    def _ensure_loaded(self) -> Any:
-        if self._loaded is not None:
-            return self._loaded
+    def _load(self) -> None:
         from foundry.local.chat import ChatRenderer
         from foundry.local.engine import context_window, load_model, model_identity
 
-        self.check()
         path = resolve_model(self.model)
         mlx = self.config.mlx
         self._loaded = load_model(
@@ -130,13 +127,8 @@ class MLXBackend(LocalBackend):
         self._context_window = context_window(
             self._loaded, override.context_window if override else None, mlx.max_kv_size
         )
-        memo = self._open_store()
-        self._identity = model_identity(self._loaded, memo)
+        self._identity = model_identity(self._loaded, self._open_store())
         self._memory = KVMemory(self._loaded, mlx.max_kv_size)
-        self._grammars = ToolGrammars(
-            self._grammar_tokenizer, self._renderer.call_format, enabled=mlx.constrained_tools
-        )
-        return self._loaded
 
     def _grammar_tokenizer(self) -> Any:
         loaded = self._loaded

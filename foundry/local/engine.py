@@ -89,7 +89,15 @@ def context_window(
 ) -> int | None:
     """The tokens one request may hold (prompt + reply): config.json's context length, else the
     configured one, never more than max_kv_size (past it a rotating cache drops old tokens)."""
-    window = loaded.config_window or configured
+    return bounded_window(loaded.config_window, configured, max_kv_size)
+
+
+def bounded_window(
+    declared: int | None, configured: int | None, max_kv_size: int | None
+) -> int | None:
+    """The local engines' one rule: the length the model declares, else the configured one,
+    never more than max_kv_size; None when nothing says."""
+    window = declared or configured
     if max_kv_size is not None:
         window = min(window, max_kv_size) if window else max_kv_size
     return window

@@ -9,20 +9,14 @@ metadata in the header, so `foundry cache list/clear/prune` see it like any othe
 from __future__ import annotations
 
 import json
-import logging
 import mmap
 import os
 import struct
 import zlib
 from pathlib import Path
 
-log = logging.getLogger(__name__)
 TENSOR = "state"
 HEADER_LIMIT = 64 * 1024 * 1024  # a token-id list of a 1M-token prefix fits many times over
-
-
-def state_checksum(data: bytes | bytearray | memoryview) -> str:
-    return f"{zlib.crc32(data):08x}"
 
 
 class StateCodec:
@@ -46,7 +40,7 @@ class StateCodec:
 
     @staticmethod
     def checksum(data: bytes | bytearray | memoryview) -> str:
-        return state_checksum(data)
+        return f"{zlib.crc32(data):08x}"
 
     @staticmethod
     def nbytes(data: bytes | bytearray | memoryview) -> int:
