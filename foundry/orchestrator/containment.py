@@ -183,9 +183,13 @@ class Containment:
         if self.cgroup is not None:
             self.cgroup.remove()
             return
+        # A process in the middle of exec shows an empty environment for an instant, so one
+        # empty scan proves nothing: done after two in a row.
+        empty_scans = 0
         for _ in range(_KILL_ROUNDS):
             pids = processes_with_cookie(self.cookie)
-            if not pids:
+            empty_scans = 0 if pids else empty_scans + 1
+            if empty_scans == 2:
                 return
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
