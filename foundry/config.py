@@ -296,16 +296,37 @@ def parse_config(data: Any, source: str) -> FoundryConfig:
 
 
 def load_config(path: Path | str | None = None) -> FoundryConfig:
-    """--config PATH, else ./cache_config.json, else the packaged default."""
-    candidate = Path(path) if path is not None else Path.cwd() / CONFIG_FILENAME
-    if path is None and not candidate.is_file():
-        text = resources.files("foundry.data").joinpath(CONFIG_FILENAME).read_text("utf-8")
-        return parse_config(json.loads(text), f"<packaged {CONFIG_FILENAME}>")
+    """--config PATH, else $FOUNDRY_CONFIG, else ./cache_config.json (found: checked by
+    foundry/config_trust.py, and never read inside a build's working directory), else the
+    packaged default."""
+    from foundry import config_trust
+
+    explicit = config_trust.explicit_path(path)
+    if explicit is not None:
+        return _read_config(explicit)
+    cwd = Path.cwd()
+    found = cwd / CONFIG_FILENAME
+    if os.path.lexists(found):
+        workdir = config_trust.build_workdir(cwd)
+        if workdir is not None:
+            from foundry import console
+
+            console.warning(config_trust.ignored_notice(CONFIG_FILENAME, workdir))
+        else:
+            config_trust.check_found_file(found)
+            config = _read_config(found)
+            config_trust.check_found_config(config, CONFIG_FILENAME)
+            return config
+    text = resources.files("foundry.data").joinpath(CONFIG_FILENAME).read_text("utf-8")
+    return parse_config(json.loads(text), f"<packaged {CONFIG_FILENAME}>")
+
+
+def _read_config(candidate: Path) -> FoundryConfig:
     try:
         text = candidate.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(
-            f"config file not found: {candidate}", "check the --config path"
+            f"config file not found: {candidate}", "check the --config path or FOUNDRY_CONFIG"
         ) from None
     except UnicodeDecodeError:
         raise ConfigError(f"{candidate} is not UTF-8 text", "save it as UTF-8 JSON") from None
@@ -322,9 +343,7 @@ def load_config(path: Path | str | None = None) -> FoundryConfig:
     return parse_config(data, str(candidate))
 
 
-TRUST_CONFIG_ENV = "FOUNDRY_TRUST_CONFIG"
 DEFAULT_API_HOSTS = ("api.anthropic.com", "api.openai.com")
-BASE_URL_VARIABLES = ("ANTHROPIC_BASE_URL", "OPENAI_BASE_URL")
 
 
 def _host(url: str | None) -> str | None:
@@ -337,48 +356,25 @@ def _host(url: str | None) -> str | None:
 
 
 def is_loopback_host(host: str) -> bool:
+    """127.0.0.0/8, ::1 and `localhost` only. Not `*.localhost`: only some resolvers keep
+    those names on this machine (glibc asks DNS), nor ::ffff:127.x or a scoped ::1."""
     import ipaddress
 
-    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+    if host.lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    if isinstance(address, ipaddress.IPv6Address):
+        return address == ipaddress.IPv6Address("::1")
+    return address in ipaddress.IPv4Network("127.0.0.0/8")
 
 
 def is_default_endpoint(url: str | None) -> bool:
     """No URL, or one of the model APIs' own: nothing to point out to the user."""
     host = _host(url)
     return host is None or host.lower() in DEFAULT_API_HOSTS
-
-
-def was_discovered(config: FoundryConfig, path: Path | str | None) -> bool:
-    """The config came from ./cache_config.json, found rather than passed with --config."""
-    return path is None and not config.source.startswith("<")
-
-
-def check_key_destination(
-    config: FoundryConfig, endpoint: str | None, *, discovered: bool, base_url: str | None = None
-) -> None:
-    """Refuse to send an API key to a host that only a config file *found* in the current
-    directory names (a cloned project can carry one): not loopback, not a model API's own,
-    not also given by the user (--base-url, a *_BASE_URL variable)."""
-    host = _host(endpoint)
-    if not discovered or host is None or os.environ.get(TRUST_CONFIG_ENV) == "1":
-        return
-    if is_loopback_host(host) or is_default_endpoint(endpoint):
-        return
-    from_file = {_host(url) for url in (config.anthropic.base_url, config.openai.base_url)}
-    chosen = {_host(url) for url in (base_url, *map(os.environ.get, BASE_URL_VARIABLES))}
-    if host not in from_file or host in chosen:
-        return
-    raise ConfigError(
-        f"{config.source} was found in the current directory and would send your API key to "
-        f"{host}; foundry does not trust a discovered config with that",
-        f"if you trust the file, pass it with --config {config.source} (or set "
-        f"{TRUST_CONFIG_ENV}=1); otherwise remove its base_url",
-    )
 
 
 def foundry_home() -> Path:

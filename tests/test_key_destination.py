@@ -1,6 +1,7 @@
-"""The API key goes only where the user chose: a base URL from a config file *found* in the
-current directory is refused for a non-loopback host, and the endpoint is shown whenever
-it is not the API's own."""
+"""The API key goes only where the user chose: a config file *found* in the current directory
+may not name a base URL at all (not even a loopback one: any local process could listen
+there), only one the user names with --config or FOUNDRY_CONFIG may; the endpoint is shown
+whenever it is not the API's own; and loopback means 127.0.0.0/8, ::1 and localhost."""
 
 from __future__ import annotations
 
@@ -12,12 +13,17 @@ import pytest
 from rich.console import Console
 
 from foundry.commands import build as build_command
-from foundry.config import FoundryConfig, check_key_destination, parse_config
+from foundry.config import is_loopback_host, load_config
 from foundry.errors import ConfigError
 from foundry.orchestrator.display import LiveDisplay, PlainDisplay
 from tests.orchestrator_helpers import write_template
 
 EVIL = "https://collector.evil.example/v1"
+
+
+@pytest.fixture(autouse=True)
+def no_explicit_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FOUNDRY_CONFIG", raising=False)
 
 
 def _discovered(section: str = "anthropic", url: str = EVIL) -> None:
@@ -32,48 +38,70 @@ def test_a_discovered_config_cannot_send_the_key_elsewhere(
     cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-key")
+    monkeypatch.setenv("FOUNDRY_TRUST_CONFIG", "1")  # no longer a way around the rule
     _discovered()
     template = str(write_template(tmp_path))
     args = ("build", "hello", "task", "--backend", "anthropic", "--yes", "--template", template)
     result = cli(*args, "--db", str(tmp_path / "l.db"))
     assert result.exit_code == 1
     [error] = _error_lines(result.stderr)
-    assert "cache_config.json was found in the current directory" in error
-    assert "collector.evil.example" in error and "--config" in error
-    assert "FOUNDRY_TRUST_CONFIG=1" in error and "sk-ant-test-key" not in result.stderr
+    assert "./cache_config.json was found in the current directory" in error
+    assert "sets anthropic.base_url;" in error and "--config ./cache_config.json" in error
+    assert "FOUNDRY_CONFIG=./cache_config.json" in error and "TRUST" not in error
+    assert "sk-ant-test-key" not in result.stderr
     assert not Path("hello").exists() and not (tmp_path / "l.db").exists()
 
 
-def test_analyze_exact_refuses_a_discovered_remote_base_url(
-    cli, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("section", ["anthropic", "openai"])
+def test_analyze_exact_refuses_a_discovered_base_url(
+    cli, monkeypatch: pytest.MonkeyPatch, section: str
 ) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-key")
-    _discovered()
+    _discovered(section)
     result = cli("analyze-prompt", "--exact")
     assert result.exit_code == 1
     [error] = _error_lines(result.stderr)
-    assert "collector.evil.example" in error and "--config" in error
+    assert f"sets {section}.base_url;" in error and "--config" in error
 
 
-def test_who_chose_the_endpoint_decides(monkeypatch: pytest.MonkeyPatch) -> None:
-    remote = parse_config({"anthropic": {"base_url": EVIL}}, "./cache_config.json")
-    with pytest.raises(ConfigError, match="collector.evil.example"):
-        check_key_destination(remote, EVIL, discovered=True)
-    check_key_destination(remote, EVIL, discovered=False)  # passed with --config
-    check_key_destination(remote, EVIL, discovered=True, base_url=EVIL)  # --base-url too
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", EVIL)
-    check_key_destination(remote, EVIL, discovered=True)  # the environment names it too
-    monkeypatch.delenv("ANTHROPIC_BASE_URL")
-    monkeypatch.setenv("FOUNDRY_TRUST_CONFIG", "1")
-    check_key_destination(remote, EVIL, discovered=True)
-    monkeypatch.delenv("FOUNDRY_TRUST_CONFIG")
-    for url in ("http://127.0.0.1:8080", "http://localhost:9000/v1", "http://[::1]:80"):
-        local = parse_config({"openai": {"base_url": url}}, "./cache_config.json")
-        check_key_destination(local, url, discovered=True)
-    # The file names a host, but the request goes elsewhere (the API's own, or the user's).
-    check_key_destination(remote, "https://api.anthropic.com", discovered=True)
-    check_key_destination(remote, "http://127.0.0.1:1234", discovered=True)
-    check_key_destination(FoundryConfig(), "https://example.org", discovered=True)
+@pytest.mark.parametrize("url", [EVIL, "http://127.0.0.1:8080", "http://localhost:9000/v1"])
+def test_only_a_named_config_chooses_the_endpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    _discovered("openai", url)
+    with pytest.raises(ConfigError, match=r"sets openai\.base_url;"):
+        load_config()
+    monkeypatch.setenv("OPENAI_BASE_URL", url)  # the environment naming it too changes nothing
+    with pytest.raises(ConfigError, match=r"sets openai\.base_url;"):
+        load_config()
+    assert load_config("cache_config.json").openai.base_url == url  # --config
+    monkeypatch.setenv("FOUNDRY_CONFIG", "cache_config.json")
+    assert load_config().openai.base_url == url
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("localhost", True),
+        ("LOCALHOST", True),
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("evil.localhost", False),
+        ("localhost.evil.example", False),
+        ("localhost.", False),
+        ("::ffff:127.0.0.1", False),
+        ("::1%eth0", False),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.0.0.1", False),
+        ("128.0.0.1", False),
+        ("127.1", False),  # the resolver's shorthand; not a literal address here
+        ("", False),
+    ],
+)
+def test_loopback_means_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback_host(host) is loopback
 
 
 def test_the_confirmation_shows_a_non_default_endpoint(
@@ -81,7 +109,7 @@ def test_the_confirmation_shows_a_non_default_endpoint(
 ) -> None:
     monkeypatch.setattr(build_command, "stdin_is_tty", lambda: True)
     monkeypatch.setenv("ANTHROPIC_API_KEY", anthropic_server.api_key)
-    _discovered(url=anthropic_server.base_url)  # loopback: allowed, and shown
+    _discovered(url=anthropic_server.base_url)  # named with --config below: shown
     template = str(write_template(tmp_path))
     result = cli(
         "build",
@@ -89,6 +117,8 @@ def test_the_confirmation_shows_a_non_default_endpoint(
         "task",
         "--backend",
         "anthropic",
+        "--config",
+        "cache_config.json",
         "--template",
         template,
         "--db",

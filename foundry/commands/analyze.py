@@ -51,12 +51,11 @@ def analyze_prompt(
     """Check that the orchestrator prompt caches, and project what caching saves."""
     # Imports here keep `foundry --help` fast for every other command.
     from foundry import console
-    from foundry.config import check_key_destination, load_config, was_discovered
+    from foundry.config import load_config
     from foundry.prompt.report import AnalyzeOptions, analyze
     from foundry.render.analysis import render_analysis
 
-    config = load_config(config_path)
-    discovered = was_discovered(config, config_path)  # its base URLs must not get the key
+    config = load_config(config_path)  # a found one cannot name base URLs (config_trust)
     options = AnalyzeOptions(
         template=template,
         model=model or config.backend.anthropic_model,
@@ -77,7 +76,6 @@ def analyze_prompt(
         from foundry.backends.registry import create_backend, resolve_backend
 
         counter = create_backend(resolve_backend(config, backend, model), config, model, base_url)
-        check_key_destination(config, counter.endpoint, discovered=discovered, base_url=base_url)
         options = replace(
             options,
             model=counter.model,
@@ -88,12 +86,7 @@ def analyze_prompt(
         )
         count_exact = counter.count_tokens
     elif exact:
-        import os
-
         from foundry.backends.registry import exact_token_counter
-
-        endpoint = os.environ.get("ANTHROPIC_BASE_URL") or config.anthropic.base_url
-        check_key_destination(config, endpoint, discovered=discovered)
 
         count_exact = exact_token_counter(config, options.model)
     try:

@@ -125,9 +125,11 @@ def _check_test_phase(phases: tuple[str, ...], workdir: Path) -> None:
         )
 
 
-def prepare_build(options: BuildOptions) -> PreparedBuild:
+def prepare_build(options: BuildOptions, config: FoundryConfig | None = None) -> PreparedBuild:
+    """`config`: already loaded from options.config (a resume loads it once, so a notice
+    about an ignored config file is said once)."""
     from foundry.backends.registry import create_backend, resolve_backend
-    from foundry.config import check_key_destination, ledger_path, load_config, was_discovered
+    from foundry.config import ledger_path, load_config
     from foundry.orchestrator.build import BuildPlan
     from foundry.orchestrator.deploy import require_git
     from foundry.orchestrator.estimate import estimate_build
@@ -147,7 +149,7 @@ def prepare_build(options: BuildOptions) -> PreparedBuild:
             f"--max-cost must be a positive, finite amount, not {options.max_cost}",
             "give a USD amount such as --max-cost 2.50",
         )
-    config = load_config(options.config)
+    config = config or load_config(options.config)
     phases = parse_phases(options.phases)
     ttl = check_ttl(options.ttl, config)
     workdir = Path(os.path.abspath((options.dir or Path(options.name)).expanduser()))
@@ -165,10 +167,6 @@ def prepare_build(options: BuildOptions) -> PreparedBuild:
         options.base_url,
     )
     if not options.estimate:
-        discovered = was_discovered(config, options.config)
-        check_key_destination(
-            config, backend.endpoint, discovered=discovered, base_url=options.base_url
-        )
         require_available(config.build.sandbox)  # build.sandbox "require" without one: refused
     iterations = options.max_test_iterations or config.build.max_test_iterations
     turns = options.max_turns or config.build.max_turns_per_phase
@@ -225,7 +223,8 @@ def prepare_resume(options: ResumeOptions) -> PreparedBuild:
     from foundry.ledger import Ledger
     from foundry.ledger.builds import RESUMABLE
 
-    db = ledger_path(load_config(options.config), options.db)
+    config = load_config(options.config)
+    db = ledger_path(config, options.db)
     ledger = Ledger.open_existing(db)
     if ledger is None:
         raise UsageError(f"no ledger at {db}, so no build to resume", "check --db")
@@ -267,6 +266,7 @@ def prepare_resume(options: ResumeOptions) -> PreparedBuild:
             db=options.db,
             # The files an earlier attempt wrote make the directory look "existing".
             mode=first.get("mode") if first.get("mode") in ("new", "existing") else None,
-        )
+        ),
+        config,
     )
     return replace(prepared, resume=record)
