@@ -86,12 +86,17 @@ def clear(
     as_json: JsonOption = False,
 ) -> None:
     """Remove saved prefixes (all of them, or those matching PATTERN)."""
-    removed = _store(config).clear(pattern)
+    store = _store(config)
+    removed = store.clear(pattern)
+    skipped = store.manifest.drop_invalid()  # keys that are not names: records only
     if as_json:
-        console.emit_json({"removed": [_public(r) for r in removed]})
+        console.emit_json({"removed": [_public(r) for r in removed], "skipped_keys": skipped})
         return
     freed = sum(r.get("size_bytes", 0) for r in removed)
-    console.stdout.print(f"removed {len(removed)} saved prefixes ({_mb(freed)})")
+    console.stdout.print(
+        f"removed {len(removed)} saved prefixes ({_mb(freed)}){_skipped(skipped)}",
+        highlight=False,
+    )
 
 
 @app.command("prune")
@@ -104,7 +109,16 @@ def prune(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     console.stdout.print(
         f"removed {len(result['removed'])} saved prefixes, {len(result['temp_files'])} stale "
         f"temp files, {len(result['unknown_files'])} unknown files"
+        f"{_skipped(result['skipped_keys'])}",
+        highlight=False,
     )
+
+
+def _skipped(keys: list[str]) -> str:
+    # Only the count: a key that is not a name may hold anything, a terminal escape included.
+    if not keys:
+        return ""
+    return f"; skipped {len(keys)} manifest entries whose key is not a name (records dropped)"
 
 
 @app.command("warm")

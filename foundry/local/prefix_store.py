@@ -9,7 +9,6 @@ temp name and renamed, computed under a per-key lock, and never modified after t
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -26,15 +25,22 @@ from typing import Any, cast
 
 from foundry.config import FoundryConfig, prefix_cache_dir
 from foundry.errors import CacheStoreError
-from foundry.local.manifest import Manifest, last_used_epoch
+from foundry.local.manifest import (
+    Manifest,
+    clean_temps,
+    key_path,
+    last_used_epoch,
+    locked_file,
+    regular_size,
+    remove_file,
+    unknown_files,
+)
 from foundry.local.runtime import import_mlx
 
 log = logging.getLogger(__name__)
 # 2: the file carries a CRC-32 of its KV data, checked on every load (files of version 1
 # have none, so they are misses and are recomputed).
 FORMAT_VERSION = "2"
-STALE_TEMP_S = 3600.0
-TEMP_GRACE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -172,23 +178,19 @@ class PrefixCacheStore:
         )
 
     def path_for(self, key: str) -> Path:
-        return self.dir / f"{key}.safetensors"
+        return key_path(self.dir, key)  # CacheStoreError for a key that is not a name
 
     @contextmanager
     def lock(self, key: str) -> Iterator[None]:
         """An exclusive per-key lock: one process computes a given prefix at a time."""
-        with open(self.dir / "locks" / f"{key}.lock", "a+b") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with locked_file(key_path(self.dir / "locks", key, ".lock")):
+            yield
 
     # -- lookup ------------------------------------------------------------------------------
 
     def has(self, identity: PrefixIdentity, tokens: list[int]) -> bool:
         """Whether a file for exactly these tokens exists (cheap: no read, no verification)."""
-        return self.path_for(cache_key(identity, tokens)).is_file()
+        return regular_size(self.path_for(cache_key(identity, tokens))) is not None
 
     def load(self, identity: PrefixIdentity, tokens: list[int]) -> Lookup:
         key = cache_key(identity, tokens)
@@ -206,9 +208,12 @@ class PrefixCacheStore:
 
     def _load(self, key: str, identity: PrefixIdentity, tokens: list[int]) -> Lookup:
         path = self.path_for(key)
-        if not path.is_file():
+        size = regular_size(path)
+        if size is None:
+            # A link is never read through: it could point at any file (or a huge one).
+            if os.path.lexists(path):
+                return Lookup(key, None, "its file is a link or not a regular file (not read)")
             return Lookup(key, None, self._why_absent(identity, tokens))
-        size = path.stat().st_size
         if size > self.memory_budget_bytes:
             budget_mb = self.memory_budget_bytes // (1024 * 1024)
             return Lookup(
@@ -274,7 +279,7 @@ class PrefixCacheStore:
         if estimate > min(self.memory_budget_bytes, self.max_bytes):
             log.info("prefix cache not saved: %d bytes is over the store's limits", estimate)
             return 0
-        self._clean_temps()
+        clean_temps(self.dir)
         temp = self.dir / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}.safetensors"
         metadata = {
             "foundry_prefix_cache": FORMAT_VERSION,
@@ -321,28 +326,13 @@ class PrefixCacheStore:
 
     def _drop(self, key: str, reason: str) -> None:
         log.warning("dropping saved prefix %s: %s", key, reason)
-        self.path_for(key).unlink(missing_ok=True)
+        remove_file(self.path_for(key))
         self.manifest.remove([key])
 
-    def _clean_temps(self) -> list[str]:
-        removed = []
-        for temp in self.dir.glob(".tmp-*"):
-            try:
-                pid = int(temp.name.split("-")[2])
-                age = time.time() - temp.stat().st_mtime
-            except (ValueError, IndexError, OSError):
-                pid, age = -1, STALE_TEMP_S + 1
-            # A pid from another host or container looks dead here: its file is left alone
-            # while it is still being written (a save renames it within moments of the write).
-            if age > STALE_TEMP_S or (age > TEMP_GRACE_S and not _pid_alive(pid)):
-                temp.unlink(missing_ok=True)
-                removed.append(temp.name)
-        return removed
-
     def entries(self) -> list[dict[str, Any]]:
-        """Manifest entries, reconciled with the files actually on disk."""
-        entries = self.manifest.entries()
-        orphans = [k for k in entries if not self.path_for(k).is_file()]
+        """Manifest entries, reconciled with the files actually on disk (a link is none)."""
+        entries = self.manifest.entries()  # only keys that are names
+        orphans = [k for k in entries if regular_size(self.path_for(k)) is None]
         if orphans:
             self.manifest.remove(orphans)
         rows = [dict(v, key=k) for k, v in entries.items() if k not in orphans]
@@ -372,7 +362,7 @@ class PrefixCacheStore:
             or fnmatch(str(r.get("model", "")), pattern)
         ]
         for row in chosen:
-            self.path_for(row["key"]).unlink(missing_ok=True)
+            remove_file(self.path_for(row["key"]))
         self.manifest.remove([r["key"] for r in chosen])
         return chosen
 
@@ -401,41 +391,24 @@ class PrefixCacheStore:
             dict(r, reason="over max_bytes") for r in evicted
         ]
         for row in removed:
-            self.path_for(row["key"]).unlink(missing_ok=True)
+            remove_file(self.path_for(row["key"]))
         self.manifest.remove([r["key"] for r in removed])
         return removed
 
     def prune(self, now: float | None = None) -> dict[str, Any]:
-        """TTL + LRU limits, stale temp files, files the manifest does not know."""
+        """TTL + LRU limits, stale temp files, files the manifest does not know, and the
+        manifest's entries whose key is not a name (skipped_keys: dropped, never a path)."""
+        skipped = self.manifest.drop_invalid()
         removed = self.enforce_limits(now=now)
-        known = set(self.manifest.entries())
-        # A file a concurrent save has just renamed into place may not be in the manifest yet.
         unknown = [
-            p
-            for p in self.dir.glob("*.safetensors")
-            if not p.name.startswith(".")
-            and p.stem not in known
-            and time.time() - p.stat().st_mtime > 60
+            p for p in unknown_files(self.dir, set(self.manifest.entries())) if remove_file(p)
         ]
-        for path in unknown:
-            path.unlink(missing_ok=True)
         return {
             "removed": removed,
-            "temp_files": self._clean_temps(),
+            "temp_files": clean_temps(self.dir),
             "unknown_files": [p.name for p in unknown],
+            "skipped_keys": skipped,
         }
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 __all__ = ["PrefixCacheStore", "PrefixIdentity", "Lookup", "cache_key"]
