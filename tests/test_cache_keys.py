@@ -227,3 +227,16 @@ def test_a_key_that_is_not_a_name_never_becomes_a_path(tmp_path) -> None:
         with pytest.raises(CacheStoreError), store.lock(key):
             pass
     assert store.path_for(GOOD) == store.dir / f"{GOOD}.safetensors"
+
+
+def test_a_locks_dir_that_is_a_link_out_is_refused(tmp_path) -> None:
+    from foundry.errors import CacheStoreError
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    store = PrefixCacheStore(tmp_path / "store")
+    (store.dir / "locks").rmdir()
+    (store.dir / "locks").symlink_to(outside)
+    with pytest.raises(CacheStoreError, match="locks"), store.lock(GOOD):
+        pass
+    assert list(outside.iterdir()) == []

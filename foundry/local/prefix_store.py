@@ -183,7 +183,10 @@ class PrefixCacheStore:
     @contextmanager
     def lock(self, key: str) -> Iterator[None]:
         """An exclusive per-key lock: one process computes a given prefix at a time."""
-        with locked_file(key_path(self.dir / "locks", key, ".lock")):
+        locks = self.dir / "locks"
+        if locks.is_symlink():  # lock files would be created wherever it points
+            raise CacheStoreError(f"{locks} is a link", "remove it; foundry creates a new one")
+        with locked_file(key_path(locks, key, ".lock")):
             yield
 
     # -- lookup ------------------------------------------------------------------------------
