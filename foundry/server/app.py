@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -26,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from foundry.server.body import read_json
 from foundry.server.protocol import (
     ApiError,
     message_json,
@@ -70,21 +70,6 @@ def check_auth(request: Request, service: ServeService) -> None:
         given = token.strip() if scheme.lower() == "bearer" else None
     if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
         raise ApiError(401, "invalid x-api-key")
-
-
-async def read_json(request: Request, limit: int) -> Any:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"request body is {int(declared):,} bytes, over the {limit:,} limit")
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ApiError(413, f"request body is over the {limit:,}-byte limit")
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
 
 
 class DisconnectWatch:
@@ -373,21 +358,48 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(ApiError(status, message))
 
 
-async def _server_error(request: Request, exc: Exception) -> Response:
-    log.error("%s %s failed: %s", request.method, request.url.path, exc, exc_info=True)
+def _failed(request: Request, exc: Exception) -> Response:
+    # One line, as the worker logs a failure; the traceback only with debug logging on.
+    log.error(
+        "%s %s failed: %s: %s",
+        request.method,
+        request.url.path,
+        type(exc).__name__,
+        exc,
+        exc_info=log.isEnabledFor(logging.DEBUG),
+    )
     return error_response(ApiError(500, "internal server error; the server log says why"))
+
+
+def guarded(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[..., Any]:
+    """The route's failure becomes the API's 500 here: left to Starlette's handler, it is
+    re-raised after the response, and uvicorn logs its traceback."""
+
+    async def run(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except HTTPException:
+            raise
+        except Exception as exc:
+            return _failed(request, exc)
+
+    return run
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    return _failed(request, exc)
 
 
 def create_app(service: ServeService) -> Starlette:
     app = Starlette(
         routes=[
-            Route("/v1/messages", create_message, methods=["POST"]),
-            Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
-            Route("/v1/models", list_models, methods=["GET"]),
-            Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
-            Route("/", root, methods=["GET", "HEAD"]),
-            Route("/health", health, methods=["GET", "HEAD"]),
-            Route("/cache/stats", cache_stats, methods=["GET"]),
+            Route("/v1/messages", guarded(create_message), methods=["POST"]),
+            Route("/v1/messages/count_tokens", guarded(count_tokens), methods=["POST"]),
+            Route("/v1/models", guarded(list_models), methods=["GET"]),
+            Route("/v1/models/{model_id:path}", guarded(get_model), methods=["GET"]),
+            Route("/", guarded(root), methods=["GET", "HEAD"]),
+            Route("/health", guarded(health), methods=["GET", "HEAD"]),
+            Route("/cache/stats", guarded(cache_stats), methods=["GET"]),
         ],
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
     )

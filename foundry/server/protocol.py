@@ -71,6 +71,10 @@ SYSTEM_SEPARATOR = "\n\n"
 # ("cc_version=2.1.197.ffc"): as prompt text it would make every request's prefix differ
 # after a few tokens, so it is dropped, as it is not part of the prompt.
 BILLING_HEADER = "x-anthropic-billing-header:"
+# A tool's input schema becomes a constrained-decoding grammar, whose construction grows
+# fast with nesting (measured: 20 nested objects took 4 s, 24 a minute): deeper schemas are
+# refused. Real ones stay under 10 objects deep; each object is two levels here.
+MAX_SCHEMA_DEPTH = 32
 
 
 class ApiError(Exception):
@@ -91,7 +95,22 @@ class ApiError(Exception):
 
 
 def error_body(error_type: str, message: str) -> dict[str, Any]:
+    # A message that quotes a client's lone surrogate could not be encoded as the reply.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return {"type": "error", "error": {"type": error_type, "message": message}}
+
+
+def nesting_depth(value: Any) -> int:
+    """How many levels of objects and lists `value` has (iteratively: it may be deep)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def invalid(message: str) -> ApiError:
@@ -210,6 +229,12 @@ def _tools(value: Any) -> tuple[list[ToolSpec], list[dict[str, Any]]]:
             continue  # a server tool (web search, code execution...): Claude's own, ignored
         _need(tool.get("name"), str, f"{where}.name", "must be a string")
         schema = _need(tool.get("input_schema"), dict, f"{where}.input_schema", "must be an object")
+        depth = nesting_depth(schema)
+        if depth > MAX_SCHEMA_DEPTH:
+            raise invalid(
+                f"{where}.input_schema: nested {depth} levels deep, over the "
+                f"{MAX_SCHEMA_DEPTH} this server accepts"
+            )
         description = tool.get("description") or ""
         _need(description, str, f"{where}.description", "must be a string")
         specs.append(ToolSpec(tool["name"], description, schema))
