@@ -86,3 +86,19 @@ def script(monkeypatch):
     from tests.serve_helpers import Script
 
     return Script().install(monkeypatch)
+
+
+@pytest.fixture
+def bwrap() -> None:
+    """The real bubblewrap: on Linux a sandbox test fails (never skips) when it is missing,
+    unless FOUNDRY_TEST_NO_BWRAP=1."""
+    import os
+    import sys
+
+    from foundry.orchestrator.sandbox import availability
+
+    if sys.platform != "linux" or os.environ.get("FOUNDRY_TEST_NO_BWRAP") == "1":
+        pytest.skip("needs bubblewrap (Linux); FOUNDRY_TEST_NO_BWRAP=1 opted out")
+    found = availability()
+    if not found.ok:
+        pytest.fail(f"{found.reason}: install bubblewrap, or set FOUNDRY_TEST_NO_BWRAP=1")

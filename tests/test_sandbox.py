@@ -20,7 +20,7 @@ import pytest
 
 from foundry.config import BuildConfig, FoundryConfig, SandboxLimits, foundry_home, parse_config
 from foundry.errors import ConfigError
-from foundry.orchestrator import containment
+from foundry.orchestrator import containment, sandbox_env, sandbox_paths
 from foundry.orchestrator import sandbox as sandbox_module
 from foundry.orchestrator.containment import Containment, PidsCgroup
 from foundry.orchestrator.events import Events
@@ -55,15 +55,6 @@ def test_bubblewrap_is_here_on_linux() -> None:
         pytest.skip("the sandbox is Linux-only; FOUNDRY_TEST_NO_BWRAP=1 opts out")
     found = availability()
     assert found.ok, f"{found.reason}: install bubblewrap, or set FOUNDRY_TEST_NO_BWRAP=1"
-
-
-@pytest.fixture
-def bwrap() -> None:
-    if sys.platform != "linux" or OPTED_OUT:
-        pytest.skip("needs bubblewrap (Linux); FOUNDRY_TEST_NO_BWRAP=1 opted out")
-    found = availability()
-    if not found.ok:
-        pytest.fail(f"{found.reason}: install bubblewrap, or set FOUNDRY_TEST_NO_BWRAP=1")
 
 
 @pytest.fixture
@@ -346,7 +337,7 @@ def test_commands_get_only_the_allow_list_and_what_the_user_names(
     for name in SECRET_NAMES:
         assert secrets[name] not in result.output, name
     assert {"PATH", "HOME", "TMPDIR", "LANG"} <= names
-    assert names <= set(sandbox_module.BASE_ENV) | set(sandbox_module.TOOLCHAIN_ENV) | {
+    assert names <= set(sandbox_env.BASE_ENV) | set(sandbox_env.TOOLCHAIN_ENV) | {
         "HOME",
         "TMPDIR",
         "PWD",
@@ -587,11 +578,12 @@ def test_a_toolchain_under_tmp_stays_usable_inside_the_private_tmp(
     # the test command names, nor a PATH directory there; both are read-only inside.
     tools = Path(tempfile.mkdtemp(prefix="foundry-toolchain-", dir="/tmp"))
     try:
+        tools.chmod(0o755)  # as a real venv is: the command may run as another uid
         script = tools / "hello-tool"
         script.write_text("#!/bin/sh\necho tool-ran\n")
         script.chmod(0o755)
         monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
-        assert str(tools) in sandbox_module.runtime_dirs_under_tmp()
+        assert str(tools) in sandbox_paths.runtime_dirs_under_tmp()
         box = _box(tmp_path)
         try:
             result = _run(box, f"hello-tool && touch {shlex.quote(str(tools))}/x || echo ro")

@@ -52,7 +52,9 @@ def _own_cgroup_dirs() -> list[Path]:
 
 
 def _remove_stale(parent: Path) -> None:
-    """Empty groups that a foundry killed with SIGKILL could not remove."""
+    """Groups of a foundry that died (SIGKILL, a crash, the machine's OOM killer): whatever
+    its command left running in there is killed, then the group removed. bwrap's
+    --die-with-parent covers most deaths, not all (a death before bwrap armed it)."""
     try:
         names = [p.name for p in parent.iterdir() if p.name.startswith("foundry-")]
     except OSError:
@@ -61,8 +63,7 @@ def _remove_stale(parent: Path) -> None:
         pid = name.split("-")[1]
         if not pid.isdigit() or os.path.exists(f"/proc/{pid}"):
             continue
-        with contextlib.suppress(OSError):
-            (parent / name).rmdir()  # refused while processes are still in it
+        PidsCgroup(parent / name, -1).remove()
 
 
 class PidsCgroup:

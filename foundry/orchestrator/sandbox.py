@@ -13,10 +13,13 @@ sandbox", says exactly what is and is not guaranteed.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -26,111 +29,30 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from foundry.errors import FoundryError
+from foundry.orchestrator import seccomp
 from foundry.orchestrator.containment import COOKIE_ENV, Containment, PidsCgroup
+from foundry.orchestrator.ownership import Loan, command_uid
+from foundry.orchestrator.sandbox_env import command_env
+from foundry.orchestrator.sandbox_paths import (
+    HIDDEN_HOME_DIRS,
+    HIDDEN_HOME_FILES,
+    HIDDEN_SYSTEM_DIRS,
+    HIDDEN_SYSTEM_FILES,
+    PROC_MASKED,
+    PROC_READ_ONLY,
+    READ_ONLY_INSIDE,
+    existing,
+    runtime_dirs,
+    runtime_dirs_under,
+    unreachable_ancestors,
+)
 
 if TYPE_CHECKING:
     from foundry.config import BuildConfig, SandboxLimits
 
 TOOL = "bwrap"
+SETPRIV = "setpriv"  # util-linux: how a command started by root leaves root
 INSTALL_HINT = "install bubblewrap (apt-get install bubblewrap, or dnf install bubblewrap)"
-# What every command gets from foundry's environment, when set; nothing else passes
-# unless the user names it in build.env_passthrough.
-BASE_ENV = (
-    "PATH",
-    "LANG",
-    "LANGUAGE",
-    "LC_ALL",
-    "LC_CTYPE",
-    "LC_MESSAGES",
-    "LC_COLLATE",
-    "LC_NUMERIC",
-    "LC_TIME",
-    "TZ",
-    "TERM",
-    "USER",
-    "LOGNAME",
-)
-# Where toolchains live (not secrets): without them shims on PATH stop working.
-TOOLCHAIN_ENV = (
-    "PYENV_ROOT",
-    "PYENV_VERSION",
-    "RUSTUP_HOME",
-    "RUSTUP_TOOLCHAIN",
-    "GOROOT",
-    "JAVA_HOME",
-    "NVM_DIR",
-    "NVM_BIN",
-    "VOLTA_HOME",
-    "ASDF_DIR",
-    "ASDF_DATA_DIR",
-    "CONDA_PREFIX",
-    "VIRTUAL_ENV",
-    # CA bundles (file paths) that package installs need behind a TLS-inspecting proxy.
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-    "REQUESTS_CA_BUNDLE",
-    "CURL_CA_BUNDLE",
-    "PIP_CERT",
-    "NODE_EXTRA_CA_CERTS",
-    "GIT_SSL_CAINFO",
-)
-# Set for every command: the model edits files within the second its last run compiled
-# them, and mtime-stamped .pyc files would then run the old code.
-FIXED_ENV = {"PYTHONDONTWRITEBYTECODE": "1"}
-# Toolchain managers that find their toolchains under HOME by default: HOME moves into
-# the sandbox, so they are pointed at the user's copy (read-only there).
-TOOLCHAIN_HOMES = {"PYENV_ROOT": ".pyenv", "RUSTUP_HOME": ".rustup", "ASDF_DATA_DIR": ".asdf"}
-# Under the user's home: credentials, keys, tokens and shell histories. Hidden in the
-# sandbox (an empty directory, or /dev/null for a file) when they exist.
-HIDDEN_HOME_DIRS = (
-    ".ssh",
-    ".aws",
-    ".azure",
-    ".config",
-    ".gnupg",
-    ".docker",
-    ".kube",
-    ".claude",
-    ".password-store",
-    ".terraform.d",
-    ".local/share/keyrings",
-    ".mozilla",
-)
-HIDDEN_HOME_FILES = (
-    ".netrc",
-    ".npmrc",
-    ".yarnrc",
-    ".pypirc",
-    ".git-credentials",
-    ".claude.json",
-    ".pgpass",
-    ".my.cnf",
-    ".boto",
-    ".s3cfg",
-    ".vault-token",
-    ".cargo/credentials",
-    ".cargo/credentials.toml",
-    ".gem/credentials",
-    ".m2/settings.xml",
-    ".gradle/gradle.properties",
-    ".bash_history",
-    ".zsh_history",
-    ".python_history",
-    ".psql_history",
-    ".mysql_history",
-    ".Xauthority",
-)
-# Per-user runtime sockets (ssh/gpg agents, D-Bus) and container engines (root-equivalent).
-HIDDEN_SYSTEM_DIRS = ("/run/user",)
-HIDDEN_SYSTEM_FILES = (
-    "/run/docker.sock",
-    "/var/run/docker.sock",
-    "/run/containerd/containerd.sock",
-    "/run/podman/podman.sock",
-)
-# The orchestrator's records stay read-only inside: its artifacts, and git (deploy runs git
-# outside the sandbox, so hooks or config written there would run unconfined).
-READ_ONLY_INSIDE = (".foundry", ".git")
 # bwrap's own two processes (the monitor and the namespace's init) count against the
 # process limit; the user's number is for the command's own.
 BWRAP_PROCESSES = 2
@@ -167,21 +89,6 @@ def _probe(tool: str) -> str | None:
     return f"{tool} cannot create namespaces here ({last})"
 
 
-def runtime_dirs_under_tmp() -> list[str]:
-    """The interpreter's prefixes and the PATH directories that live under /tmp (a CI
-    checkout with its venv, a throwaway venv): the private /tmp would hide them, and the
-    test command with them. They are shown again read-only."""
-    candidates = {sys.prefix, sys.base_prefix, sys.exec_prefix}
-    candidates.update(os.environ.get("PATH", "").split(os.pathsep))
-    found = set()
-    for candidate in candidates:
-        real = os.path.realpath(candidate) if candidate else ""
-        if real.startswith("/tmp/") and os.path.isdir(real):
-            found.add(real)
-    # A directory inside another one is already shown by it.
-    return sorted(d for d in found if not any(d.startswith(o + "/") for o in found))
-
-
 @functools.cache
 def _supports_size(tool: str) -> bool:
     """bwrap 0.7+ can cap a tmpfs (--size); older ones refuse the option."""
@@ -211,6 +118,8 @@ def availability() -> Availability:
     tool = shutil.which(TOOL)
     if tool is None:
         return Availability(None, f"{TOOL} is not installed")
+    if os.getuid() == 0 and shutil.which(SETPRIV) is None:
+        return Availability(None, f"{SETPRIV} (util-linux) is missing; it drops root inside")
     problem = _probe(tool)
     return Availability(None, problem) if problem else Availability(tool)
 
@@ -226,45 +135,55 @@ def require_available(mode: str) -> Availability:
     return found
 
 
-def _namespace_flags(*, network: bool) -> list[str]:
+def _namespace_flags(*, network: bool, drop_root: bool = False) -> list[str]:
     flags = ["--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc"]
     flags += ["--unshare-uts", "--hostname", "foundry-sandbox", "--cap-drop", "ALL"]
+    if drop_root:  # only what setpriv needs to leave root, and it drops them with root
+        flags += [arg for cap in _SETPRIV_CAPS for arg in ("--cap-add", cap)]
     return flags if network else [*flags, "--unshare-net"]
 
 
-def _existing(paths: Iterable[Path], *, dirs: bool) -> list[str]:
-    """The real paths of those that exist (as a directory, or as a non-directory)."""
-    found: list[str] = []
-    for path in paths:
-        try:
-            if path.is_dir() != dirs or not (path.exists() or path.is_symlink()):
-                continue
-        except OSError:
-            continue
-        real = os.path.realpath(path)
-        if real != "/" and real not in found:
-            found.append(real)
-    return found
+_SETPRIV_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")
 
 
-def command_env(
-    home: str, tmp: str, passthrough: Iterable[str], source: dict[str, str] | None = None
-) -> dict[str, str]:
-    """The allow-list environment: BASE_ENV, toolchain locations and what the user named;
-    HOME and TMPDIR point into the sandbox."""
-    source = dict(os.environ) if source is None else source
-    names = (*BASE_ENV, *TOOLCHAIN_ENV, *passthrough)
-    env = {name: source[name] for name in names if name in source}
-    user_home = Path(source.get("HOME") or Path.home())
-    for name, relative in TOOLCHAIN_HOMES.items():
-        if name not in env and (user_home / relative).is_dir():
-            env[name] = str(user_home / relative)
-    env.setdefault("PATH", os.defpath)
-    env.setdefault("LANG", "C.UTF-8")
-    env.update(FIXED_ENV)
-    env["HOME"] = home
-    env["TMPDIR"] = tmp
-    return env
+def _drop_root(uid: int, gid: int) -> list[str]:
+    return [
+        SETPRIV,
+        f"--reuid={uid}",
+        f"--regid={gid}",
+        "--clear-groups",
+        "--bounding-set=-all",
+        "--inh-caps=-all",
+        "--no-new-privs",
+        "--",
+    ]
+
+
+def _seccomp_fd() -> int | None:
+    """A pipe holding the compiled filter for bwrap's --seccomp (read once, by bwrap)."""
+    code = seccomp.program()
+    if code is None:
+        return None
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, code)  # a few hundred bytes: well inside the pipe's buffer
+    finally:
+        os.close(write_end)
+    return read_end
+
+
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
+def _die_with(parent: int) -> None:
+    """In the child before exec: die when foundry does, even if foundry dies before bwrap
+    has asked for that itself (bwrap's own --die-with-parent comes a moment later)."""
+    if _LIBC is None:
+        return
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _set_limits(limits: SandboxLimits, processes: int | None) -> None:
@@ -303,13 +222,31 @@ def _user_task_count() -> int:
 
 @dataclass
 class Launch:
-    """One command, ready for Popen; `containment.end()` after it, always."""
+    """One command, ready for Popen; `end()` after it, always."""
 
     argv: list[str]
     env: dict[str, str]
     preexec: Callable[[], None]
     containment: Containment
     confined: bool
+    pass_fds: tuple[int, ...] = ()
+    loan: Loan | None = None
+
+    def started(self) -> None:
+        """After Popen: the child has its copies of the descriptors."""
+        for fd in self.pass_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.pass_fds = ()
+
+    def end(self) -> None:
+        """Kill what the command left running, then give the working directory back (no
+        process of the command is left to race the walk). Safe to call more than once."""
+        self.started()
+        self.containment.end()
+        if self.loan is not None:
+            self.loan.give_back()
+            self.loan = None
 
 
 class Sandbox:
@@ -331,6 +268,8 @@ class Sandbox:
             found = Availability(None, 'build.sandbox is "off"')
         self.found = found if found is not None else require_available(settings.sandbox)
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
+        # Who the command runs as when foundry is root (None: as foundry's own user).
+        self.run_as = command_uid(self.workdir) if self.found.ok else None
 
     @property
     def confined(self) -> bool:
@@ -367,6 +306,8 @@ class Sandbox:
             self._scratch = tempfile.TemporaryDirectory(prefix="foundry-sandbox-")
             for name in ("home", "tmp"):
                 os.mkdir(os.path.join(self._scratch.name, name), 0o700)
+                if self.run_as is not None:  # the command's own HOME is its to write
+                    os.chown(os.path.join(self._scratch.name, name), *self.run_as)
         scratch = os.path.realpath(self._scratch.name)
         return os.path.join(scratch, "home"), os.path.join(scratch, "tmp")
 
@@ -378,18 +319,48 @@ class Sandbox:
         files = [home / name for name in HIDDEN_HOME_FILES]
         files += [Path(p) for p in HIDDEN_SYSTEM_FILES]
         extra = list(self.hidden)
-        return _existing([*dirs, *extra], dirs=True), _existing([*files, *extra], dirs=False)
+        return existing([*dirs, *extra], dirs=True), existing([*files, *extra], dirs=False)
 
-    def bwrap_argv(self, command: str, *, network: bool, home: str) -> list[str]:
+    def _private_mounts(self, uid: tuple[int, int] | None, home: str) -> list[str]:
+        """Directories hidden whole behind an empty tmpfs, outermost first: /tmp always,
+        and where the command runs as another uid, every directory it could not pass through
+        on the way to the working directory, its HOME or a toolchain (root's 0700 home,
+        pytest's 0700 base: bwrap makes a bind's missing parents with the host's modes)."""
+        covered = {"/tmp"}
+        if uid is not None:
+            for path in (str(self.workdir), home, *runtime_dirs()):
+                covered.update(unreachable_ancestors(path, *uid))
+        return sorted(covered, key=lambda path: (path.count("/"), path))
+
+    def bwrap_argv(
+        self, command: str, *, network: bool, home: str, seccomp_fd: int | None = None
+    ) -> list[str]:
         assert self.found.tool is not None
         workdir = str(self.workdir)
-        argv = [self.found.tool, *_namespace_flags(network=network)]
+        uid = self.run_as
+        argv = [self.found.tool, *_namespace_flags(network=network, drop_root=uid is not None)]
+        if seccomp_fd is not None:
+            argv += ["--seccomp", str(seccomp_fd)]
         argv += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+        for path in PROC_READ_ONLY:
+            if os.path.exists(path):
+                argv += ["--ro-bind", path, path]
+        for path in PROC_MASKED:
+            if os.path.isdir(path):
+                argv += ["--tmpfs", path]
+            elif os.path.exists(path):
+                argv += ["--ro-bind", "/dev/null", path]
+        size: list[str] = []
         if self.settings.limits.file_size_mb and _supports_size(self.found.tool):
-            # The private /tmp lives in memory: no larger than the largest file allowed.
-            argv += ["--size", str(self.settings.limits.file_size_mb * 1024 * 1024)]
-        argv += ["--tmpfs", "/tmp"]
-        for directory in runtime_dirs_under_tmp():  # a venv or checkout made under /tmp
+            # The private /tmp and /dev/shm live in memory: no larger than the largest file.
+            size = ["--size", str(self.settings.limits.file_size_mb * 1024 * 1024)]
+        argv += ["--perms", "1777", *size, "--tmpfs", "/dev/shm"]
+        private = self._private_mounts(uid, home)
+        for covered in private:
+            perms = ["--perms", "1777", *size] if covered == "/tmp" else ["--perms", "0755"]
+            argv += [*perms, "--tmpfs", covered]
+        shown = {d for covered in private for d in runtime_dirs_under(covered)}
+        for directory in sorted(shown):  # a venv or a toolchain in there, read-only
             argv += ["--ro-bind", directory, directory]
         # A later mount covers an earlier one: what is hidden goes after the working
         # directory's bind (a ledger inside it, --dir . --db ./foundry.db, stays hidden),
@@ -408,7 +379,12 @@ class Sandbox:
                 argv += ["--tmpfs", directory]
         for file in hidden_files:
             argv += ["--ro-bind", "/dev/null", file]
-        return [*argv, "--chdir", workdir, "--", "/bin/sh", "-c", command]
+        shell = ["/bin/sh", "-c", command]
+        if uid is not None:
+            # Root inside is still root to the kernel; the command runs as uid, with no
+            # capability left to regain and no set-id binary to gain one from.
+            shell = [*_drop_root(*uid), *shell]
+        return [*argv, "--chdir", workdir, "--", *shell]
 
     def launch(self, command: str, *, network: bool) -> Launch:
         home, tmp = self._home()
@@ -421,17 +397,26 @@ class Sandbox:
         nproc = None
         if processes and os.getuid() != 0 and not containment.caps_processes:
             nproc = _user_task_count() + processes
+        seccomp_fd = None
+        loan = None
         if self.confined:
-            argv = self.bwrap_argv(command, network=network, home=home)
+            seccomp_fd = _seccomp_fd()
+            argv = self.bwrap_argv(command, network=network, home=home, seccomp_fd=seccomp_fd)
+            if self.run_as is not None:
+                loan = Loan(self.workdir, *self.run_as, skip=self.hidden_paths()[1])
+                loan.lend()
         else:
             argv = ["/bin/sh", "-c", command]
             env[COOKIE_ENV] = containment.cookie
+        parent = os.getpid()
 
         def preexec() -> None:
             containment.in_child()
+            _die_with(parent)
             _set_limits(limits, nproc)
 
-        return Launch(argv, env, preexec, containment, self.confined)
+        fds = () if seccomp_fd is None else (seccomp_fd,)
+        return Launch(argv, env, preexec, containment, self.confined, fds, loan)
 
     def close(self) -> None:
         if self._scratch is not None:

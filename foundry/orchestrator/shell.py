@@ -152,10 +152,12 @@ def _run(
             stderr=subprocess.STDOUT,
             start_new_session=True,
             preexec_fn=launch.preexec,
+            pass_fds=launch.pass_fds,
         )
     except BaseException:
-        launch.containment.end()
+        launch.end()
         raise
+    launch.started()
 
     stdout = proc.stdout
     assert isinstance(stdout, io.BufferedReader)  # a binary pipe: read1 returns what is there
@@ -190,7 +192,7 @@ def _run(
         # Children that outlive the shell (setsid ones too) would keep the pipe open.
         if proc.poll() is not None:
             _kill_group(proc)
-        launch.containment.end()
+        launch.end()
         reader.join(timeout=5)
         if not reader.is_alive():
             stdout.close()
