@@ -60,7 +60,10 @@ def valid() -> bytes:
         _kv("tokenizer.ggml.tokens", ARRAY, struct.pack("<IQ", STRING, 2) + _str("a") + _str("b")),
         _kv("tokenizer.ggml.scores", ARRAY, struct.pack("<IQ", 6, 2) + struct.pack("<2f", 0, 1)),
     ]
-    tensors = [_tensor("norm.weight", [8], F32, 0), _tensor("q.weight", [64, 2], Q4_0, 32)]
+    tensors = [
+        _tensor("blk.0.attn_norm.weight", [8], F32, 0),
+        _tensor("blk.0.attn_q.weight", [64, 2], Q4_0, 32),
+    ]
     return gguf(kvs, tensors, b"\1" * 32 + b"\2" * 72)
 
 

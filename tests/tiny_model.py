@@ -161,8 +161,13 @@ def write_tiny_gguf(
     tokenizer_model: str = "gpt2",
     drop: tuple[str, ...] = (),
     chat_template: str | None = None,
+    meta: dict[str, Any] | None = None,
+    n_tokens: int | None = None,
 ) -> Path:
-    """Write the tiny model as a llama GGUF the way llama.cpp's converter lays it out."""
+    """Write the tiny model as a llama GGUF the way llama.cpp's converter lays it out.
+    `meta` replaces metadata values (ints become u32, a list of ints an i32 array, a function
+    gets the converter's value) and
+    `n_tokens` keeps only that many tokens (and embedding rows), as a crafted file would."""
     from foundry.local.runtime import import_mlx
 
     mx = import_mlx()
@@ -193,12 +198,14 @@ def write_tiny_gguf(
                 value = _permute_for_gguf(value, config["num_attention_heads"])
             elif module == "self_attn.k_proj":
                 value = _permute_for_gguf(value, config["num_key_value_heads"])
+        if key == "token_embd.weight" and n_tokens is not None:
+            value = value[:n_tokens]  # the embedding still matches the vocabulary
         tensors[key] = value.astype(getattr(mx, dtype))
     tok = json.loads((model_dir / "tokenizer.json").read_text())
     vocab = tok["model"]["vocab"]
     for added in tok["added_tokens"]:
         vocab[added["content"]] = added["id"]
-    tokens = [t for t, _ in sorted(vocab.items(), key=lambda item: item[1])]
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda item: item[1])][:n_tokens]
     merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
     u32 = mx.uint32
     metadata = {
@@ -226,6 +233,16 @@ def write_tiny_gguf(
     }
     for key in drop:  # as a damaged or incomplete export would be
         del metadata[key]
+    for key, value in (meta or {}).items():
+        if callable(value):  # a function of the value the converter would write
+            value = value(metadata[key])
+        if isinstance(value, bool):
+            value = mx.array(value)
+        elif isinstance(value, int):
+            value = mx.array(value, dtype=u32)
+        elif isinstance(value, list) and all(isinstance(v, int) for v in value):
+            value = mx.array(value, dtype=mx.int32)
+        metadata[key] = value
     mx.save_gguf(str(path), tensors, metadata)
     return path
 

@@ -6,6 +6,11 @@ the header the way the format defines it (magic, version, counts, every metadata
 array, every tensor's dimensions, type and offset) and checks each length against what is
 left of the file, so a bad file is one error line, never a crash. Nothing is allocated
 in proportion to a declared length; the file is memory-mapped, not read.
+
+A well-formed header can still describe a model no engine survives: llama.cpp aborts the
+process (GGML_ASSERT, no message) on 100,000 layers or a repeated token, and mlx builds
+whatever config.json says (100,000 layers: bad_alloc after 7.6 GB). foundry.local.gguf_fields
+checks those fields against llama.cpp's own limits after this walk.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import struct
 from pathlib import Path
 
 from foundry.errors import LocalModelError
+from foundry.local.gguf_fields import GGUFArray, GGUFInvalid, check_fields
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)
@@ -61,10 +67,6 @@ TENSOR_TYPES = {
 }
 
 
-class GGUFInvalid(ValueError):
-    """What is wrong with the file, in a few words."""
-
-
 class _Reader:
     """Little-endian reads from a buffer, each checked against the end."""
 
@@ -104,36 +106,49 @@ class _Reader:
         self.pos += length
         return bytes(self.data[start : self.pos])
 
-    def skip_string(self, what: str) -> None:
+    def skip_string(self, what: str) -> int:
+        """Skip a string; returns its length."""
         length = int(self.take("Q", f"the length of {what}"))
         if length > self.left:
             raise GGUFInvalid(
                 f"{what} declares {length:,} bytes; only {self.left:,} are left in the file"
             )
         self.pos += length
+        return length
 
 
-def _value(reader: _Reader, kind: int, key: str) -> int | float | bool | None:
-    """Read (or skip) one metadata value; returns scalars, None for strings and arrays."""
+Value = int | float | bool | str | GGUFArray | None
+
+
+def _value(reader: _Reader, kind: int, key: str) -> Value:
+    """Read one metadata value: scalars, strings up to 1 KiB (None when longer: templates and
+    the like, which no check needs), arrays as where they are (GGUFArray), not their items."""
     if kind in _SCALARS:
         return reader.take(_SCALARS[kind], f"the value of '{key}'")
     if kind == STRING:
-        reader.skip_string(f"the value of '{key}'")
-        return None
+        start = reader.pos + 8
+        length = reader.skip_string(f"the value of '{key}'")
+        return (
+            bytes(reader.data[start : start + length]).decode("utf-8", "replace")
+            if (length <= 1024)
+            else None
+        )
     if kind != ARRAY:
         raise GGUFInvalid(f"'{key}' has an unknown value type {kind}")
     element = int(reader.take("I", f"the element type of '{key}'"))
     if element in _SCALARS:
         width = struct.calcsize("<" + _SCALARS[element])
         n = reader.count(f"the length of the array '{key}'", width)
+        start = reader.pos
         reader.pos += n * width
     elif element == STRING:
         n = reader.count(f"the length of the array '{key}'", 8)
+        start = reader.pos
         for _ in range(n):
             reader.skip_string(f"a string in '{key}'")
     else:
         raise GGUFInvalid(f"the array '{key}' has an unsupported element type {element}")
-    return None
+    return GGUFArray(element, n, start)
 
 
 def _tensor_bytes(name: str, dims: list[int], kind: int) -> int:
@@ -151,7 +166,8 @@ def _tensor_bytes(name: str, dims: list[int], kind: int) -> int:
 
 
 def check_gguf_bytes(data: mmap.mmap | bytes) -> None:
-    """Raise GGUFInvalid naming the first problem, or return when the file is consistent."""
+    """Raise GGUFInvalid naming the first problem, or return when the file is consistent:
+    its structure here, then its model fields (foundry.local.gguf_fields)."""
     reader = _Reader(data)
     if reader.size < 24 or bytes(data[:4]) != MAGIC:
         raise GGUFInvalid("the file does not start with the GGUF magic bytes")
@@ -164,21 +180,21 @@ def check_gguf_bytes(data: mmap.mmap | bytes) -> None:
     if tensors * 32 > reader.left:  # name length, dims, one dim, type, offset
         raise GGUFInvalid(f"the tensor count is {tensors:,}, more than the file can hold")
     alignment = DEFAULT_ALIGNMENT
+    meta: dict[str, Value] = {}
     for index in range(keys):
         key = reader.string(f"metadata key {index}").decode("utf-8", errors="replace")
         kind = int(reader.take("I", f"the type of '{key}'"))
-        value = _value(reader, kind, key)
+        value = meta[key] = _value(reader, kind, key)
         if key == "general.alignment":
             if kind != 4 or not isinstance(value, int) or value <= 0 or value & (value - 1):
                 raise GGUFInvalid(f"general.alignment is {value!r}, not a power of two")
             alignment = value
     extents: list[tuple[int, int, str]] = []
-    seen: set[str] = set()
+    shapes: dict[str, list[int]] = {}
     for index in range(tensors):
         name = reader.string(f"the name of tensor {index}").decode("utf-8", errors="replace")
-        if name in seen:
+        if name in shapes:
             raise GGUFInvalid(f"tensor '{name}' appears twice")
-        seen.add(name)
         n_dims = int(reader.take("I", f"the dimensions of '{name}'"))
         if not 1 <= n_dims <= MAX_DIMS:
             raise GGUFInvalid(f"tensor '{name}' has {n_dims} dimensions (1 to {MAX_DIMS})")
@@ -188,6 +204,7 @@ def check_gguf_bytes(data: mmap.mmap | bytes) -> None:
         if offset % alignment:
             raise GGUFInvalid(f"tensor '{name}' starts at {offset}, not aligned to {alignment}")
         extents.append((offset, _tensor_bytes(name, dims, kind), name))
+        shapes[name] = dims
     data_start = -(-reader.pos // alignment) * alignment
     for offset, size, name in extents:
         end = data_start + offset + size
@@ -195,6 +212,7 @@ def check_gguf_bytes(data: mmap.mmap | bytes) -> None:
             raise GGUFInvalid(
                 f"tensor '{name}' needs bytes up to {end:,}; the file has {reader.size:,}"
             )
+    check_fields(data, meta, shapes)
 
 
 def validate_gguf(path: Path) -> None:
