@@ -51,6 +51,22 @@ def _scalar(meta: dict[str, Any], key: str, default: Any = None) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
+def _one_value(meta: dict[str, Any], key: str, default: Any = None, required: bool = False) -> Any:
+    """A field llama.cpp allows per layer (head_count_kv, feed_forward_length): MLX's llama
+    takes one value for all layers."""
+    value = meta.get(key, default)
+    if value is None and required:
+        return _required(meta, key)
+    if getattr(value, "ndim", 0) and value.size > 1:
+        values = set(value.tolist())
+        if len(values) > 1:
+            raise LocalModelError(
+                f"'{key}' differs between layers", "the mlx import takes plain llama models only"
+            )
+        return values.pop()
+    return _scalar(meta, key, default)
+
+
 def _required(meta: dict[str, Any], key: str) -> Any:
     value = _scalar(meta, key)
     if value is None:
@@ -125,6 +141,8 @@ def _model_config(meta: dict[str, Any], weights: dict[str, Any], bits: int | Non
     arch = "llama"
     heads = int(_required(meta, f"{arch}.attention.head_count"))
     hidden = int(_required(meta, f"{arch}.embedding_length"))
+    if heads <= 0:  # validate_gguf refuses it wherever a layer has attention; none is no llama
+        raise LocalModelError(f"{arch}.attention.head_count is {heads}", "use a plain llama")
     vocab = _scalar(meta, f"{arch}.vocab_size") or len(_required(meta, "tokenizer.ggml.tokens"))
     scaling = _scalar(meta, f"{arch}.rope.scaling.type")
     if scaling not in (None, "none"):
@@ -133,10 +151,10 @@ def _model_config(meta: dict[str, Any], weights: dict[str, Any], bits: int | Non
         "model_type": "llama",
         "architectures": ["LlamaForCausalLM"],
         "hidden_size": hidden,
-        "intermediate_size": int(_required(meta, f"{arch}.feed_forward_length")),
+        "intermediate_size": int(_one_value(meta, f"{arch}.feed_forward_length", required=True)),
         "num_attention_heads": heads,
         "num_hidden_layers": int(_required(meta, f"{arch}.block_count")),
-        "num_key_value_heads": int(_scalar(meta, f"{arch}.attention.head_count_kv", heads)),
+        "num_key_value_heads": int(_one_value(meta, f"{arch}.attention.head_count_kv", heads)),
         "head_dim": int(_scalar(meta, f"{arch}.rope.dimension_count", hidden // heads)),
         "rms_norm_eps": float(_scalar(meta, f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
         "rope_theta": float(_scalar(meta, f"{arch}.rope.freq_base", 10000.0)),
@@ -166,7 +184,12 @@ def _write_tokenizer(meta: dict[str, Any], directory: Path) -> None:
     tokens: list[str] = list(_required(meta, "tokenizer.ggml.tokens"))
     merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
     vocab = {token: index for index, token in enumerate(tokens)}
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+    try:  # validate_gguf checked the merges; the tokenizers library has rules of its own
+        tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+    except Exception as exc:  # it raises a bare Exception
+        raise LocalModelError(
+            f"the GGUF's tokenizer cannot be rebuilt: {exc}", "re-export the GGUF"
+        ) from None
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     if meta.get("tokenizer.ggml.pre") == "smollm":  # SmolLM splits digits one by one
         tokenizer.pre_tokenizer = pre_tokenizers.Sequence(

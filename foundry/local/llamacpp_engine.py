@@ -12,6 +12,7 @@ from __future__ import annotations
 import codecs
 import ctypes
 import os
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -34,6 +35,10 @@ INSTALL_HINT = (
 )
 
 
+LOG_ERROR, LOG_CONT = 4, 5  # ggml_log_level: ERROR, and "continues the previous line"
+_GENERIC = ("failed to load model", "failed to create context")  # after the line saying why
+
+
 def import_llama_cpp() -> Any:
     try:
         import llama_cpp
@@ -44,7 +49,91 @@ def import_llama_cpp() -> Any:
             f"llama-cpp-python is installed but cannot load llama.cpp: {exc}",
             f"reinstall it with pip install --force-reinstall --no-cache-dir; {INSTALL_HINT}",
         ) from None
+    _report_aborts(llama_cpp)
     return llama_cpp
+
+
+_abort_handler: Any = None  # the installed ctypes callback (kept alive), once per process
+
+
+def _report_aborts(llama_cpp: Any) -> None:
+    """A GGML_ASSERT anywhere in llama.cpp ends the process with abort(); llama-cpp-python
+    even sends stderr to /dev/null while a model loads, so it died with no word (exit 134).
+    ggml calls this hook with its message first: it becomes foundry's one red line and exit
+    status 1. The process still ends: the C stack cannot be unwound back into Python.
+    gguf_fields refuses the files known to reach an assert; this is for the rest."""
+    global _abort_handler
+    if _abort_handler is not None:
+        return
+    # The copy libllama linked (wheels hold copies, not links, under several names): with
+    # RTLD_NOLOAD a name that is not loaded fails instead of loading a second, unused copy.
+    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    mode = getattr(os, "RTLD_NOLOAD", 0)
+    for name in ("libggml-base.so.0", "libggml-base.so", "libggml-base.dylib"):
+        try:
+            setter = ctypes.CDLL(str(lib_dir / name), mode=mode).ggml_set_abort_callback
+            break
+        except (OSError, AttributeError):  # another layout or an older ggml: keep its own
+            continue
+    else:
+        return
+    # The stderr of now: while a model loads, fd 2 and sys.stderr point at /dev/null.
+    stream = os.fdopen(os.dup(sys.stderr.fileno()), "w", closefd=True)
+
+    def on_abort(message: bytes | None) -> None:
+        from foundry import console
+
+        text = (message or b"").decode("utf-8", "replace").strip()
+        text = text.rpartition("/")[2] if text.startswith("/") else text  # the build's path
+        sys.stderr, sys.stdout = stream, stream
+        console.error(
+            f"llama.cpp stopped: {text} — the model file or its settings are outside what "
+            "llama.cpp supports: use another GGUF, or report this line"
+        )
+        stream.flush()
+        os._exit(1)
+
+    _abort_handler = ctypes.CFUNCTYPE(None, ctypes.c_char_p)(on_abort)
+    setter.restype = ctypes.c_void_p
+    setter.argtypes = [ctypes.c_void_p]
+    setter(ctypes.cast(_abort_handler, ctypes.c_void_p))
+
+
+class LoadLog:
+    """llama.cpp's own error lines while a model loads. llama-cpp-python raises only "Failed
+    to load model from file"; the reason (a tensor's wrong shape, a failed allocation) is in
+    llama.cpp's log, which it silences. Replaces its log callback for the duration."""
+
+    def __init__(self, llama_cpp: Any) -> None:
+        self._lib = llama_cpp
+        self.lines: list[str] = []
+        self._continues = False
+        self._callback = llama_cpp.llama_log_callback(self._record)  # alive while installed
+
+    def _record(self, level: int, text: bytes | None, _data: Any) -> None:
+        piece = (text or b"").decode("utf-8", "replace")
+        if level == LOG_ERROR:
+            self.lines.append(piece)
+        elif level == LOG_CONT and self._continues:
+            self.lines[-1] += piece
+        self._continues = level == LOG_ERROR or (level == LOG_CONT and self._continues)
+
+    def __enter__(self) -> LoadLog:
+        self._lib.llama_log_set(self._callback, ctypes.c_void_p(0))
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        from llama_cpp import _logger  # llama-cpp-python's own callback, as it installs it
+
+        self._lib.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+
+    def reason(self) -> str | None:
+        """The last error line that says why, whitespace folded."""
+        lines = [" ".join(line.split()) for line in self.lines]
+        for line in reversed(lines):
+            if line and not line.endswith(_GENERIC):
+                return line
+        return lines[-1] if lines else None
 
 
 def default_threads() -> int:
@@ -114,20 +203,23 @@ class LlamaCppModel:
         self._lib = llama_cpp
         self.path, self.name, self.kv_type = path, name, kv_type
         threads = threads or default_threads()
+        log = LoadLog(llama_cpp)
         try:
-            self.llm = llama_cpp.Llama(
-                model_path=str(path),
-                n_ctx=n_ctx or 0,  # 0: the context length the GGUF declares
-                n_batch=PREFILL_STEP,
-                n_threads=threads,
-                n_threads_batch=threads,
-                type_k=KV_TYPES[kv_type],
-                type_v=KV_TYPES[kv_type],
-                verbose=False,
-            )
+            with log:
+                self.llm = llama_cpp.Llama(
+                    model_path=str(path),
+                    n_ctx=n_ctx or 0,  # 0: the context length the GGUF declares
+                    n_batch=PREFILL_STEP,
+                    n_threads=threads,
+                    n_threads_batch=threads,
+                    type_k=KV_TYPES[kv_type],
+                    type_v=KV_TYPES[kv_type],
+                    verbose=False,
+                )
         except (ValueError, RuntimeError) as exc:  # what llama-cpp-python raises on a bad file
+            said = f" (llama.cpp: {reason})" if (reason := log.reason()) else ""
             raise LocalModelError(
-                f"llama.cpp cannot load {path}: {exc}",
+                f"llama.cpp cannot load {path}: {exc}{said}",
                 "check that the file is a GGUF model; if memory ran out, set llamacpp.max_kv_size "
                 "(the KV buffer of the whole context is allocated when the model loads)",
             ) from None
