@@ -101,3 +101,64 @@ def test_a_reader_never_sees_a_partial_file(tmp_path) -> None:
     assert bad == []
     assert len(seen) > 1  # the reader really overlapped the writes
     assert _leftovers(tmp_path) == []
+
+
+# -- the *_beneath functions: foundry's own files in a directory a model works in ------------
+
+
+def test_reads_beneath_follow_no_link_anywhere_on_the_way(tmp_path) -> None:
+    from foundry.fsutil import NotAFile, kind_beneath, read_beneath
+
+    secret = tmp_path / "secret"
+    secret.write_text("key")
+    root = tmp_path / "work"
+    (root / "real").mkdir(parents=True)
+    (root / "real" / "ok.md").write_text("fine")
+    (root / "real" / "file.md").symlink_to(secret)
+    (root / "dirlink").symlink_to(tmp_path)
+    assert read_beneath(root, "real/ok.md", 100) == b"fine"
+    with pytest.raises(NotAFile, match="real/file.md is a symlink"):
+        read_beneath(root, "real/file.md", 100)
+    with pytest.raises(NotAFile, match="dirlink is a symlink, not a directory"):
+        read_beneath(root, "dirlink/secret", 100)
+    with pytest.raises(NotAFile, match="real is a directory"):
+        read_beneath(root, "real", 100)
+    with pytest.raises(FileNotFoundError):
+        read_beneath(root, "real/missing.md", 100)
+    assert kind_beneath(root, "real/file.md") == "symlink"
+    assert kind_beneath(root, "dirlink/secret") is None
+    with pytest.raises(ValueError):
+        read_beneath(root, "../secret", 100)
+
+
+def test_a_fifo_or_an_oversized_file_is_refused_without_reading(tmp_path) -> None:
+    from foundry.fsutil import NotAFile, TooLarge, read_beneath
+
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(NotAFile, match="pipe is a FIFO"):  # no writer: an open would hang
+        read_beneath(tmp_path, "pipe", 100)
+    with open(tmp_path / "big", "wb") as handle:
+        handle.truncate(5 * 1024 * 1024)  # sparse: nothing to read, only the size
+    with pytest.raises(TooLarge, match="big is 5.0 MiB, over the 1.0 MiB limit"):
+        read_beneath(tmp_path, "big", 1024 * 1024)
+
+
+def test_write_beneath_replaces_a_planted_link_and_never_writes_through_it(tmp_path) -> None:
+    from foundry.fsutil import NotAFile, write_beneath
+
+    target = tmp_path / "outside" / "nologin"
+    root = tmp_path / "work"
+    root.mkdir()
+    (root / ".gitignore").symlink_to(target)  # dangling
+    write_beneath(root, ".gitignore", "x\n")
+    assert not target.exists() and not (root / ".gitignore").is_symlink()
+    assert (root / ".gitignore").read_text() == "x\n"
+    (root / "linkdir").symlink_to(tmp_path / "outside", target_is_directory=True)
+    with pytest.raises(NotAFile, match="linkdir is a symlink"):
+        write_beneath(root, "linkdir/new.md", "x")
+    write_beneath(root, ".foundry/a/b.md", "made")  # missing directories are made
+    assert (root / ".foundry/a/b.md").read_text() == "made"
+    (root / "d").mkdir()
+    with pytest.raises(NotAFile, match="d is a directory"):
+        write_beneath(root, "d", "x")
+    assert _leftovers(root) == [] and not (tmp_path / "outside").exists()
