@@ -410,7 +410,8 @@ def test_every_final_build_status_has_an_exit_code_and_a_ledger_value():
     assert final | {"running", "abandoned"} == BUILD_STATUSES
 
 
-def test_a_planted_artifact_symlink_is_refused_never_followed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sandbox", ["auto", "off"])
+def test_a_planted_artifact_symlink_is_refused_never_followed(tmp_path: Path, sandbox) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "keep.txt").write_text("mine")
@@ -418,12 +419,18 @@ def test_a_planted_artifact_symlink_is_refused_never_followed(tmp_path: Path) ->
         ([tool("run_command", command="rm -rf .foundry && ln -s ../outside .foundry")], "tool_use"),
         ([finish("scouted", "# Scout report\n")], "tool_use"),
     ]
-    result, _, db = run_build(tmp_path, steps, phases=("scout",))
+    config = FoundryConfig.model_validate({"build": {"sandbox": sandbox}})
+    result, _, db = run_build(tmp_path, steps, phases=("scout",), config=config)
+    assert sorted(p.name for p in outside.iterdir()) == ["keep.txt"]
+    assert (outside / "keep.txt").read_text() == "mine"
+    if result.status == "completed":
+        # foundry made .foundry/ before the model's first turn; the sandbox mounts it
+        # read-only, so the command could neither remove nor replace it.
+        assert sandbox == "auto" and not (tmp_path / "hello/.foundry").is_symlink()
+        return
     assert result.status == "failed"
     assert ".foundry is a symlink" in (result.error or "")
     assert "summary.json not written" in (result.error or "")
-    assert sorted(p.name for p in outside.iterdir()) == ["keep.txt"]
-    assert (outside / "keep.txt").read_text() == "mine"
     assert ledger_rows(db, "builds")[0]["status"] == "failed"
 
 

@@ -119,8 +119,12 @@ def _execute(prepared: PreparedBuild, *, json_output: bool, yes: bool, estimate:
             _show_estimate(prepared.projection, json_output)
             return
         prepared.backend.check()
+        notes = workdir_notes(prepared)
         if not yes and stdin_is_tty():
-            _confirm(prepared)
+            _confirm(prepared, notes)
+        else:
+            for note in notes:  # said, even when nobody is asked
+                console.warning(note)
         result = _run(prepared)
     finally:
         prepared.backend.close()
@@ -136,7 +140,26 @@ def _show_estimate(projection: dict, json_output: bool) -> None:
         console.stdout.print(render_estimate(projection), highlight=False)
 
 
-def _confirm(prepared: PreparedBuild) -> None:
+def workdir_notes(prepared: PreparedBuild) -> list[str]:
+    """What the directory already holds that the user may not expect: another build's files."""
+    from foundry.orchestrator.phases import earlier_build
+
+    plan = prepared.plan
+    if not plan.workdir.is_dir():
+        return []
+    earlier = earlier_build(plan.workdir)
+    if earlier is None or (prepared.resume and earlier["build_id"] == prepared.resume.id):
+        return []
+    which = f"build {earlier['name']}" if earlier["name"] else "an earlier build"
+    if earlier["build_id"]:
+        which += f" ({str(earlier['build_id'])[:12]}, {earlier['status']})"
+    return [
+        f"{plan.workdir} already holds {which}: this build works on top of its files and "
+        "replaces its .foundry/ reports; use --dir for a fresh directory"
+    ]
+
+
+def _confirm(prepared: PreparedBuild, notes: list[str]) -> None:
     from rich.markup import escape
 
     from foundry.config import is_default_endpoint
@@ -148,12 +171,23 @@ def _confirm(prepared: PreparedBuild) -> None:
     # Where the requests (and the API key) go, whenever that is not the API's own host.
     endpoint = backend.endpoint
     at = "" if is_default_endpoint(endpoint) else f" at [bold]{escape(str(endpoint))}[/]"
+    what = f"build [bold]{escape(plan.name)}[/]"
+    if prepared.resume is not None:  # which of the builds with this name, and how far it got
+        done = ",".join(prepared.resume.phases_done) or "none"
+        what = f"resume {what} ({prepared.resume.id[:12]}, {prepared.resume.status}; done: {done})"
     console.stderr.print(
-        f"foundry will build [bold]{plan.name}[/] in {plan.workdir} ({plan.mode} project) with "
+        f"foundry will {what} in {escape(str(plan.workdir))} ({plan.mode} project) with "
         f"{backend.name} {backend.model}{at}; phases {','.join(plan.phases)}; projected cost "
         f"{expected} (ceiling {ceiling})",
         highlight=False,
     )
+    if "deploy" in plan.phases:
+        from foundry.orchestrator.deploy import describe_target
+
+        target = describe_target(plan.workdir, own_repo=plan.own_repo)
+        console.stderr.print(f"deploy commits to {escape(target)}", highlight=False)
+    for note in notes:
+        console.stderr.print(f"[bold yellow]note:[/] {escape(note)}", highlight=False)
     if not typer.confirm("Start the build?", default=False, err=True):
         console.stderr.print("aborted: nothing was built")
         raise typer.Exit(1)
@@ -163,11 +197,16 @@ def _run(prepared: PreparedBuild) -> BuildResult:
     from foundry.ledger import Ledger
     from foundry.orchestrator.build import BuildRun
     from foundry.orchestrator.display import make_display, phase_table
+    from foundry.orchestrator.phases import mark_made_by_foundry
 
     # The ledger first: a bad --db must not leave an empty build directory behind.
     ledger = Ledger.open(prepared.db, prepared.pricing)
+    workdir = prepared.plan.workdir
     try:
-        prepared.plan.workdir.mkdir(parents=True, exist_ok=True)
+        made = not workdir.exists()
+        workdir.mkdir(parents=True, exist_ok=True)
+        if made:  # a later build here commits into a repository of its own
+            mark_made_by_foundry(workdir)
     except BaseException:
         ledger.close()
         raise

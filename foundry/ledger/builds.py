@@ -39,6 +39,7 @@ BUILD_STATUSES = frozenset(
     }
 )
 RESUMABLE = frozenset(BUILD_STATUSES - {"running", "completed"})
+_HEX = frozenset("0123456789abcdef")
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class BuildRecord:
     phases_done: tuple[str, ...]
     attempts: int
     settings: dict[str, Any]  # what the first attempt ran with (mode, limits, base URL...)
+    started_at: str = ""
 
 
 def _settings(value: str | None) -> dict[str, Any]:
@@ -185,28 +187,43 @@ class BuildRecords:
 
     def find_build(self, name_or_id: str) -> BuildRecord | None:
         """The build with this id, else the latest build with this name."""
-        row = self.conn.execute(
+        found = self.find_builds(name_or_id)
+        return found[0] if found else None
+
+    def find_builds(self, name_or_id: str) -> list[BuildRecord]:
+        """The build with this id (or this unique id prefix of 8+ characters, as listed), else
+        every build with this name, latest first."""
+        columns = (
             "SELECT id, name, task, backend, model, workdir, status, phases, phases_done,"
-            " attempts, settings FROM builds WHERE id = ? OR name = ?"
-            " ORDER BY id = ? DESC, started_at DESC LIMIT 1",
-            [name_or_id, name_or_id, name_or_id],
-        ).fetchone()
-        if row is None:
-            return None
-        build_id, name, task, backend, model, workdir, status = row[:7]
-        return BuildRecord(
-            build_id,
-            name,
-            task,
-            backend,
-            model,
-            workdir,
-            status,
-            phases=_names(row[7]),
-            phases_done=_names(row[8]),
-            attempts=int(row[9]),
-            settings=_settings(row[10]),
+            " attempts, settings, started_at FROM builds"
         )
+        rows = self.conn.execute(f"{columns} WHERE id = ?", [name_or_id]).fetchall()
+        if not rows and len(name_or_id) >= 8 and all(c in _HEX for c in name_or_id):
+            rows = self.conn.execute(
+                f"{columns} WHERE substr(id, 1, ?) = ?", [len(name_or_id), name_or_id]
+            ).fetchall()
+            rows = rows if len(rows) == 1 else []
+        if not rows:
+            rows = self.conn.execute(
+                f"{columns} WHERE name = ? ORDER BY started_at DESC, rowid DESC", [name_or_id]
+            ).fetchall()
+        return [
+            BuildRecord(
+                id=row[0],
+                name=row[1],
+                task=row[2],
+                backend=row[3],
+                model=row[4],
+                workdir=row[5],
+                status=row[6],
+                phases=_names(row[7]),
+                phases_done=_names(row[8]),
+                attempts=int(row[9]),
+                settings=_settings(row[10]),
+                started_at=row[11] or "",
+            )
+            for row in rows
+        ]
 
     def reopen_build(self, build_id: str) -> int:
         """Start the next attempt at a resumable build; returns its number."""

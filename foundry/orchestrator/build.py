@@ -3,34 +3,34 @@ and ends every build (even a failed or interrupted one) with a status and a summ
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from foundry.backends.base import Message
-from foundry.errors import BudgetExceeded, FoundryError, LedgerError, WorkspaceError
-from foundry.fsutil import write_atomic
-from foundry.orchestrator.deploy import deploy
+from foundry.errors import BudgetExceeded, FoundryError, LedgerError
+from foundry.orchestrator.deploy import check_git_entry, deploy, git_entry
 from foundry.orchestrator.events import Events
 from foundry.orchestrator.loop import run_turns
 from foundry.orchestrator.metered import Conversation, ModelSession, PhaseStats
 from foundry.orchestrator.phases import (
-    ARTIFACT_DIR,
     BY_NAME,
     DETECT_LATER_NOTE,
     architecture_document,
-    artifact_path,
     first_user_turn,
+    lock_workdir,
     read_artifacts,
     require_test_command_once,
     saved_test_command,
+    unlock_workdir,
+    write_artifact,
 )
 from foundry.orchestrator.sandbox import Sandbox, foundry_paths
 from foundry.orchestrator.summary import (
     ledger_fields,
     phase_fields,
+    snapshot,
     unrecorded_fields,
     write_summary,
 )
@@ -42,7 +42,7 @@ from foundry.orchestrator.testing import (
     run_test_phase,
 )
 from foundry.orchestrator.tools import tool_specs
-from foundry.orchestrator.workspace import SKIPPED_DIRS, Workspace
+from foundry.orchestrator.workspace import Workspace
 
 if TYPE_CHECKING:
     from foundry.backends.base import Backend, Ttl
@@ -76,6 +76,9 @@ class BuildPlan:
     max_tokens: int
     base_url: str | None = None  # --base-url, kept for a resume
     template: str | None = None  # --template, kept for a resume
+    # Deploy commits into the directory's own repository (made if needed), never into an
+    # enclosing one; False only for an existing directory the user named with --dir.
+    own_repo: bool = True
 
 
 @dataclass
@@ -102,21 +105,6 @@ class _State:
     commit: str | None = None
 
 
-def snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    """(size, mtime) of every file, skipping .git, .foundry and caches."""
-    files: dict[str, tuple[int, int]] = {}
-    for current, dirs, names in os.walk(root):
-        dirs[:] = [d for d in dirs if d not in SKIPPED_DIRS and d != ARTIFACT_DIR]
-        for name in names:
-            path = Path(current, name)
-            try:
-                stat = path.lstat()
-            except OSError:
-                continue
-            files[path.relative_to(root).as_posix()] = (stat.st_size, stat.st_mtime_ns)
-    return files
-
-
 class BuildRun:
     def __init__(
         self,
@@ -133,7 +121,7 @@ class BuildRun:
     ) -> None:
         self.plan = plan
         self.resume = resume  # an earlier attempt at this build: its finished phases stay done
-        self.git_before = True  # whether .git existed when the run started (set by run())
+        self.git_at_start: str | None = "dir"  # what .git was when the build began (run())
         self.config = config
         self.backend = backend
         self.ledger = ledger
@@ -162,7 +150,7 @@ class BuildRun:
             finish_requires=("test_command",) if name == "architect" else (),
         )
         assert phase.artifact is not None
-        path = artifact_path(self.plan.workdir, phase.artifact)
+        workdir = self.plan.workdir
         if run.finish is None:
             # Out of context ends a phase like out of turns; the next phase starts afresh.
             stats.status = "turn_limit"
@@ -175,11 +163,12 @@ class BuildRun:
             note = f"The {name} phase hit {limit} unfinished."
             self.events.warning(f"{note} ({hint})")
             if name != "architect":
-                write_atomic(path, f"# {name}\n\n_{note}_\n")
+                write_artifact(workdir, phase.artifact, f"# {name}\n\n_{note}_\n")
             elif not self.state.test_command:
                 # No design to hand on, but later phases (and a resumed build) learn why
                 # the test command will be detected.
-                write_atomic(path, f"# {name}\n\n_{note}_\n\n{DETECT_LATER_NOTE}\n")
+                text = f"# {name}\n\n_{note}_\n\n{DETECT_LATER_NOTE}\n"
+                write_artifact(workdir, phase.artifact, text)
                 self.events.note(f"architect: {DETECT_LATER}")
             return
         stats.status = "finished"
@@ -199,7 +188,7 @@ class BuildRun:
             else:
                 self.events.note(f"architect: {DETECT_LATER}")
             report = architecture_document(report, self.state.test_command)
-        write_atomic(path, report if report.endswith("\n") else report + "\n")
+        write_artifact(workdir, phase.artifact, report if report.endswith("\n") else report + "\n")
         self.events.note(f"{name}: {run.finish.summary}")
 
     def _test_phase(self, session: ModelSession, workspace: Workspace) -> bool:
@@ -235,19 +224,13 @@ class BuildRun:
         return outcome.passed
 
     def _deploy_phase(self, session: ModelSession, build_id: str) -> None:
-        if not self.git_before and (self.plan.workdir / ".git").exists():
-            # Its hooks and filters would run as foundry, outside the sandbox, on `git add`.
-            raise WorkspaceError(
-                f"a .git directory appeared in {self.plan.workdir} during the build (a model's "
-                "command made it); foundry does not run git in a repository the model set up",
-                "remove that .git and resume the build, or commit the result yourself",
-            )
+        check_git_entry(self.plan.workdir, self.git_at_start)
         result = deploy(
             self.plan.workdir,
             name=self.plan.name,
             task=self.plan.task,
             build_id=build_id,
-            mode=self.plan.mode,
+            own_repo=self.plan.own_repo,
         )
         self.state.commit = result.commit
         session.stats("deploy").status = "committed" if result.commit else "nothing_to_commit"
@@ -255,6 +238,15 @@ class BuildRun:
         self.events.note(f"deploy: {result.commit or 'nothing to commit'} in {result.repository}")
 
     def run(self) -> BuildResult:
+        """Run the build holding the directory's lock: one build per directory at a time, and
+        .foundry/ is foundry's own real directory before the model's first turn."""
+        lock = lock_workdir(self.plan.workdir)
+        try:
+            return self._run()
+        finally:
+            unlock_workdir(lock)
+
+    def _run(self) -> BuildResult:
         plan = self.plan
         started_at_mono = self.clock()
         from foundry.ledger import utc_now
@@ -263,12 +255,13 @@ class BuildRun:
         # Before the ledger row: build.sandbox "require" without a sandbox ends here.
         sandbox = Sandbox(plan.workdir, self.config.build, hidden=foundry_paths(self.ledger.path))
         before = snapshot(plan.workdir)
-        # Whether .git existed when the build began; a resumed build keeps the first answer.
-        self.git_before = (
-            bool(self.resume.settings.get("had_git", True))
-            if self.resume is not None
-            else (plan.workdir / ".git").exists()
-        )
+        # What .git was when the build began; a resumed build keeps the first answer (a row
+        # from before git_entry was recorded: a directory, or none).
+        self.git_at_start = git_entry(plan.workdir)
+        if self.resume is not None:
+            first = self.resume.settings
+            had_git = "dir" if first.get("had_git", True) else None
+            self.git_at_start = first.get("git_entry", had_git)
         spent_before = 0.0
         if self.resume is not None:
             build_id = self.resume.id
@@ -293,7 +286,9 @@ class BuildRun:
                     "ttl": plan.ttl,
                     "base_url": plan.base_url,
                     "template": plan.template,
-                    "had_git": (plan.workdir / ".git").exists(),
+                    "had_git": self.git_at_start is not None,
+                    "git_entry": self.git_at_start,
+                    "own_repo": plan.own_repo,
                 },
             )
         session = ModelSession(
@@ -437,5 +432,4 @@ class BuildRun:
             **ledger_fields(totals),
             "unrecorded": unrecorded_fields(session.unrecorded),
         }
-        path = artifact_path(plan.workdir, "summary.json")
-        return write_summary(path, data).model_dump(mode="json")
+        return write_summary(plan.workdir, ".foundry/summary.json", data).model_dump(mode="json")

@@ -1,17 +1,36 @@
-"""Deploy: commit the result to a local git repository (initialised if needed). No push."""
+"""Deploy: commit the result to a local git repository (initialised if needed). No push.
+
+Where the commit goes: a repository of the working directory's own (made by `git init` when
+there is none), unless the user named an existing directory inside a repository with --dir;
+only then does it go into that enclosing repository. git runs outside the sandbox, so deploy
+refuses a .git that changed during the build: a .git file ("gitdir: ...") or link sends git,
+its hooks and its commit to another repository, and `git init` through a dangling link
+makes one wherever the link points.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from foundry.errors import WorkspaceError
+from foundry.fsutil import NotAFile, TooLarge, kind_beneath, read_beneath, write_beneath
+from foundry.orchestrator.phases import ARTIFACT_DIR, STATE_FILES
 from foundry.orchestrator.shell import scrubbed_env
 
-DEFAULT_GITIGNORE = "__pycache__/\n*.pyc\n.pytest_cache/\n.foundry/summary.json\n"
+_STATE = [f"{ARTIFACT_DIR}/{name}" for name in STATE_FILES]
+DEFAULT_GITIGNORE = "__pycache__/\n*.pyc\n.pytest_cache/\n.foundry/summary.json\n" + "".join(
+    f"{path}\n" for path in _STATE
+)
 AUTHOR_FALLBACK = ("-c", "user.name=foundry", "-c", "user.email=foundry@localhost")
+# Every path under the working directory but foundry's own state (its lock and marks). Each
+# is excluded as a pattern ("lock" as "loc[k]"): git refuses a `git add` whose pathspec names
+# an ignored file literally, even to exclude it, and these are ignored in a repo foundry made.
+PATHSPEC = ("--", ".", *(f":(exclude){path[:-1]}[{path[-1]}]" for path in _STATE))
 
 
 @dataclass
@@ -55,28 +74,88 @@ def commit_message(name: str, task: str, build_id: str) -> tuple[str, str]:
     return subject, f"Task: {task.strip()}\n\nfoundry build id: {build_id}"
 
 
-def deploy(workdir: Path, *, name: str, task: str, build_id: str, mode: str) -> DeployResult:
-    """Commit everything under `workdir`. A new project gets its own repository even inside
-    another one; an existing project inside a repository commits there, limited to its dir."""
+def git_entry(workdir: Path) -> str | None:
+    """What workdir/.git is, as deploy compares it with the start of the build: None (none),
+    "dir", "file:<sha256>" (a gitdir file, as in a worktree), "symlink:<target>" or "other"."""
+    kind = kind_beneath(workdir, ".git")
+    if kind == "file":
+        try:
+            data = read_beneath(workdir, ".git", 64 * 1024)
+        except (OSError, NotAFile, TooLarge):
+            return "other"
+        return "file:" + hashlib.sha256(data).hexdigest()
+    if kind == "symlink":
+        try:
+            return "symlink:" + os.readlink(workdir / ".git")
+        except OSError:
+            return "other"
+    return kind
+
+
+def check_git_entry(workdir: Path, at_start: str | None) -> None:
+    """Refuse a .git the build's commands made or changed: git would follow it outside."""
+    now = git_entry(workdir)
+    if now == at_start:
+        return
+    if at_start is None and now == "dir":
+        # Its hooks and filters would run as foundry, outside the sandbox, on `git add`.
+        raise WorkspaceError(
+            f"a .git directory appeared in {workdir} during the build (a model's command made "
+            "it); foundry does not run git in a repository the model set up",
+            "remove that .git and resume the build, or commit the result yourself",
+        )
+    what = {"dir": "a directory", None: "gone"}.get(now) or f"a {str(now).split(':')[0]}"
+    raise WorkspaceError(
+        f"{workdir}/.git changed during the build (it is now {what}); a .git file or link "
+        "points git at another repository, so foundry does not commit through it",
+        "put .git back as it was (or remove it) and resume the build, or commit yourself",
+    )
+
+
+def enclosing_repository(workdir: Path) -> Path | None:
+    """The top of the git repository that holds `workdir` (or its nearest existing parent)."""
+    probe = workdir
+    while not probe.is_dir() and probe != probe.parent:
+        probe = probe.parent
+    found = _git(probe, "rev-parse", "--show-toplevel", check=False)
+    return Path(found.stdout.strip()).resolve() if found.returncode == 0 else None
+
+
+def describe_target(workdir: Path, *, own_repo: bool) -> str:
+    """Where deploy's commit will go, for the confirmation."""
+    workdir = workdir.resolve()
+    if kind_beneath(workdir, ".git") == "dir":
+        return f"the repository in {workdir}"
+    toplevel = None if own_repo else enclosing_repository(workdir)
+    if toplevel is None or toplevel == workdir:
+        return f"a new repository in {workdir} (git init)"
+    return f"the repository at {toplevel} (you named this directory with --dir)"
+
+
+def deploy(
+    workdir: Path, *, name: str, task: str, build_id: str, own_repo: bool = True
+) -> DeployResult:
+    """Commit everything under `workdir` but foundry's lock and marks. `own_repo`: the commit
+    goes into the directory's own repository, made if needed, even inside another one; else
+    (a directory the user named) into the repository that holds it, limited to the dir."""
     require_git()
     workdir = workdir.resolve()
     probe = _git(workdir, "rev-parse", "--show-toplevel", check=False)
     toplevel = Path(probe.stdout.strip()).resolve() if probe.returncode == 0 else None
     initialized = False
-    if toplevel is None or (toplevel != workdir and mode == "new"):
+    if toplevel is None or (toplevel != workdir and own_repo):
         _git(workdir, "init", "-q")
         initialized, toplevel = True, workdir
-        gitignore = workdir / ".gitignore"
-        if not gitignore.exists():
-            gitignore.write_text(DEFAULT_GITIGNORE, encoding="utf-8")
-    _git(workdir, "add", "-A", "--", ".")
-    if _git(workdir, "diff", "--cached", "--quiet", "--", ".", check=False).returncode == 0:
+        if kind_beneath(workdir, ".gitignore") is None:  # a link there is kept, not followed
+            write_beneath(workdir, ".gitignore", DEFAULT_GITIGNORE)
+    _git(workdir, "add", "-A", *PATHSPEC)
+    if _git(workdir, "diff", "--cached", "--quiet", *PATHSPEC, check=False).returncode == 0:
         return DeployResult(None, initialized, str(toplevel), "nothing to commit")
     author: tuple[str, ...] = ()
     for key in ("user.name", "user.email"):
         if _git(workdir, "config", "--get", key, check=False).returncode != 0:
             author = AUTHOR_FALLBACK
     subject, body = commit_message(name, task, build_id)
-    _git(workdir, *author, "commit", "-q", "-m", subject, "-m", body, "--", ".")
+    _git(workdir, *author, "commit", "-q", "-m", subject, "-m", body, *PATHSPEC)
     sha = _git(workdir, "rev-parse", "HEAD").stdout.strip()
     return DeployResult(sha, initialized, str(toplevel), subject)

@@ -4,7 +4,10 @@ What each phase must do is in its section of the static prompt (prompts/<phase>.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,9 +15,29 @@ from pathlib import Path
 from typing import Any
 
 from foundry.errors import UsageError, WorkspaceError
+from foundry.fsutil import (
+    NotAFile,
+    TooLarge,
+    format_size,
+    kind_beneath,
+    list_beneath,
+    make_dir_beneath,
+    open_beneath,
+    read_text_beneath,
+    write_beneath,
+)
 from foundry.prompt.template import PHASES as PHASE_NAMES
 
 ARTIFACT_DIR = ".foundry"
+# A phase's report is a model's finish_phase text, test results are capped output: a larger
+# artifact was planted, and is refused unread rather than sent with every request.
+ARTIFACT_MAX_BYTES = 1024 * 1024
+# foundry's own state in .foundry/, never committed: the lock one build holds while it runs,
+# and the mark of a working directory foundry itself made (its commit never goes into an
+# enclosing repository).
+LOCK_FILE = "lock"
+MADE_BY_FOUNDRY = "made-by-foundry"
+STATE_FILES = (LOCK_FILE, MADE_BY_FOUNDRY)
 TEST_COMMAND_TAG = "foundry-test-command"
 _TEST_COMMAND_RE = re.compile(rf"<!-- {TEST_COMMAND_TAG}: (.*) -->\s*$", re.MULTILINE)
 
@@ -59,21 +82,131 @@ def parse_phases(value: str | None) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _not_a_dir(workdir: Path, kind: str) -> WorkspaceError:
+    return WorkspaceError(
+        f"{workdir / ARTIFACT_DIR} is {kind}; foundry keeps its artifacts only in a real "
+        "directory there",
+        f"move {ARTIFACT_DIR} aside (foundry creates a new one) and run the build again",
+    )
+
+
 def artifact_dir(workdir: Path) -> Path:
     """workdir/.foundry, checked each time it is used: a symlink or a file there (planted by
     a command the model ran, or by the project) is refused, never followed."""
-    path = workdir / ARTIFACT_DIR
-    if path.is_symlink() or (path.exists() and not path.is_dir()):
-        kind = "a symlink" if path.is_symlink() else "not a directory"
-        raise WorkspaceError(
-            f"{path} is {kind}; foundry keeps its artifacts only in a real directory there",
-            f"move {ARTIFACT_DIR} aside (foundry creates a new one) and run the build again",
-        )
-    return path
+    kind = kind_beneath(workdir, ARTIFACT_DIR)
+    if kind not in (None, "dir"):
+        raise _not_a_dir(workdir, "a symlink" if kind == "symlink" else "not a directory")
+    return workdir / ARTIFACT_DIR
 
 
 def artifact_path(workdir: Path, filename: str) -> Path:
+    """Where an artifact is, for messages; reading and writing go through read_artifact and
+    write_artifact, which never follow a link."""
     return artifact_dir(workdir) / filename
+
+
+def _refused(workdir: Path, exc: NotAFile | TooLarge) -> WorkspaceError:
+    if isinstance(exc, TooLarge):
+        return WorkspaceError(
+            f"{exc.path} in {workdir} is {format_size(exc.size)}, over the "
+            f"{format_size(exc.limit)} foundry reads of its own files; a phase never wrote it",
+            "remove it (a command the model ran made it) and resume the build",
+        )
+    return WorkspaceError(
+        f"{exc.path} in {workdir} is {exc.kind}; foundry never follows a link (or reads a "
+        "special file) among its own files",
+        "remove it (a command the model ran made it) and resume the build",
+    )
+
+
+def ensure_artifact_dir(workdir: Path) -> bool:
+    """Make workdir/.foundry as a real directory before the model's first turn (the sandbox
+    then mounts it read-only); True if made now. A link or a file there is refused."""
+    try:
+        return make_dir_beneath(workdir, ARTIFACT_DIR)
+    except NotAFile as exc:
+        raise _not_a_dir(workdir, exc.kind) from None
+
+
+def read_artifact(workdir: Path, filename: str, limit: int = ARTIFACT_MAX_BYTES) -> str | None:
+    """An artifact's text, None when it is missing; a link, a special file or an oversized
+    file is refused (WorkspaceError), never followed or loaded."""
+    artifact_dir(workdir)
+    try:
+        return read_text_beneath(workdir, f"{ARTIFACT_DIR}/{filename}", limit)
+    except FileNotFoundError:
+        return None
+    except (NotAFile, TooLarge) as exc:
+        raise _refused(workdir, exc) from None
+
+
+def write_artifact(workdir: Path, filename: str, text: str) -> None:
+    """Atomically, in the real .foundry directory: a link planted at the name is replaced."""
+    artifact_dir(workdir)
+    try:
+        write_beneath(workdir, f"{ARTIFACT_DIR}/{filename}", text)
+    except NotAFile as exc:
+        raise _refused(workdir, exc) from None
+
+
+def lock_workdir(workdir: Path) -> int:
+    """Hold .foundry/lock for the whole build: one build per directory at a time. flock is
+    released by the kernel when its holder dies, so a killed build never leaves it locked.
+    The descriptor is not inherited by the model's commands (O_CLOEXEC)."""
+    ensure_artifact_dir(workdir)
+    try:
+        fd = open_beneath(workdir, f"{ARTIFACT_DIR}/{LOCK_FILE}", os.O_RDWR | os.O_CREAT, 0o644)
+    except (NotAFile, TooLarge) as exc:
+        raise _refused(workdir, exc) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        pid = f" (pid {holder})" if holder.isdigit() else ""
+        raise WorkspaceError(
+            f"another foundry build{pid} is running in {workdir}",
+            "wait for it to end, or build in another directory with --dir",
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def unlock_workdir(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)  # closing the last descriptor releases the flock
+
+
+def mark_made_by_foundry(workdir: Path) -> None:
+    """Mark a working directory foundry created itself: a later build's commit there goes
+    into a repository of its own, never into an enclosing one."""
+    ensure_artifact_dir(workdir)
+    write_artifact(workdir, MADE_BY_FOUNDRY, "foundry created this directory for a build\n")
+
+
+def made_by_foundry(workdir: Path) -> bool:
+    return kind_beneath(workdir, f"{ARTIFACT_DIR}/{MADE_BY_FOUNDRY}") == "file"
+
+
+def earlier_build(workdir: Path) -> dict[str, Any] | None:
+    """What an earlier build left in workdir/.foundry (its summary's name, id and status,
+    as far as known), or None when it holds no build's files."""
+    if kind_beneath(workdir, ARTIFACT_DIR) != "dir":
+        return None
+    if not set(list_beneath(workdir, ARTIFACT_DIR)) - set(STATE_FILES):
+        return None
+    try:
+        text = read_artifact(workdir, "summary.json")
+        summary = json.loads(text) if text else {}
+    except (WorkspaceError, ValueError):
+        summary = {}
+    if not isinstance(summary, dict):
+        summary = {}
+    return {key: summary.get(key) for key in ("name", "build_id", "status")}
 
 
 DETECT_LATER_NOTE = (
@@ -118,10 +251,8 @@ def require_test_command_once() -> Callable[[dict[str, Any]], str | None]:
 
 def saved_test_command(workdir: Path) -> str | None:
     """The test command an earlier architect phase recorded, for builds that skip it."""
-    path = artifact_path(workdir, "architecture.md")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError:
+    text = read_artifact(workdir, "architecture.md")
+    if text is None:
         return None
     matches = _TEST_COMMAND_RE.findall(text)
     if not matches:
@@ -152,13 +283,12 @@ def first_user_turn(
 
 
 def read_artifacts(workdir: Path, before: str) -> list[tuple[str, str]]:
-    """Artifacts of the phases that come before `before`, as far as they exist on disk."""
+    """Artifacts of the phases that come before `before`, as far as they exist on disk (each
+    read without following a link, and bounded: they go into every request of the phase)."""
     found = []
     for phase in PHASES:
         if phase.name == before:
             break
-        if phase.artifact:
-            path = artifact_path(workdir, phase.artifact)
-            if path.is_file():
-                found.append((phase.artifact, path.read_text(encoding="utf-8", errors="replace")))
+        if phase.artifact and (text := read_artifact(workdir, phase.artifact)) is not None:
+            found.append((phase.artifact, text))
     return found

@@ -4,12 +4,13 @@ Every summary is validated against it before it is written."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from foundry.fsutil import write_atomic
+from foundry.fsutil import NotAFile, write_beneath
 from foundry.usage import TOKEN_FIELDS, Usage
 
 if TYPE_CHECKING:
@@ -105,6 +106,25 @@ class BuildSummary(_Strict):
     )
 
 
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime) of every file, skipping .git, .foundry and caches: what a build created
+    and modified is the difference of two snapshots."""
+    from foundry.orchestrator.phases import ARTIFACT_DIR
+    from foundry.orchestrator.workspace import SKIPPED_DIRS
+
+    files: dict[str, tuple[int, int]] = {}
+    for current, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in SKIPPED_DIRS and d != ARTIFACT_DIR]
+        for name in names:
+            path = Path(current, name)
+            try:
+                stat = path.lstat()
+            except OSError:
+                continue
+            files[path.relative_to(root).as_posix()] = (stat.st_size, stat.st_mtime_ns)
+    return files
+
+
 def phase_fields(name: str, stats: PhaseStats, summary: str | None) -> dict[str, Any]:
     """One phase's entry, from its PhaseStats."""
     return {
@@ -156,8 +176,13 @@ def summary_schema() -> dict:
     return BuildSummary.model_json_schema()
 
 
-def write_summary(path: Path, data: dict) -> BuildSummary:
-    """Validate `data` against the schema, then write it atomically."""
+def write_summary(workdir: Path, relative: str, data: dict) -> BuildSummary:
+    """Validate `data` against the schema, then write it atomically at workdir/relative,
+    through no link (a model's command may have planted one there)."""
     summary = BuildSummary.model_validate(data)
-    write_atomic(path, json.dumps(summary.model_dump(mode="json"), indent=2) + "\n")
+    text = json.dumps(summary.model_dump(mode="json"), indent=2) + "\n"
+    try:
+        write_beneath(workdir, relative, text)
+    except NotAFile as exc:
+        raise OSError(f"{exc} in {workdir}") from None
     return summary

@@ -10,6 +10,9 @@ in a fixed order, the first match winning:
 3. Go — a top-level `go.mod` → `go test ./...`.
 4. Rust — a top-level `Cargo.toml` → `cargo test`.
 
+Only regular files count: a link (a model's command may have planted one) is neither followed
+nor read, and a file larger than MAX_CONFIG_BYTES is not read either.
+
 Python comes first because it is the default language of the builds foundry runs and a
 Python project often carries a `package.json` for tooling, rarely the other way round.
 """
@@ -22,6 +25,7 @@ import re
 import tomllib
 from pathlib import Path
 
+from foundry.fsutil import NotAFile, TooLarge, kind_beneath, read_text_beneath
 from foundry.orchestrator.phases import ARTIFACT_DIR
 from foundry.orchestrator.workspace import SKIPPED_DIRS
 
@@ -46,16 +50,23 @@ NO_TEST_COMMAND = "no test command was named and none could be detected"
 DETECT_LATER = "no test command named; foundry will detect one from the files at test time"
 # A bound on the walk, so a huge tree cannot stall the build; found files end it early.
 MAX_FILES_SCANNED = 50_000
+# pyproject.toml, package.json and the like are small; a larger one is not loaded.
+MAX_CONFIG_BYTES = 1024 * 1024
 _NPM_PLACEHOLDER = "no test specified"
 _TOX_PYTEST = re.compile(r"^\[pytest\]\s*$", re.MULTILINE)
 _SETUP_CFG_PYTEST = re.compile(r"^\[tool:pytest\]\s*$", re.MULTILINE)
 
 
-def _read(path: Path) -> str | None:
+def _read(root: Path, name: str) -> str | None:
     try:
-        return path.read_text(encoding="utf-8", errors="replace") if path.is_file() else None
-    except OSError:
+        return read_text_beneath(root, name, MAX_CONFIG_BYTES)
+    except (OSError, NotAFile, TooLarge):
         return None
+
+
+def _is_file(root: Path, name: str) -> bool:
+    """A regular file, not a link to one."""
+    return kind_beneath(root, name) == "file"
 
 
 def is_python_test_file(name: str) -> bool:
@@ -63,9 +74,9 @@ def is_python_test_file(name: str) -> bool:
 
 
 def has_pytest_config(root: Path) -> bool:
-    if (root / "pytest.ini").is_file():
+    if _is_file(root, "pytest.ini"):
         return True
-    pyproject = _read(root / "pyproject.toml")
+    pyproject = _read(root, "pyproject.toml")
     if pyproject is not None:
         try:
             tool = tomllib.loads(pyproject).get("tool", {})
@@ -73,10 +84,10 @@ def has_pytest_config(root: Path) -> bool:
             tool = {}
         if isinstance(tool, dict) and "pytest" in tool:
             return True
-    tox = _read(root / "tox.ini")
+    tox = _read(root, "tox.ini")
     if tox is not None and _TOX_PYTEST.search(tox):
         return True
-    setup_cfg = _read(root / "setup.cfg")
+    setup_cfg = _read(root, "setup.cfg")
     return setup_cfg is not None and bool(_SETUP_CFG_PYTEST.search(setup_cfg))
 
 
@@ -86,7 +97,7 @@ def has_python_tests(root: Path) -> bool:
     for current, dirs, names in os.walk(root):
         dirs[:] = sorted(d for d in dirs if d not in DETECT_SKIPPED_DIRS)
         for name in names:
-            if is_python_test_file(name) and Path(current, name).is_file():
+            if is_python_test_file(name) and _is_file(Path(current), name):
                 return True
         scanned += len(names)
         if scanned >= MAX_FILES_SCANNED:
@@ -95,7 +106,7 @@ def has_python_tests(root: Path) -> bool:
 
 
 def has_npm_test_script(root: Path) -> bool:
-    text = _read(root / "package.json")
+    text = _read(root, "package.json")
     if text is None:
         return False
     try:
@@ -115,8 +126,8 @@ def detect_test_command(workdir: Path) -> str | None:
         return PYTHON_TEST_COMMAND
     if has_npm_test_script(root):
         return NPM_TEST_COMMAND
-    if (root / "go.mod").is_file():
+    if _is_file(root, "go.mod"):
         return GO_TEST_COMMAND
-    if (root / "Cargo.toml").is_file():
+    if _is_file(root, "Cargo.toml"):
         return CARGO_TEST_COMMAND
     return None

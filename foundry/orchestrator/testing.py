@@ -7,15 +7,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from foundry.backends.base import Message
-from foundry.fsutil import write_atomic
+from foundry.fsutil import list_beneath, unlink_beneath
 from foundry.orchestrator.loop import run_turns
 from foundry.orchestrator.metered import Conversation, ModelSession
 from foundry.orchestrator.phases import (
+    ARTIFACT_DIR,
     BY_NAME,
     artifact_dir,
-    artifact_path,
     first_user_turn,
     read_artifacts,
+    write_artifact,
 )
 from foundry.orchestrator.shell import CommandResult, run_command
 from foundry.orchestrator.workspace import Workspace
@@ -69,8 +70,15 @@ def failure_text(iteration: int, result: CommandResult) -> str:
 
 
 def clear_old_results(workdir: Path) -> None:
-    for old in artifact_dir(workdir).glob("test-results-*.md"):
-        old.unlink(missing_ok=True)
+    """Remove earlier runs' results: the entries themselves, a link never followed."""
+    artifact_dir(workdir)
+    try:
+        names = list_beneath(workdir, ARTIFACT_DIR)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if name.startswith("test-results-") and name.endswith(".md"):
+            unlink_beneath(workdir, f"{ARTIFACT_DIR}/{name}")
 
 
 def run_test_phase(
@@ -104,10 +112,7 @@ def run_test_phase(
             network=workspace.sandbox.network_for("test"),
         )
         filename = f"test-results-{iteration}.md"
-        write_atomic(
-            artifact_path(workdir, filename),
-            results_markdown(iteration, result, detected=detected),
-        )
+        write_artifact(workdir, filename, results_markdown(iteration, result, detected=detected))
         session.events.test_run(iteration, result)
         outcome.runs.append(
             TestRun(
