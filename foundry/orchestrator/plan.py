@@ -45,6 +45,7 @@ class BuildOptions:
     template: Path | None = None
     db: Path | None = None
     mode: Mode | None = None  # None: from the directory (a resume keeps the first attempt's)
+    own_repo: bool | None = None  # None: from the directory (a resume keeps the first attempt's)
 
 
 @dataclass
@@ -96,6 +97,16 @@ def check_workdir(workdir: Path) -> Mode:
     if workdir.is_dir() and any(p.name not in IGNORED_FOR_MODE for p in workdir.iterdir()):
         return "existing"
     return "new"
+
+
+def commits_in_own_repo(workdir: Path, mode: Mode, *, named: bool) -> bool:
+    """Whether deploy commits into the directory's own repository (made if needed) rather than
+    into a repository around it: always, but for an existing directory the user named with
+    --dir that foundry did not make itself. A directory foundry made for an earlier build
+    (./NAME by default) never commits into the checkout it happens to sit in."""
+    from foundry.orchestrator.phases import made_by_foundry
+
+    return not (named and mode == "existing" and not made_by_foundry(workdir))
 
 
 def check_ttl(ttl: str | None, config: FoundryConfig) -> Ttl | None:
@@ -208,6 +219,11 @@ def prepare_build(options: BuildOptions, config: FoundryConfig | None = None) ->
         max_tokens=backend.max_tokens,
         base_url=options.base_url,
         template=str(options.template) if options.template else None,
+        own_repo=(
+            options.own_repo
+            if options.own_repo is not None
+            else commits_in_own_repo(workdir, mode, named=options.dir is not None)
+        ),
     )
     return PreparedBuild(
         config, plan, backend, prompt, pricing, projection, ledger_path(config, options.db)
@@ -229,12 +245,7 @@ def prepare_resume(options: ResumeOptions) -> PreparedBuild:
     if ledger is None:
         raise UsageError(f"no ledger at {db}, so no build to resume", "check --db")
     with ledger:
-        record = ledger.find_build(options.build)
-    if record is None:
-        raise UsageError(
-            f"no build named or with id '{options.build}' in {db}",
-            "see `foundry costs --by build` for the builds on this ledger",
-        )
+        record = pick_build(ledger.find_builds(options.build), options.build, db)
     if record.status not in RESUMABLE:
         raise UsageError(
             f"build {record.name} ({record.id[:12]}) is {record.status}; nothing to resume",
@@ -266,7 +277,31 @@ def prepare_resume(options: ResumeOptions) -> PreparedBuild:
             db=options.db,
             # The files an earlier attempt wrote make the directory look "existing".
             mode=first.get("mode") if first.get("mode") in ("new", "existing") else None,
+            # A build recorded before own_repo was: its own repository, no surprise commit.
+            own_repo=bool(first.get("own_repo", True)),
         ),
         config,
     )
     return replace(prepared, resume=record)
+
+
+def pick_build(records: list[BuildRecord], asked: str, db: Path) -> BuildRecord:
+    """The build `foundry resume NAME` means: the only one, or the only unfinished one of that
+    name; several unfinished ones are listed, never guessed between."""
+    from foundry.ledger.builds import RESUMABLE
+
+    if not records:
+        raise UsageError(
+            f"no build named or with id '{asked}' in {db}",
+            "see `foundry costs --by build` for the builds on this ledger",
+        )
+    unfinished = [r for r in records if r.status in RESUMABLE]
+    if len(unfinished) <= 1:
+        return unfinished[0] if unfinished else records[0]
+    listed = "; ".join(
+        f"{r.id[:12]} ({r.status}, started {r.started_at}, in {r.workdir})" for r in unfinished
+    )
+    raise UsageError(
+        f"{len(unfinished)} builds named {asked} can be resumed: {listed}",
+        "resume one by its id: foundry resume ID (its first 12 characters will do)",
+    )
