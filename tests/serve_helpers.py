@@ -153,6 +153,7 @@ def serving(
     api_key: str | None = None,
     response_cache: bool = True,
     context_policy: str | None = None,
+    prefix_cache: dict[str, Any] | None = None,
 ) -> Iterator[Served]:
     """The server, opened as `foundry serve --port 0 --backend BACKEND` opens it, running in
     a thread (`mlx` settings apply to whichever engine serves)."""
@@ -163,7 +164,7 @@ def serving(
     config.write_text(
         json.dumps(
             {
-                "prefix_cache": {"dir": str(home / "prefix-cache")},
+                "prefix_cache": {"dir": str(home / "prefix-cache"), **(prefix_cache or {})},
                 "serve": serve or {},
                 "mlx": mlx or {},
                 "llamacpp": mlx or {},

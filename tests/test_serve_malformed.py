@@ -66,11 +66,8 @@ BODIES: list[tuple[str, bytes, str]] = [
     (
         "a lone surrogate as an object key in a tool schema",
         (
-            HEAD
-            + '"tools": [{"name": "t", "input_schema": {"type": "object", "properties": '
-            '{"\\udc00": {"type": "string"}}}}], '
-            + HI
-            + "}"
+            HEAD + '"tools": [{"name": "t", "input_schema": {"type": "object", "properties": '
+            '{"\\udc00": {"type": "string"}}}}], ' + HI + "}"
         ).encode(),
         "surrogate",
     ),
@@ -116,8 +113,7 @@ BODIES: list[tuple[str, bytes, str]] = [
     (
         "Infinity inside a tool schema",
         (
-            HEAD
-            + '"tools": [{"name": "t", "input_schema": {"type": "object", "maximum": '
+            HEAD + '"tools": [{"name": "t", "input_schema": {"type": "object", "maximum": '
             "-Infinity}}], " + HI + "}"
         ).encode(),
         "Infinity",
@@ -131,6 +127,11 @@ BODIES: list[tuple[str, bytes, str]] = [
         "an integer of 5,000 digits",
         (HEAD + '"metadata": {"n": ' + "9" * 5000 + "}, " + HI + "}").encode(),
         "number",
+    ),
+    (
+        "an empty stop sequence (it swallowed the whole reply)",
+        (HEAD + '"stop_sequences": ["END", ""], ' + HI + "}").encode(),
+        "stop_sequences.1: must not be empty",
     ),
     ("bytes that are not UTF-8", b'{"model": "claude-\xff\xfe", ' + HI.encode() + b"}", "UTF-8"),
     ("UTF-8 that encodes a surrogate", b'{"model": "claude-\xed\xa0\x80"}', "UTF-8"),
@@ -215,9 +216,7 @@ def test_a_chunked_body_over_the_limit_is_a_413(tiny_model_dir, tmp_path, caplog
     _no_traceback(caplog)
 
 
-def test_odd_headers_and_a_client_that_hangs_up_mid_body(
-    tiny_model_dir, tmp_path, caplog
-) -> None:
+def test_odd_headers_and_a_client_that_hangs_up_mid_body(tiny_model_dir, tmp_path, caplog) -> None:
     caplog.set_level(logging.INFO)
     with serving(tiny_model_dir, tmp_path, api_key="s3cret-key") as served:
         body = (HEAD + HI + "}").encode()
@@ -240,8 +239,7 @@ def test_odd_headers_and_a_client_that_hangs_up_mid_body(
         with socket.create_connection((host, int(port))) as sock:
             sock.sendall(
                 b"POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: s3cret-key\r\n"
-                b"content-type: application/json\r\ncontent-length: 10000\r\n\r\n"
-                + body[:20]
+                b"content-type: application/json\r\ncontent-length: 10000\r\n\r\n" + body[:20]
             )
         time.sleep(0.5)
         # The server is still there.

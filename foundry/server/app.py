@@ -12,9 +12,7 @@ and message_start carries the real usage. A client that disconnects cancels its 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -26,6 +24,14 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from foundry.server.body import read_json
+from foundry.server.guard import (
+    check_auth,
+    error_response,
+    guarded,
+    http_error,
+    server_error,
+    service_of,
+)
 from foundry.server.protocol import (
     ApiError,
     message_json,
@@ -44,32 +50,7 @@ from foundry.server.stream import (
 )
 from foundry.usage import Usage
 
-log = logging.getLogger(__name__)
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-
-
-def error_response(exc: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(
-        exc.body(), status_code=exc.status, headers={**(headers or {}), **exc.headers}
-    )
-
-
-def _service(request: Request) -> ServeService:
-    service: ServeService = request.app.state.service
-    return service
-
-
-def check_auth(request: Request, service: ServeService) -> None:
-    """With --api-key, a request must carry it (x-api-key or Authorization: Bearer)."""
-    expected = service.settings.api_key
-    if expected is None:
-        return
-    given = request.headers.get("x-api-key")
-    if given is None:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        given = token.strip() if scheme.lower() == "bearer" else None
-    if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
-        raise ApiError(401, "invalid x-api-key")
 
 
 class DisconnectWatch:
@@ -107,7 +88,7 @@ async def next_event(job: Job, watch: DisconnectWatch | None, timeout: float | N
 
 
 async def create_message(request: Request) -> Response:
-    service = _service(request)
+    service = service_of(request)
     try:
         check_auth(request, service)
         body = await read_json(request, service.settings.max_request_bytes)
@@ -276,7 +257,7 @@ def _replay(service: ServeService, prepared: Prepared, reply: Any) -> Response:
 
 
 async def count_tokens(request: Request) -> Response:
-    service = _service(request)
+    service = service_of(request)
     try:
         check_auth(request, service)
         body = await read_json(request, service.settings.max_request_bytes)
@@ -289,7 +270,7 @@ async def count_tokens(request: Request) -> Response:
 
 
 async def list_models(request: Request) -> Response:
-    service = _service(request)
+    service = service_of(request)
     try:
         check_auth(request, service)
     except ApiError as exc:
@@ -298,7 +279,7 @@ async def list_models(request: Request) -> Response:
 
 
 async def get_model(request: Request) -> Response:
-    service = _service(request)
+    service = service_of(request)
     try:
         check_auth(request, service)
         service.check_model(request.path_params["model_id"])
@@ -310,7 +291,7 @@ async def get_model(request: Request) -> Response:
 
 
 async def root(request: Request) -> Response:
-    service = _service(request)
+    service = service_of(request)
     if request.method == "HEAD":
         return Response(status_code=200)
     return JSONResponse(
@@ -330,7 +311,7 @@ async def root(request: Request) -> Response:
 
 
 async def health(request: Request) -> Response:
-    service = _service(request)
+    service = service_of(request)
     status = "shutting_down" if service.shutting_down else "ok"
     if request.method == "HEAD":
         return Response(status_code=200 if status == "ok" else 503)
@@ -341,53 +322,12 @@ async def health(request: Request) -> Response:
 
 
 async def cache_stats(request: Request) -> Response:
-    service = _service(request)
+    service = service_of(request)
     try:
         check_auth(request, service)
     except ApiError as exc:
         return error_response(exc)
     return JSONResponse(await anyio.to_thread.run_sync(service.cache_stats))
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    status = 404 if exc.status_code == 404 else exc.status_code
-    message = f"{request.method} {request.url.path}: " + (
-        "not found" if status == 404 else str(exc.detail).lower()
-    )
-    return error_response(ApiError(status, message))
-
-
-def _failed(request: Request, exc: Exception) -> Response:
-    # One line, as the worker logs a failure; the traceback only with debug logging on.
-    log.error(
-        "%s %s failed: %s: %s",
-        request.method,
-        request.url.path,
-        type(exc).__name__,
-        exc,
-        exc_info=log.isEnabledFor(logging.DEBUG),
-    )
-    return error_response(ApiError(500, "internal server error; the server log says why"))
-
-
-def guarded(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[..., Any]:
-    """The route's failure becomes the API's 500 here: left to Starlette's handler, it is
-    re-raised after the response, and uvicorn logs its traceback."""
-
-    async def run(request: Request) -> Response:
-        try:
-            return await endpoint(request)
-        except HTTPException:
-            raise
-        except Exception as exc:
-            return _failed(request, exc)
-
-    return run
-
-
-async def _server_error(request: Request, exc: Exception) -> Response:
-    return _failed(request, exc)
 
 
 def create_app(service: ServeService) -> Starlette:
@@ -401,7 +341,7 @@ def create_app(service: ServeService) -> Starlette:
             Route("/health", guarded(health), methods=["GET", "HEAD"]),
             Route("/cache/stats", guarded(cache_stats), methods=["GET"]),
         ],
-        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+        exception_handlers={HTTPException: http_error, Exception: server_error},
     )
     app.state.service = service
     return app

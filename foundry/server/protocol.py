@@ -308,6 +308,8 @@ def parse_request(
     _need(stops, list, "stop_sequences", "must be a list of strings")
     for index, stop in enumerate(stops):
         _need(stop, str, f"stop_sequences.{index}", "must be a string")
+        if not stop:  # it would match before every token: the whole reply held back
+            raise invalid(f"stop_sequences.{index}: must not be empty")
     stream = body.get("stream", False)
     _need(stream, bool, "stream", "must be true or false")
     top_level = body.get("cache_control")

@@ -167,6 +167,7 @@ def open_server(options: ServeOptions) -> OpenServer:
     from foundry.config import ledger_path, load_config
     from foundry.ledger.store import Ledger
     from foundry.server.context import POLICIES
+    from foundry.server.disk_budget import client_disk_budget
     from foundry.server.response_cache import ResponseCache
     from foundry.server.service import ServeSettings
     from foundry.server.session import ServeSession
@@ -213,6 +214,7 @@ def open_server(options: ServeOptions) -> OpenServer:
                 max_request_bytes=settings.max_request_mb * 1024 * 1024,
                 ping_interval_s=settings.ping_interval_s,
                 queue_size=settings.queue_size,
+                disk_write_bytes_per_hour=client_disk_budget(config.prefix_cache.max_bytes),
             ),
             session=session,
             response_cache=cache,

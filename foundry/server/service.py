@@ -6,6 +6,7 @@ The ASGI routes (foundry.server.app) call in here; the worker thread runs `_run`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -17,6 +18,7 @@ from foundry.backends.base import FailedAttempt, ModelResponse
 from foundry.errors import BackendError
 from foundry.local.chat import ClientRequest
 from foundry.server.context import Trimmed, fit
+from foundry.server.disk_budget import BudgetedStore, DiskBudget
 from foundry.server.protocol import ApiError, ParsedRequest, new_message_id
 from foundry.server.queue import Job, RequestQueue
 from foundry.server.response_cache import RecordedReply, ResponseCache
@@ -29,6 +31,9 @@ log = logging.getLogger(__name__)
 CLAUDE_PREFIX = "claude-"
 # The backend's error classes that are the client's doing or the server's load, not a fault.
 STATUS_FOR_CLASS = {"context_too_long": 400, "overloaded": 529, "cancelled": 529}
+# The clients a disk budget tells apart: with --api-key, its holder; without, every client
+# (which can only be on this machine) together.
+LOOPBACK, KEYED = "loopback clients", "the --api-key client"
 
 
 @dataclass
@@ -40,6 +45,7 @@ class ServeSettings:
     max_request_bytes: int = 32 * 1024 * 1024
     ping_interval_s: float = 5.0
     queue_size: int = 16
+    disk_write_bytes_per_hour: int | None = None  # per client; None: unbounded
 
     @property
     def model_name(self) -> str:
@@ -59,6 +65,7 @@ class Prepared:
     trimmed_header: str | None = None
     message_id: str = field(default_factory=new_message_id)
     request_id: str = field(default_factory=lambda: f"req_local_{uuid.uuid4().hex[:24]}")
+    client: str = LOOPBACK  # whose disk budget its prefix saves are charged to
     started_at: str = field(default_factory=utc_now)
     received: float = field(default_factory=time.monotonic)
 
@@ -108,6 +115,11 @@ class ServeService:
         self.tool_tag: str = backend.tool_call_tag
         self.queue = RequestQueue(self._run, settings.queue_size)
         self.shutting_down = False
+        self.disk_budget: DiskBudget | None = None
+        store = getattr(backend, "_store", None)
+        if settings.disk_write_bytes_per_hour is not None and store is not None:
+            self.disk_budget = DiskBudget(settings.disk_write_bytes_per_hour)
+            backend._store = BudgetedStore(store, self.disk_budget)
 
     # -- before a request runs ---------------------------------------------------------------
 
@@ -131,7 +143,7 @@ class ServeService:
         key = None
         if self.response_cache is not None:
             key = parsed.response_key(self.default_temperature)
-        return Prepared(parsed, key)
+        return Prepared(parsed, key, client=KEYED if self.settings.api_key else LOOPBACK)
 
     def fit(self, prepared: Prepared) -> Prepared:
         """Count the prompt exactly and apply the context policy (on a worker thread of the
@@ -230,14 +242,23 @@ class ServeService:
     def _run(self, job: Job) -> None:
         prepared: Prepared = job.payload
         failures: list[FailedAttempt] = []
+        budget = self.disk_budget
+        acting = budget.acting_for(prepared.client) if budget else contextlib.nullcontext()
+
+        def on_plan(plan: dict[str, Any]) -> None:
+            if budget is not None and budget.over(prepared.client):
+                plan = {**plan, "cache_write": 0}  # it will not be saved: message_start says so
+            job.post("plan", plan)
+
         try:
-            response = self.backend.complete(
-                prepared.request,
-                on_text=lambda text: job.post("text", text),
-                on_failed_attempt=failures.append,
-                cancel=job.cancel,
-                on_plan=lambda plan: job.post("plan", plan),
-            )
+            with acting:
+                response = self.backend.complete(
+                    prepared.request,
+                    on_text=lambda text: job.post("text", text),
+                    on_failed_attempt=failures.append,
+                    cancel=job.cancel,
+                    on_plan=on_plan,
+                )
         except BackendError as exc:
             usage = failures[-1].usage if failures else Usage()
             cancelled = exc.error_class == "cancelled"
@@ -315,8 +336,15 @@ class ServeService:
 
     # -- state and shutdown ------------------------------------------------------------------
 
-    def cache_stats(self) -> dict[str, Any]:
+    def cache_stats(self, *, paths: bool = False) -> dict[str, Any]:
+        """What the caches hold and did. The store's directory only with `paths` (for the
+        operator's summary): a client has no business knowing the server's filesystem."""
         store = getattr(self.backend, "_store", None)
+        disk = store.stats() if store is not None else {"enabled": False}
+        if not paths:
+            disk.pop("dir", None)
+        if self.disk_budget is not None:
+            disk["writes"] = self.disk_budget.stats()
         l1 = self.backend.cache_state()
         engine_memory = l1.pop("engine_memory", {})  # mlx's or llama.cpp's own figures
         return {
@@ -325,7 +353,7 @@ class ServeService:
             "since_start": self.stats.snapshot(),
             "l1": l1,
             "l2": self.response_cache.stats() if self.response_cache else {"enabled": False},
-            "disk": store.stats() if store is not None else {"enabled": False},
+            "disk": disk,
             "memory": {
                 "kv_bytes_in_memory": l1["bytes"],
                 "budget_bytes": l1["memory_budget_bytes"],
@@ -348,7 +376,7 @@ class ServeService:
         """Wait for the worker, then close the session's ledger row; returns the stats."""
         self.begin_shutdown()
         self.queue.close()
-        stats = self.cache_stats()
+        stats = self.cache_stats(paths=True)
         if self.session is not None:
             try:
                 self.session.close(stats["since_start"])
