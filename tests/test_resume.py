@@ -204,3 +204,25 @@ def test_a_live_pid_that_started_at_another_time_is_another_process() -> None:
     assert not process_is_gone(me, host, started)
     assert process_is_gone(me, host, started + 1)  # pid reused by a later process
     assert not process_is_gone(me, "another-host", started + 1)  # cannot tell: left alone
+
+
+def test_a_name_with_one_unfinished_build_among_finished_ones_resumes_that_one(
+    tmp_path: Path,
+) -> None:
+    from foundry.orchestrator.plan import ResumeOptions, prepare_resume
+
+    scouted = [([finish("scouted", "# Scout\n")], "tool_use")]
+    failed, _, db = run_build(tmp_path, [BackendError("no")], phases=("scout",))
+    done, _, _ = run_build(tmp_path, scouted, phases=("scout",))
+    assert (failed.status, done.status) == ("failed", "completed")
+    prepared = prepare_resume(ResumeOptions(build="hello", db=db))
+    try:
+        assert prepared.resume is not None and prepared.resume.id == failed.build_id
+    finally:
+        prepared.backend.close()
+    # An id prefix of 8+ characters names a build too (the listing shows 12).
+    prepared = prepare_resume(ResumeOptions(build=failed.build_id[:12], db=db))
+    try:
+        assert prepared.resume is not None and prepared.resume.id == failed.build_id
+    finally:
+        prepared.backend.close()
