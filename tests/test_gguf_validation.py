@@ -4,6 +4,8 @@ or offset is one clear error, never a crash; consistent files (llama.cpp's layou
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -146,3 +148,136 @@ def test_import_gguf_refuses_a_crafted_file_in_one_line_instead_of_crashing(
     assert result.exit_code == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "cannot read evil.gguf as GGUF: metadata key 0" in errors[0]
+
+
+# -- crafted model fields, through the real CLI ------------------------------------------------
+# Each is the tiny llama model with one field made hostile. Before these checks: 100,000
+# layers imported (then mlx died of bad_alloc) and aborted llama.cpp with no message (exit
+# 134), as did a repeated token, an unknown RoPE scaling or 5,000 experts; head_count 0 and a
+# 10-token vocabulary were tracebacks in import-gguf; the rest imported into models mlx would
+# build at the declared size.
+ATTACKS = {
+    "layers": ({"meta": {"llama.block_count": 100_000}}, "llama.block_count is 100,000"),
+    "no-heads": ({"meta": {"llama.attention.head_count": 0}}, "head_count is 0 for layer 0"),
+    "ten-tokens": ({"n_tokens": 10}, "is not two of the file's 10 tokens"),
+    "huge-embedding": (
+        {"meta": {"llama.embedding_length": 2**30}},
+        "llama.embedding_length is 1,073,741,824",
+    ),
+    "wide-embedding": (
+        {"meta": {"llama.embedding_length": 4096}},
+        "tensor 'token_embd.weight' is [64, 384]; the metadata says [4,096, 384]",
+    ),
+    "kv-heads": ({"meta": {"llama.attention.head_count_kv": 3}}, "head_count_kv is 3"),
+    "kv-per-layer": (
+        {"meta": {"llama.attention.head_count_kv": [2, 2, 2]}},
+        "head_count_kv has 3 entries for 2 layers",
+    ),
+    "feed-forward": (
+        {"meta": {"llama.feed_forward_length": 2**31}},
+        "feed_forward_length is 2,147,483,648",
+    ),
+    "context": ({"meta": {"llama.context_length": 2**31}}, "context_length is 2,147,483,648"),
+    "vocab-size": ({"meta": {"llama.vocab_size": 2**31}}, "vocab_size is 2,147,483,648"),
+    "repeated-token": (
+        {"meta": {"tokenizer.ggml.tokens": lambda t: [*t[:5], t[4], *t[6:]]}},
+        "appears twice (ids 4 and 5)",
+    ),
+    "rope-scaling": ({"meta": {"llama.rope.scaling.type": "bogus"}}, "rope.scaling.type"),
+    "experts": ({"meta": {"llama.expert_count": 5000}}, "llama.expert_count is 5,000"),
+    "bos": (
+        {"meta": {"tokenizer.ggml.add_bos_token": True, "tokenizer.ggml.bos_token_id": 10**6}},
+        "bos_token_id is 1000000",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def attacks(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
+    from tests.tiny_model import write_tiny_gguf
+
+    root = tmp_path_factory.mktemp("attacks")
+    return {
+        name: write_tiny_gguf(tiny_model_dir, root / f"{name}.gguf", **kwargs)
+        for name, (kwargs, _) in ATTACKS.items()
+    }
+
+
+def one_error_line(stderr: str, expected: str) -> str:
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, stderr
+    assert expected in errors[0]
+    return errors[0]
+
+
+@pytest.mark.mlx
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_import_gguf_refuses_each_crafted_field_in_one_line(attacks, cli, attack) -> None:
+    from foundry.config import models_dir
+
+    result = cli("models", "import-gguf", str(attacks[attack]), "--name", "m")
+    assert result.exit_code == 1
+    line = one_error_line(result.stderr, ATTACKS[attack][1])
+    assert line.startswith(f"error: cannot read {attack}.gguf as GGUF: ")
+    assert not (models_dir() / "m").exists()
+
+
+def _foundry(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The CLI in a child process: an abort there must not take pytest with it."""
+    command = [sys.executable, "-m", "foundry", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def _build_on(gguf: Path, directory: Path) -> subprocess.CompletedProcess[str]:
+    args = ["build", "t", "a todo app", "--backend", "llamacpp", "--model", str(gguf)]
+    return _foundry(
+        *args, "--yes", "--phases", "scout", "--max-turns", "1", "--dir", str(directory)
+    )
+
+
+@pytest.mark.llamacpp
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_a_llamacpp_build_refuses_each_crafted_field_in_one_line(attacks, tmp_path, attack) -> None:
+    result = _build_on(attacks[attack], tmp_path / "build")
+    assert result.returncode == 1, result.stderr[-2000:]  # 134 was llama.cpp's abort
+    one_error_line(result.stderr, ATTACKS[attack][1])
+
+
+@pytest.mark.llamacpp
+def test_a_file_llama_cpp_refuses_names_llama_cpps_reason(tiny_model_dir, tmp_path) -> None:
+    # Within every bound, but without a key llama.cpp requires: its ValueError says only
+    # "Failed to load model"; the line is llama.cpp's own log line.
+    from tests.tiny_model import write_tiny_gguf
+
+    gguf = write_tiny_gguf(
+        tiny_model_dir, tmp_path / "eps.gguf", drop=("llama.attention.layer_norm_rms_epsilon",)
+    )
+    result = _build_on(gguf, tmp_path / "build")
+    assert result.returncode == 1
+    one_error_line(result.stderr, "key not found in model: llama.attention.layer_norm_rms_epsilon")
+
+
+ABORT_WITHOUT_CHECKS = """
+import sys
+from pathlib import Path
+import foundry.local.gguf_check as gguf_check
+from foundry.local.llamacpp_engine import LlamaCppModel
+from foundry.cli import main
+gguf_check.check_fields = lambda *args: None  # as if a file got past them
+sys.argv = ["foundry", "build", "t", "x", "--backend", "llamacpp", "--model", sys.argv[1],
+            "--yes", "--phases", "scout", "--max-turns", "1", "--dir", sys.argv[2]]
+main()
+"""
+
+
+@pytest.mark.llamacpp
+def test_an_abort_inside_llama_cpp_is_its_own_line_not_a_silent_134(attacks, tmp_path) -> None:
+    # A GGML_ASSERT the checks did not foresee (here: the checks switched off) ends the
+    # process, but with llama.cpp's message as the one red line and exit status 1.
+    command = [sys.executable, "-c", ABORT_WITHOUT_CHECKS]
+    args = [str(attacks["layers"]), str(tmp_path / "build")]
+    result = subprocess.run([*command, *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    line = one_error_line(result.stderr, "llama.cpp stopped: llama-model.cpp:")
+    assert "GGML_ASSERT(hparams.n_layer_all > 0 && hparams.n_layer_all <= LLAMA_MAX_LAYERS)" in line

@@ -118,6 +118,25 @@ class _Reader:
 
 
 Value = int | float | bool | str | GGUFArray | None
+_U64 = struct.Struct("<Q")
+
+
+def _skip_strings(reader: _Reader, n: int, key: str) -> None:
+    """skip_string n times, in one loop: vocabularies hold 150,000 strings and more."""
+    data, pos, size, unpack = reader.data, reader.pos, reader.size, _U64.unpack_from
+    for _ in range(n):
+        if pos + 8 > size:
+            reader.pos = pos
+            raise GGUFInvalid(f"the file ends inside a string in '{key}' (at byte {pos:,})")
+        (length,) = unpack(data, pos)
+        pos += 8
+        if length > size - pos:
+            raise GGUFInvalid(
+                f"a string in '{key}' declares {length:,} bytes; only {size - pos:,} are left "
+                "in the file"
+            )
+        pos += length
+    reader.pos = pos
 
 
 def _value(reader: _Reader, kind: int, key: str) -> Value:
@@ -144,8 +163,7 @@ def _value(reader: _Reader, kind: int, key: str) -> Value:
     elif element == STRING:
         n = reader.count(f"the length of the array '{key}'", 8)
         start = reader.pos
-        for _ in range(n):
-            reader.skip_string(f"a string in '{key}'")
+        _skip_strings(reader, n, key)
     else:
         raise GGUFInvalid(f"the array '{key}' has an unsupported element type {element}")
     return GGUFArray(element, n, start)
