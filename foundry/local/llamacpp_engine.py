@@ -12,6 +12,7 @@ from __future__ import annotations
 import codecs
 import ctypes
 import os
+import re
 import sys
 import time
 import warnings
@@ -77,14 +78,18 @@ def _report_aborts(llama_cpp: Any) -> None:
             continue
     else:
         return
-    # The stderr of now: while a model loads, fd 2 and sys.stderr point at /dev/null.
-    stream = os.fdopen(os.dup(sys.stderr.fileno()), "w", closefd=True)
+    # fd 2 as it is now: while a model loads, fd 2 and sys.stderr point at /dev/null (and
+    # sys.stderr may be no file at all, as under click's CliRunner).
+    try:
+        stream = os.fdopen(os.dup(2), "w", closefd=True)
+    except OSError:
+        return
 
     def on_abort(message: bytes | None) -> None:
         from foundry import console
 
         text = (message or b"").decode("utf-8", "replace").strip()
-        text = text.rpartition("/")[2] if text.startswith("/") else text  # the build's path
+        text = re.sub(r"^\S*/", "", text)  # the source file's name, not the build's path
         sys.stderr, sys.stdout = stream, stream
         console.error(
             f"llama.cpp stopped: {text} — the model file or its settings are outside what "
