@@ -9,6 +9,7 @@ keep-alive never steals the reply a test scripted for the next real turn.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import itertools
 import json
 import secrets
@@ -28,6 +29,7 @@ from tests.fake_anthropic.cache import (
     count_tokens,
     flatten,
 )
+from tests.fake_anthropic.validate import validate
 
 Reply = tuple[list[dict[str, Any]], str]
 Responder = Callable[[dict[str, Any]], Reply]
@@ -55,14 +57,17 @@ GARBLED_EVENTS = {
     ),
 }
 STREAM_FAULTS = ("stream_cut", "sse_error", "garbled", "pings")
-# json_for_stream: a whole JSON Message answers a streaming request, as LiteLLM's mock does.
-FAULT_KINDS = {*ERROR_FAULTS, "error", *STREAM_FAULTS, "slow", "drop", "json_for_stream"}
-# tool_choice's variants and the fields each allows besides `type`.
-TOOL_CHOICE_FIELDS = {
-    "auto": {"disable_parallel_tool_use"},
-    "any": {"disable_parallel_tool_use"},
-    "tool": {"name", "disable_parallel_tool_use"},
-    "none": set(),
+# json_for_stream: a whole JSON Message answers a streaming request, as LiteLLM's mock does;
+# json_as_sse: the same body labelled text/event-stream, as the LiteLLM 1.74 proxy relays
+# it (options: gzip, chunk=N bytes per chunk, lead=whitespace before the JSON).
+FAULT_KINDS = {
+    *ERROR_FAULTS,
+    "error",
+    *STREAM_FAULTS,
+    "slow",
+    "drop",
+    "json_for_stream",
+    "json_as_sse",
 }
 
 
@@ -224,6 +229,26 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _json_as_sse(self, message: dict[str, Any], options: dict[str, Any]) -> None:
+        data = (options.get("lead", "") + json.dumps(message)).encode()
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream; charset=utf-8")
+        self.send_header("request-id", f"req_fake{next(self.server_fake._ids):06d}")
+        if options.get("gzip"):
+            data = gzip.compress(data)
+            self.send_header("content-encoding", "gzip")
+        size = int(options.get("chunk", 0))
+        if not size:
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        for start in range(0, len(data), size):
+            self._chunk(data[start : start + size])
+        self._chunk(b"")
+
     def _plain(self, status: int, text: str) -> None:
         data = text.encode()
         self.send_response(status)
@@ -277,7 +302,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw or b"null")
         except json.JSONDecodeError:
             return self._error(400, "invalid_request_error", "request body is not valid JSON")
-        problem = _validate(body, counting=path.endswith("count_tokens"))
+        problem = validate(body, counting=path.endswith("count_tokens"))
         if problem:
             return self._error(400, "invalid_request_error", problem)
         if body["model"] in fake.unknown_models:
@@ -317,6 +342,8 @@ class _Handler(BaseHTTPRequestHandler):
         fake.responses_usage.append(usage)
         if not body.get("stream") or kind == "json_for_stream":
             return self._send_json(200, message)
+        if kind == "json_as_sse":
+            return self._json_as_sse(message, options)
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.send_header("cache-control", "no-cache")
@@ -361,49 +388,3 @@ class _Handler(BaseHTTPRequestHandler):
             self._chunk(data)
         self._chunk(b"")  # the zero-length chunk ends the body
         return None
-
-
-def _validate(body: Any, counting: bool) -> str | None:
-    if not isinstance(body, dict):
-        return "request body must be a JSON object"
-    if not isinstance(body.get("model"), str) or not body["model"]:
-        return "model: field required"
-    if not counting and (not isinstance(body.get("max_tokens"), int) or body["max_tokens"] < 1):
-        return "max_tokens: must be a positive integer"
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        return "messages: at least one message is required"
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
-            return f"messages.{i}.role: must be 'user' or 'assistant'"
-    if messages[0].get("role") != "user":
-        return "messages: the first message must use the user role"
-    return _tool_choice_problem(body)
-
-
-def _tool_choice_problem(body: dict[str, Any]) -> str | None:
-    """What the API says about a bad tool_choice: a tagged union, each variant with its own
-    fields (none has no disable_parallel_tool_use), that needs the tools it names."""
-    choice = body.get("tool_choice")
-    if choice is None:
-        return None
-    kind = choice.get("type") if isinstance(choice, dict) else None
-    if kind not in TOOL_CHOICE_FIELDS:
-        return (
-            f"tool_choice: Input tag {kind!r} found using 'type' does not match any of the "
-            "expected tags: 'auto', 'any', 'tool', 'none'"
-        )
-    for key in choice:
-        if key != "type" and key not in TOOL_CHOICE_FIELDS[kind]:
-            return f"tool_choice.{kind}.{key}: Extra inputs are not permitted"
-    if not isinstance(choice.get("disable_parallel_tool_use", False), bool):
-        return f"tool_choice.{kind}.disable_parallel_tool_use: Input should be a valid boolean"
-    names = [t.get("name") for t in body.get("tools") or [] if isinstance(t, dict)]
-    if kind != "none" and not names:
-        return "tool_choice may only be specified while providing tools."
-    if kind == "tool":
-        if not isinstance(choice.get("name"), str):
-            return "tool_choice.tool.name: Field required"
-        if choice["name"] not in names:
-            return f"tool_choice.tool.name: no tool named {choice['name']!r} in tools"
-    return None

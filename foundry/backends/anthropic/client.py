@@ -22,7 +22,7 @@ from foundry.backends.anthropic.errors import (
     classify_error,
 )
 from foundry.backends.anthropic.layout import build_layout, keepalive_request, map_usage
-from foundry.backends.anthropic.stream import StreamState
+from foundry.backends.anthropic.stream import StreamState, whole_json_body
 from foundry.backends.base import (
     AttemptCallback,
     ModelRequest,
@@ -234,10 +234,6 @@ class AnthropicBackend:
         try:
             with client.messages.create(**params, stream=True) as stream:
                 request_id = stream.response.headers.get("request-id")
-                if "json" in stream.response.headers.get("content-type", ""):
-                    # A whole Message for a streaming request (some proxies' mocks): take it
-                    # as it is, usage included, rather than retrying it as a broken stream.
-                    return self._whole_message(stream.response, state, request, request_id, on_text)
                 # The SDK swallows pings, so no event may arrive while a server keeps the
                 # socket alive: a timer closes the response at the deadline instead.
                 left_s = max(deadline_s - state.elapsed_ms / 1000, 0.0)
@@ -245,6 +241,9 @@ class AnthropicBackend:
                 timer.daemon = True
                 timer.start()
                 try:
+                    whole = whole_json_body(stream.response)
+                    if whole is not None:  # a proxy's whole Message: used, usage and all
+                        return self._whole_message(whole, state, request, request_id, on_text)
                     for event in decoded(stream, "an event"):
                         text = state.handle(event)
                         if text and on_text is not None:
@@ -294,14 +293,14 @@ class AnthropicBackend:
 
     def _whole_message(
         self,
-        response: Any,
+        body: bytes,
         state: StreamState,
         request: ModelRequest,
         request_id: str | None,
         on_text: TextCallback | None,
     ) -> ModelResponse:
         try:
-            message = json.loads(response.read())
+            message = json.loads(body)
             content = [dict(block) for block in message["content"]]
             usage = map_usage(message["usage"], None, request.ttl)
         except (ValueError, KeyError, TypeError) as exc:
