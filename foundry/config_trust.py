@@ -20,6 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 from foundry.errors import ConfigError
 
+# orchestrator.phases.ARTIFACT_DIR, spelled out: config sits below the orchestrator
+# (tests/test_found_config.py checks the two agree).
+ARTIFACT_DIR = ".foundry"
+
 if TYPE_CHECKING:
     from foundry.config import FoundryConfig
 
@@ -42,8 +46,6 @@ def explicit_path(path: Path | str | None) -> Path | None:
 
 def build_workdir(cwd: Path) -> Path | None:
     """The build working directory that `cwd` is (or is inside): one with a real .foundry/."""
-    from foundry.orchestrator.phases import ARTIFACT_DIR
-
     for directory in (cwd, *cwd.parents):
         marker = directory / ARTIFACT_DIR
         if marker.is_dir() and not marker.is_symlink():
@@ -97,13 +99,17 @@ def _sandbox(found: Any, default: Any) -> bool:
 
 
 def _network(found: Any, default: Any) -> bool:
-    """No phase has the network that the default keeps from it (BuildConfig.network_for)."""
-    from foundry.config import COMMAND_PHASES, DEFAULT_NETWORK
+    """No phase has the network that the default keeps from it (a phase a dict leaves out
+    keeps the default's, as BuildConfig.network_for does)."""
 
-    def allowed(value: Any, phase: str) -> bool:
-        return value if isinstance(value, bool) else value.get(phase, DEFAULT_NETWORK[phase])
+    def base(phase: str) -> bool:
+        return default if isinstance(default, bool) else bool(default.get(phase, True))
 
-    return all(allowed(found, p) <= allowed(default, p) for p in COMMAND_PHASES)
+    phases = set(default) if isinstance(default, dict) else set()
+    phases |= set(found) if isinstance(found, dict) else set()
+    if isinstance(found, bool):
+        return all(found <= base(p) for p in phases) if phases else found <= bool(default)
+    return all(bool(found.get(p, base(p))) <= base(p) for p in phases)
 
 
 def _not_free(found: Any, default: Any) -> bool:
@@ -178,9 +184,7 @@ def _loosened_prices(found: FoundryConfig) -> list[str]:
 
 def weakened_keys(found: FoundryConfig) -> list[str]:
     """The safety keys `found` sets looser than the packaged default, in the table's order."""
-    from foundry.config import FoundryConfig
-
-    default = FoundryConfig()  # equal to the packaged file (tests/test_config.py checks)
+    default = type(found)()  # equal to the packaged file (tests/test_config.py checks)
     keys = [
         key
         for key, allowed in SAFETY_RULES.items()

@@ -97,3 +97,10 @@ def test_a_config_the_model_wrote_into_its_workdir_is_never_picked_up(
     assert TOKEN not in _sent_text(server), "the model's command saw GITHUB_TOKEN"
     assert "cache_config.json" in second.stderr and "--config" in second.stderr
     assert "token=" in _sent_text(server)  # the command ran, without the variable
+
+
+def test_the_working_directory_marker_is_the_orchestrators() -> None:
+    from foundry import config_trust
+    from foundry.orchestrator import phases
+
+    assert config_trust.ARTIFACT_DIR == phases.ARTIFACT_DIR
