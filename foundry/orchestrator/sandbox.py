@@ -14,12 +14,10 @@ sandbox", says exactly what is and is not guaranteed.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import os
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -172,18 +170,13 @@ def _seccomp_fd() -> int | None:
     return read_end
 
 
-_PR_SET_PDEATHSIG = 1
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
-
-
-def _die_with(parent: int) -> None:
-    """In the child before exec: die when foundry does, even if foundry dies before bwrap
-    has asked for that itself (bwrap's own --die-with-parent comes a moment later)."""
-    if _LIBC is None:
-        return
-    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:
-        os._exit(1)
+# bwrap arms --die-with-parent in each of its two processes only after its setup, and never
+# checks whether the parent is already gone: a foundry killed in that window (or bwrap's
+# outer process dying in its init's window) left the sandbox's init and the command running,
+# reparented to the host's init. So the command also holds a lifeline: a pipe whose only
+# write end is foundry's. A watcher inside reads it; end of file (foundry is gone, however it
+# died) kills every process of the command, and the sandbox's init exits with its child.
+_LIFELINE = '(read line </proc/self/fd/{fd}; kill -9 -1) >/dev/null 2>&1 & exec /bin/sh -c "$1"'
 
 
 def _set_limits(limits: SandboxLimits, processes: int | None) -> None:
@@ -231,6 +224,7 @@ class Launch:
     confined: bool
     pass_fds: tuple[int, ...] = ()
     loan: Loan | None = None
+    lifeline: int | None = None  # foundry's end of the sandbox's lifeline pipe
 
     def started(self) -> None:
         """After Popen: the child has its copies of the descriptors."""
@@ -244,6 +238,9 @@ class Launch:
         process of the command is left to race the walk). Safe to call more than once."""
         self.started()
         self.containment.end()
+        if self.lifeline is not None:
+            os.close(self.lifeline)
+            self.lifeline = None
         if self.loan is not None:
             self.loan.give_back()
             self.loan = None
@@ -333,7 +330,13 @@ class Sandbox:
         return sorted(covered, key=lambda path: (path.count("/"), path))
 
     def bwrap_argv(
-        self, command: str, *, network: bool, home: str, seccomp_fd: int | None = None
+        self,
+        command: str,
+        *,
+        network: bool,
+        home: str,
+        seccomp_fd: int | None = None,
+        lifeline_fd: int | None = None,
     ) -> list[str]:
         assert self.found.tool is not None
         workdir = str(self.workdir)
@@ -380,6 +383,8 @@ class Sandbox:
         for file in hidden_files:
             argv += ["--ro-bind", "/dev/null", file]
         shell = ["/bin/sh", "-c", command]
+        if lifeline_fd is not None:
+            shell = ["/bin/sh", "-c", _LIFELINE.format(fd=lifeline_fd), "sh", command]
         if uid is not None:
             # Root inside is still root to the kernel; the command runs as uid, with no
             # capability left to regain and no set-id binary to gain one from.
@@ -397,26 +402,29 @@ class Sandbox:
         nproc = None
         if processes and os.getuid() != 0 and not containment.caps_processes:
             nproc = _user_task_count() + processes
-        seccomp_fd = None
+        seccomp_fd = lifeline_fd = lifeline = None
         loan = None
         if self.confined:
             seccomp_fd = _seccomp_fd()
-            argv = self.bwrap_argv(command, network=network, home=home, seccomp_fd=seccomp_fd)
+            lifeline_fd, lifeline = os.pipe()
+            # The watcher opens it by path, as the command's uid: readable, never writable.
+            os.fchmod(lifeline_fd, 0o444)
+            argv = self.bwrap_argv(
+                command, network=network, home=home, seccomp_fd=seccomp_fd, lifeline_fd=lifeline_fd
+            )
             if self.run_as is not None:
                 loan = Loan(self.workdir, *self.run_as, skip=self.hidden_paths()[1])
                 loan.lend()
         else:
             argv = ["/bin/sh", "-c", command]
             env[COOKIE_ENV] = containment.cookie
-        parent = os.getpid()
 
         def preexec() -> None:
             containment.in_child()
-            _die_with(parent)
             _set_limits(limits, nproc)
 
-        fds = () if seccomp_fd is None else (seccomp_fd,)
-        return Launch(argv, env, preexec, containment, self.confined, fds, loan)
+        fds = tuple(fd for fd in (seccomp_fd, lifeline_fd) if fd is not None)
+        return Launch(argv, env, preexec, containment, self.confined, fds, loan, lifeline)
 
     def close(self) -> None:
         if self._scratch is not None:
