@@ -234,3 +234,47 @@ def test_the_next_foundry_ends_what_a_killed_one_left_in_its_cgroup(bwrap: None)
         if group.exists():
             group.rmdir()
     assert _alive(f"sleep {seconds}") == []
+
+
+_FOUNDRY_RUNNING_A_COMMAND = (
+    "import sys; from pathlib import Path; from foundry.config import BuildConfig; "
+    "from foundry.orchestrator.sandbox import Sandbox; "
+    "from foundry.orchestrator.shell import run_command; "
+    "box = Sandbox(Path(sys.argv[1]), BuildConfig()); "
+    # The marker is computed: foundry's own command line must not contain it.
+    "run_command(f'sleep {int(sys.argv[2]) + 1}', box.workdir, timeout_s=60, output_limit=100, "
+    "sandbox=box)"
+)
+
+
+def test_no_sandbox_outlives_a_foundry_killed_while_bwrap_starts(
+    tmp_path: Path, bwrap: None
+) -> None:
+    # bwrap arms --die-with-parent only after its set-up: a foundry SIGKILLed the moment
+    # bwrap appears left the sandbox's init and the command running (about half the time).
+    survivors = []
+    for round_ in range(6):
+        workdir = tmp_path / f"work-{round_}"
+        workdir.mkdir()
+        seconds = 5000 + int.from_bytes(os.urandom(2), "little") % 900
+        marker = f"sleep {seconds}"
+        foundry = subprocess.Popen(
+            [sys.executable, "-c", _FOUNDRY_RUNNING_A_COMMAND, str(workdir), str(seconds - 1)],
+            cwd=Path(__file__).resolve().parent.parent,
+            env={**os.environ, "TMPDIR": str(tmp_path)},
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while not _alive(marker):  # bwrap's own command line names it first
+                assert time.monotonic() < deadline and foundry.poll() is None
+        finally:
+            foundry.kill()
+            foundry.wait()
+        deadline = time.monotonic() + 5
+        while _alive(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = _alive(marker)
+        survivors += left
+        for line in left:  # leave nothing behind, whatever the verdict
+            subprocess.run(["pkill", "-9", "-f", line.split(" -- ")[-1].strip()], check=False)
+    assert survivors == []
