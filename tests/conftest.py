@@ -25,6 +25,7 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
         "FOUNDRY_DB",
         "FOUNDRY_DEBUG",
         "FOUNDRY_LOG",
+        "FOUNDRY_CONFIG",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(workdir)
