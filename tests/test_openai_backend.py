@@ -260,6 +260,11 @@ def test_llama_cpp_timings_count_when_the_usage_has_no_cached_field(tmp_path) ->
         ("https://openrouter.ai/api/v1", False),
         ("https://api.openai.com/v1", False),
         ("http://8.8.8.8/v1", False),
+        # Loopback is 127.0.0.0/8, ::1 and `localhost` only: a `.localhost` name is whatever
+        # DNS or a resolver makes of it, so it is not taken as free (issue 21).
+        ("http://evil.localhost:8000/v1", False),
+        ("https://api.openai.com.localhost/v1", False),
+        ("http://127.8.9.10:8000/v1", True),
     ],
 )
 def test_which_endpoints_are_local(url: str, private: bool) -> None:

@@ -22,7 +22,9 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 NO_KEY = "no-key"
 LIST_TIMEOUT_S = 30.0
 # Host names that never leave one's own network (RFC 6762 .local, RFC 8375 home.arpa...).
-_PRIVATE_SUFFIXES = (".local", ".lan", ".internal", ".home.arpa", ".localhost")
+# Not `.localhost`: loopback is 127.0.0.0/8, ::1 and `localhost` itself, while a name under
+# it resolves wherever a resolver or /etc/hosts says, and a public API there is not free.
+_PRIVATE_SUFFIXES = (".local", ".lan", ".internal", ".home.arpa")
 
 
 def resolve_base_url(config: FoundryConfig, base_url: str | None) -> str:
@@ -44,8 +46,9 @@ def host_and_port(url: str) -> tuple[str, int]:
 
 def is_private_host(url: str) -> bool:
     """True for loopback, private-network and link-local addresses and for names that stay
-    on one's own network (localhost, a bare host name, .local, .lan, .internal). Decided from
-    the text alone: resolving names would make a build's cost depend on DNS."""
+    on one's own network (localhost itself, a bare host name, .local, .lan, .internal; not
+    a name under .localhost). Decided from the text alone: resolving names would make a
+    build's cost depend on DNS."""
     host = (urlsplit(url).hostname or "").lower()
     if not host:
         return False
