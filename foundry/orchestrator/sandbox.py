@@ -265,6 +265,7 @@ class Sandbox:
             found = Availability(None, 'build.sandbox is "off"')
         self.found = found if found is not None else require_available(settings.sandbox)
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
+        self._hidden: tuple[list[str], list[str]] | None = None
         # Who the command runs as when foundry is root (None: as foundry's own user).
         self.run_as = command_uid(self.workdir) if self.found.ok else None
 
@@ -368,7 +369,7 @@ class Sandbox:
         # A later mount covers an earlier one: what is hidden goes after the working
         # directory's bind (a ledger inside it, --dir . --db ./foundry.db, stays hidden),
         # except a hidden directory that holds the working directory, which goes before.
-        hidden_dirs, hidden_files = self.hidden_paths()
+        hidden_dirs, hidden_files = self._hidden if self._hidden else self.hidden_paths()
         around = [d for d in hidden_dirs if self.workdir.is_relative_to(d)]
         for directory in around:
             argv += ["--tmpfs", directory]
@@ -405,6 +406,7 @@ class Sandbox:
         seccomp_fd = lifeline_fd = lifeline = None
         loan = None
         if self.confined:
+            self._hidden = self.hidden_paths()  # once per command: a ledger's WAL may appear
             seccomp_fd = _seccomp_fd()
             lifeline_fd, lifeline = os.pipe()
             # The watcher opens it by path, as the command's uid: readable, never writable.
@@ -413,7 +415,7 @@ class Sandbox:
                 command, network=network, home=home, seccomp_fd=seccomp_fd, lifeline_fd=lifeline_fd
             )
             if self.run_as is not None:
-                loan = Loan(self.workdir, *self.run_as, skip=self.hidden_paths()[1])
+                loan = Loan(self.workdir, *self.run_as, skip=self._hidden[1])
                 loan.lend()
         else:
             argv = ["/bin/sh", "-c", command]

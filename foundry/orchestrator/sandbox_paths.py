@@ -4,6 +4,7 @@ toolchain directories it shows again where a private mount would hide them."""
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Iterable
@@ -111,10 +112,16 @@ def existing(paths: Iterable[Path], *, dirs: bool) -> list[str]:
 def runtime_dirs() -> list[str]:
     """The interpreter's prefixes (the real one behind a venv's link too), the PATH
     directories and the toolchains under HOME: what the test command may need."""
+    return list(_runtime_dirs(os.environ.get("PATH", ""), str(Path.home())))
+
+
+@functools.lru_cache(maxsize=8)
+def _runtime_dirs(path_variable: str, home_dir: str) -> tuple[str, ...]:
+    """Per PATH and HOME: every command of a build asks, and the answer costs ~1 ms."""
     candidates = {sys.prefix, sys.base_prefix, sys.exec_prefix}
     candidates.add(os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))))
-    candidates.update(os.environ.get("PATH", "").split(os.pathsep))
-    home = Path.home()
+    candidates.update(path_variable.split(os.pathsep))
+    home = Path(home_dir)
     candidates.update(str(home / name) for name in TOOLCHAIN_DIRS_IN_HOME)
     found = set()
     for candidate in candidates:
@@ -122,7 +129,7 @@ def runtime_dirs() -> list[str]:
         if real.startswith("/") and real != "/" and os.path.isdir(real):
             found.add(real)
     # A directory inside another one is already shown by it.
-    return sorted(d for d in found if not any(d.startswith(o + "/") for o in found))
+    return tuple(sorted(d for d in found if not any(d.startswith(o + "/") for o in found)))
 
 
 def runtime_dirs_under(covered: str) -> list[str]:
