@@ -305,6 +305,83 @@ def test_strict_schema_only_narrows() -> None:
     assert strict_schema(kept) == kept
 
 
+def _nested_schema(depth: int) -> dict:
+    schema: dict = {"type": "string"}
+    for level in range(depth):
+        schema = {"type": "object", "properties": {f"p{level}": schema, "leaf": {}}}
+    return schema
+
+
+def test_a_deep_schema_is_walked_once_per_subschema(monkeypatch) -> None:
+    """Issue 21: `properties` was walked twice per level, 2**depth visits (20 levels took
+    4 s, 40 over a minute). Counted through the module's own name, which the recursion
+    uses; the count stops an exponential walk at once instead of letting it run."""
+    import time
+
+    from foundry.local import tool_grammar
+
+    depth, visits = 60, 0
+    walk = tool_grammar.strict_schema
+
+    def counted(schema):
+        nonlocal visits
+        visits += 1
+        assert visits <= 20 * depth, "strict_schema revisits subschemas (exponential walk)"
+        return walk(schema)
+
+    monkeypatch.setattr(tool_grammar, "strict_schema", counted)
+    counted(_nested_schema(depth))
+    assert visits <= 10 * depth  # each level: itself, its two properties, a few values
+    monkeypatch.undo()
+    started = time.perf_counter()
+    strict = tool_grammar.strict_schema(_nested_schema(depth))
+    assert time.perf_counter() - started < 1.0  # generous: it takes about a millisecond
+    node = strict
+    for level in reversed(range(depth)):
+        assert node["additionalProperties"] is False and node["properties"]["leaf"] == {}
+        node = node["properties"][f"p{level}"]
+    assert node == {"type": "string"}
+
+
+def _old_strict_schema(schema):
+    """strict_schema as it was before issue 21 (exponential, same output): the reference."""
+    from foundry.local.tool_grammar import DATA_KEYWORDS, KEPT_KEYWORDS
+
+    if isinstance(schema, list):
+        return [_old_strict_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    tightened = {
+        key: value if key in DATA_KEYWORDS | KEPT_KEYWORDS else _old_strict_schema(value)
+        for key, value in schema.items()
+    }
+    properties = schema.get("properties")
+    if isinstance(properties, dict):
+        tightened["properties"] = {n: _old_strict_schema(v) for n, v in properties.items()}
+        if "additionalProperties" not in schema and "patternProperties" not in schema:
+            tightened["additionalProperties"] = False
+    return tightened
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        *SCHEMAS.values(),
+        _nested_schema(6),
+        {"properties": {"const": {"properties": {}}, "not": {"type": "object"}}},
+        {"properties": {"enum": {"enum": [1]}, "allOf": {"allOf": [{"properties": {}}]}}},
+        {"properties": "not an object", "items": {"properties": {"a": {}}}},
+        {"properties": {}, "patternProperties": {"^x": {"properties": {"y": {}}}}},
+        {"anyOf": [{"properties": {"a": {}}}, True], "$defs": {"d": {"properties": {}}}},
+        {"type": "array", "prefixItems": [{"properties": {"q": {}}}], "items": False},
+    ],
+)
+def test_strict_schema_writes_what_it_always_wrote(schema) -> None:
+    from foundry.local.tool_grammar import strict_schema
+
+    assert strict_schema(schema) == _old_strict_schema(schema)
+
+
 def test_a_required_argument_keeps_its_own_pattern() -> None:
     from foundry.backends.base import ToolSpec
     from foundry.local.tool_grammar import NOT_BLANK, call_schema

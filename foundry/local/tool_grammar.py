@@ -53,16 +53,20 @@ def strict_schema(schema: Any) -> Any:
         return [strict_schema(item) for item in schema]
     if not isinstance(schema, dict):
         return schema
-    tightened = {
-        key: value if key in DATA_KEYWORDS | KEPT_KEYWORDS else strict_schema(value)
-        for key, value in schema.items()
-    }
     properties = schema.get("properties")
-    if isinstance(properties, dict):
-        # Its keys are names, not keywords: only the values are schemas.
-        tightened["properties"] = {name: strict_schema(v) for name, v in properties.items()}
-        if "additionalProperties" not in schema and "patternProperties" not in schema:
-            tightened["additionalProperties"] = False
+    named = isinstance(properties, dict)
+    tightened: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in DATA_KEYWORDS | KEPT_KEYWORDS:
+            tightened[key] = value
+        elif key == "properties" and named:
+            # Its keys are names, not keywords: only the values are schemas. Walked here
+            # alone: walking it as a schema too visited each level twice, 2**depth visits.
+            tightened[key] = {name: strict_schema(v) for name, v in value.items()}
+        else:
+            tightened[key] = strict_schema(value)
+    if named and "additionalProperties" not in schema and "patternProperties" not in schema:
+        tightened["additionalProperties"] = False
     return tightened
 
 
