@@ -80,3 +80,13 @@ class Terminated(KeyboardInterrupt):
 
     def __str__(self) -> str:
         return "terminated by a signal (SIGTERM)"
+
+
+def install_hint(extra: str) -> str:
+    """How to install one of foundry's extras, as it works from a checkout (foundry is not
+    on PyPI: the `foundry` there is an unrelated project)."""
+    compile_first = 'CMAKE_ARGS="-DLLAVA_BUILD=OFF" ' if extra == "llamacpp" else ""
+    return (
+        f"install the {extra} extra: in your foundry checkout, {compile_first}"
+        f".venv/bin/pip install -c constraints.txt -e '.[{extra}]'"
+    )

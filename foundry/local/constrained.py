@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from foundry.backends.base import ModelRequest, ToolChoice, ToolSpec
-from foundry.errors import LocalModelError
+from foundry.errors import LocalModelError, install_hint
 from foundry.local.tool_grammar import CallFormat, tool_call_grammar
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ def import_llguidance() -> Any:
     except ImportError:
         raise LocalModelError(
             "constrained tool calls need llguidance, which is not installed",
-            "pip install 'foundry[mlx]' (or set mlx.constrained_tools to false)",
+            f"{install_hint('mlx')} (or set mlx.constrained_tools to false)",
         ) from None
     return llguidance
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from foundry.errors import LocalModelError
+from foundry.errors import LocalModelError, install_hint
 from foundry.local.engine import Cancelled, StepTimes, TokenPicker, decode
 
 PREFILL_STEP = 512  # tokens per llama_decode call while prefilling (llama.cpp's default batch)
@@ -31,8 +31,8 @@ SEQ = 0  # the one sequence a context holds
 KV_TYPES = {"f16": 1, "f32": 0, "q8_0": 8}
 KV_ELEMENT_BYTES = {"f16": 2.0, "f32": 4.0, "q8_0": 34 / 32}  # q8_0: 32 values in 34 bytes
 INSTALL_HINT = (
-    "install the llamacpp extra: CMAKE_ARGS=\"-DLLAVA_BUILD=OFF\" pip install 'foundry[llamacpp]' "
-    "(it compiles llama.cpp with cmake and a C++ compiler: about 3.5 minutes on 2 cores)"
+    f"{install_hint('llamacpp')} (it compiles llama.cpp with cmake and a C++ compiler: "
+    "about 3.5 minutes on 2 cores)"
 )
 
 

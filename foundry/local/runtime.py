@@ -13,7 +13,7 @@ import platform
 import sys
 from types import ModuleType
 
-from foundry.errors import LocalModelError
+from foundry.errors import LocalModelError, install_hint
 
 OPENBLAS_ENV = "FOUNDRY_OPENBLAS"
 APT_HINT = "sudo apt-get install libopenblas0-pthread"
@@ -66,9 +66,7 @@ def import_mlx() -> ModuleType:
     try:
         import mlx.core as mx
     except ImportError:
-        raise LocalModelError(
-            "mlx is not installed", "install the local-model extra: pip install 'foundry[mlx]'"
-        ) from None
+        raise LocalModelError("mlx is not installed", install_hint("mlx")) from None
     return mx
 
 
@@ -77,9 +75,7 @@ def import_mlx_lm() -> ModuleType:
     try:
         import mlx_lm
     except ImportError:
-        raise LocalModelError(
-            "mlx-lm is not installed", "install the local-model extra: pip install 'foundry[mlx]'"
-        ) from None
+        raise LocalModelError("mlx-lm is not installed", install_hint("mlx")) from None
     return mlx_lm
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from foundry.errors import UsageError
+from foundry.errors import UsageError, install_hint
 from foundry.server.service import ServeService
 
 GRACEFUL_S = 10.0  # how long uvicorn waits for open connections after a stop
@@ -240,5 +240,5 @@ def import_server_libraries() -> None:
     except ImportError:
         raise UsageError(
             "foundry serve needs uvicorn and starlette",
-            "install the serve extra: pip install 'foundry[serve]'",
+            install_hint("serve"),
         ) from None
