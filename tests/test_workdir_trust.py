@@ -289,3 +289,79 @@ def test_resume_with_a_name_that_fits_several_builds_lists_them(cli, tmp_path) -
     # Either one resumes by the prefix the list shows.
     chosen = cli("resume", ids[0][:12], "--db", str(db), "--yes", "--max-turns", "1")
     assert "can be resumed" not in chosen.stderr
+
+
+# -- a .git deploy did not make: hooks and config that would run outside the sandbox ---------
+
+
+def poisoned_git(marker: Path) -> str:
+    """A model's command: a repository of its own with a pre-commit hook and a core.fsmonitor
+    script, each writing `marker` (outside the sandbox, only foundry's own git could)."""
+    script = f"#!/bin/sh\necho ran >> {shlex.quote(str(marker))}\n"
+    return (
+        f"git init -q . && printf %s {shlex.quote(script)} > .git/hooks/pre-commit"
+        f" && printf %s {shlex.quote(script)} > .git/fsmonitor.sh"
+        " && chmod +x .git/hooks/pre-commit .git/fsmonitor.sh"
+        ' && git config core.fsmonitor "$PWD/.git/fsmonitor.sh"'
+        " && echo 'x = 1' > hello.py"
+    )
+
+
+def test_a_git_a_model_made_in_a_failed_build_is_refused_by_the_next_build(
+    cli, tmp_path, anthropic_env
+) -> None:
+    marker = tmp_path / "ran-outside"
+    anthropic_env.enqueue([use("run_command", command=poisoned_git(marker))], "tool_use")
+    anthropic_env.enqueue([finish("built", "# Build log\n")], "tool_use")
+    first = build(cli, tmp_path, "--phases", "builder,deploy", "--yes")
+    assert first.exit_code == 1 and "appeared in" in error_line(first.stderr)
+    assert Path("hello/.git/hooks/pre-commit").is_file()  # the model's repository is there
+    # Run as root, the sandbox's commands ran as nobody, and git would refuse a .git of
+    # another owner by luck (safe.directory); a user's own commands leave it theirs.
+    for path in [Path("hello/.git"), *Path("hello/.git").rglob("*")]:
+        os.chown(path, os.getuid(), os.getgid(), follow_symlinks=False)
+    # A new build (not a resume) into the same directory: .git is there from the start.
+    anthropic_env.enqueue([use("write_file", path="hello.py", content="x = 2\n")], "tool_use")
+    anthropic_env.enqueue([finish("built", "# Build log\n")], "tool_use")
+    second = build(cli, tmp_path, "--phases", "builder,deploy", "--yes")
+    assert not marker.exists()
+    assert second.exit_code == 1, second.stderr
+    said = error_line(second.stderr)
+    assert f"{Path('hello').resolve()}/.git was not made by foundry" in said
+    assert "remove it" in said
+    assert len(anthropic_env.requests) == 2  # refused before the model was asked again
+
+
+def test_a_repository_foundry_s_deploy_made_takes_a_second_commit(
+    cli, tmp_path, anthropic_env
+) -> None:
+    for content in ("x = 1\n", "x = 2\n"):
+        anthropic_env.enqueue([use("write_file", path="hello.py", content=content)], "tool_use")
+        anthropic_env.enqueue([finish("built", "# Build log\n")], "tool_use")
+        result = build(cli, tmp_path, "--phases", "builder,deploy", "--yes")
+        assert result.exit_code == 0, result.stderr
+    log = git(Path("hello"), "log", "--format=%s")
+    assert len(log.splitlines()) == 2
+    # foundry's record of the repository it made is its own state, never committed.
+    assert ".foundry/" not in git(Path("hello"), "show", "--name-only", "--format=", "HEAD")
+
+
+def test_deploy_runs_no_hook_of_the_user_s_repository_on_the_model_s_files(
+    cli, tmp_path, anthropic_env
+) -> None:
+    # husky's way: the repository's hooks live in the work tree (core.hooksPath=.husky), where
+    # the model writes; deploy's commit would run the model's hook outside the sandbox.
+    marker = tmp_path / "ran-outside"
+    mine = repository(tmp_path / "mine")
+    (mine / ".husky").mkdir()
+    (mine / ".husky" / "pre-commit").write_text("#!/bin/sh\ntrue\n")
+    (mine / ".husky" / "pre-commit").chmod(0o755)
+    git(mine, "config", "core.hooksPath", ".husky")
+    hook = f"#!/bin/sh\necho ran >> {shlex.quote(str(marker))}\n"
+    plant = f"printf %s {shlex.quote(hook)} > .husky/pre-commit; echo 'x = 1' > hello.py"
+    anthropic_env.enqueue([use("run_command", command=plant)], "tool_use")
+    anthropic_env.enqueue([finish("built", "# Build log\n")], "tool_use")
+    result = build(cli, tmp_path, "--phases", "builder,deploy", "--yes", "--dir", str(mine))
+    assert not marker.exists()
+    assert result.exit_code == 0, result.stderr
+    assert "hello.py" in git(mine, "show", "--name-only", "--format=", "HEAD")

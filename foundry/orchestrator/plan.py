@@ -142,7 +142,7 @@ def prepare_build(options: BuildOptions, config: FoundryConfig | None = None) ->
     from foundry.backends.registry import create_backend, resolve_backend
     from foundry.config import ledger_path, load_config
     from foundry.orchestrator.build import BuildPlan
-    from foundry.orchestrator.deploy import require_git
+    from foundry.orchestrator.deploy import check_own_git, require_git
     from foundry.orchestrator.estimate import estimate_build
     from foundry.orchestrator.phases import artifact_dir, parse_phases
     from foundry.orchestrator.sandbox import require_available
@@ -171,6 +171,8 @@ def prepare_build(options: BuildOptions, config: FoundryConfig | None = None) ->
     _check_test_phase(phases, workdir)
     if "deploy" in phases and not options.estimate:
         require_git()
+        if workdir.is_dir():  # deploy would refuse it anyway: say so before the model runs
+            check_own_git(workdir)
     backend = create_backend(
         resolve_backend(config, options.backend, options.model),
         config,
