@@ -365,3 +365,44 @@ def test_deploy_runs_no_hook_of_the_user_s_repository_on_the_model_s_files(
     assert not marker.exists()
     assert result.exit_code == 0, result.stderr
     assert "hello.py" in git(mine, "show", "--name-only", "--format=", "HEAD")
+
+
+def test_a_held_directory_is_refused_before_the_confirmation(
+    cli, tmp_path, anthropic_env, monkeypatch
+) -> None:
+    Path("hello/.foundry").mkdir(parents=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, time; fd = os.open('hello/.foundry/lock', "
+         "os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); "
+         "os.pwrite(fd, f'{os.getpid()}\\n'.encode(), 0); print('held', flush=True); "
+         "time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        monkeypatch.setattr(build_command, "stdin_is_tty", lambda: True)
+        held = build(cli, tmp_path, "--phases", "scout", input="y\n")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert held.exit_code == 1
+    assert "Start the build?" not in held.stderr  # never asked, then refused
+    said = error_line(held.stderr)
+    assert f"another foundry build (pid {holder.pid}) is running in" in said
+    assert anthropic_env.requests == []
+    # Once it is free, the confirmed build runs, holding the lock from the question on.
+    anthropic_env.enqueue([finish("scouted", "# Scout\n")], "tool_use")
+    after = build(cli, tmp_path, "--phases", "scout", input="y\n")
+    assert after.exit_code == 0, after.stderr
+    assert "Start the build?" in after.stderr
+
+
+def test_an_aborted_confirmation_leaves_no_foundry_directory_behind(
+    cli, tmp_path, anthropic_env, monkeypatch
+) -> None:
+    Path("mine").mkdir()
+    Path("mine/app.py").write_text("print(1)\n")
+    monkeypatch.setattr(build_command, "stdin_is_tty", lambda: True)
+    aborted = build(cli, tmp_path, "--phases", "scout", "--dir", "mine", input="n\n")
+    assert aborted.exit_code == 1 and "aborted" in aborted.stderr
+    assert sorted(p.name for p in Path("mine").iterdir()) == ["app.py"]

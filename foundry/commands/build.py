@@ -17,7 +17,7 @@ from foundry.errors import FoundryError, Terminated
 
 if TYPE_CHECKING:
     from foundry.orchestrator.build import BuildResult
-    from foundry.orchestrator.plan import PreparedBuild
+    from foundry.orchestrator.plan import HeldWorkdir, PreparedBuild
 
 
 def stdin_is_tty() -> bool:
@@ -118,14 +118,22 @@ def _execute(prepared: PreparedBuild, *, json_output: bool, yes: bool, estimate:
         if estimate:
             _show_estimate(prepared.projection, json_output)
             return
-        prepared.backend.check()
-        notes = workdir_notes(prepared)
-        if not yes and stdin_is_tty():
-            _confirm(prepared, notes)
-        else:
-            for note in notes:  # said, even when nobody is asked
-                console.warning(note)
-        result = _run(prepared)
+        from foundry.orchestrator.plan import HeldWorkdir
+
+        # Before anything is asked or loaded: a directory another build holds is refused.
+        held = HeldWorkdir.take(prepared.plan.workdir)
+        try:
+            prepared.backend.check()
+            notes = workdir_notes(prepared)
+            if not yes and stdin_is_tty():
+                _confirm(prepared, notes)
+            else:
+                for note in notes:  # said, even when nobody is asked
+                    console.warning(note)
+            result = _run(prepared, held)
+        finally:
+            if held is not None:
+                held.release()
     finally:
         prepared.backend.close()
     _report(result, json_output, local=prepared.backend.local)
@@ -193,7 +201,7 @@ def _confirm(prepared: PreparedBuild, notes: list[str]) -> None:
         raise typer.Exit(1)
 
 
-def _run(prepared: PreparedBuild) -> BuildResult:
+def _run(prepared: PreparedBuild, held: HeldWorkdir | None) -> BuildResult:
     from foundry.ledger import Ledger
     from foundry.orchestrator.build import BuildRun
     from foundry.orchestrator.display import make_display, phase_table
@@ -223,6 +231,7 @@ def _run(prepared: PreparedBuild) -> BuildResult:
             prompt=prepared.prompt,
             events=display,
             resume=prepared.resume,
+            held=held,
         ).run()
     finally:
         display.close()

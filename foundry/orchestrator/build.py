@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from foundry.config import FoundryConfig
     from foundry.ledger import Ledger
     from foundry.ledger.builds import BuildRecord
+    from foundry.orchestrator.plan import HeldWorkdir
     from foundry.pricing import PricingTable
     from foundry.prompt.split import SplitPrompt
 
@@ -118,8 +119,10 @@ class BuildRun:
         events: Events,
         clock: Any = time.monotonic,
         resume: BuildRecord | None = None,
+        held: HeldWorkdir | None = None,
     ) -> None:
         self.plan = plan
+        self.held = held  # the directory's lock, taken before the confirmation
         self.resume = resume  # an earlier attempt at this build: its finished phases stay done
         self.git_at_start: str | None = "dir"  # what .git was when the build began (run())
         self.config = config
@@ -240,6 +243,8 @@ class BuildRun:
     def run(self) -> BuildResult:
         """Run the build holding the directory's lock: one build per directory at a time, and
         .foundry/ is foundry's own real directory before the model's first turn."""
+        if self.held is not None:  # the caller took it, and releases it
+            return self._run()
         lock = lock_workdir(self.plan.workdir)
         try:
             return self._run()

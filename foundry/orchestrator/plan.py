@@ -4,6 +4,7 @@ or a model is called. The command then confirms, runs and reports; it decides no
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from foundry.errors import UsageError, WorkspaceError
-from foundry.fsutil import SAFE_NAME_RULE, is_safe_name
+from foundry.fsutil import SAFE_NAME_RULE, is_safe_name, kind_beneath, list_beneath, unlink_beneath
 
 if TYPE_CHECKING:
     from foundry.backends.base import Backend, Ttl
@@ -72,6 +73,37 @@ class ResumeOptions:
     max_cost: float | None = None
     config: Path | None = None
     db: Path | None = None
+
+
+@dataclass
+class HeldWorkdir:
+    """.foundry/lock of a directory that exists, taken before the user is asked, so a second
+    build is refused before its confirmation, and held by the build that follows."""
+
+    workdir: Path
+    fd: int
+    made_artifact_dir: bool  # .foundry/ was made for the lock alone
+
+    @classmethod
+    def take(cls, workdir: Path) -> HeldWorkdir | None:
+        """None for a directory not made yet: the build takes its lock when it makes it."""
+        if not workdir.is_dir():
+            return None
+        from foundry.orchestrator.phases import ARTIFACT_DIR, lock_workdir
+
+        made = kind_beneath(workdir, ARTIFACT_DIR) is None
+        return cls(workdir, lock_workdir(workdir), made)
+
+    def release(self) -> None:
+        """Unlock; a .foundry/ made for the lock alone (the user said no, a check failed)
+        is not left behind in the user's directory."""
+        from foundry.orchestrator.phases import ARTIFACT_DIR, LOCK_FILE, unlock_workdir
+
+        if self.made_artifact_dir and list_beneath(self.workdir, ARTIFACT_DIR) == [LOCK_FILE]:
+            with contextlib.suppress(OSError):
+                unlink_beneath(self.workdir, f"{ARTIFACT_DIR}/{LOCK_FILE}")
+                os.rmdir(self.workdir / ARTIFACT_DIR)  # only when empty
+        unlock_workdir(self.fd)
 
 
 def is_writable(path: Path) -> bool:
