@@ -1,11 +1,27 @@
 """What every streaming backend shares: the error for a stream its API would never send,
-and reading an SDK's stream so that data that is not JSON is that error, not a crash."""
+reading an SDK's stream so that data that is not JSON is that error, not a crash, and
+telling a whole JSON reply from a stream.
+
+Some proxies answer a streaming request with the whole reply as one JSON document (an
+Anthropic Message, a chat.completion): under a JSON content type (LiteLLM's mock), or under
+`text/event-stream` (the LiteLLM proxy relaying an origin's JSON reply). An SDK's SSE
+decoder finds no events in such a body, so the attempt looked interrupted and was retried,
+paying the origin again for a reply already received and losing its usage.
+`whole_json_body` recognises it before the SDK reads the stream; each backend reads the
+document as its API's reply.
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable, Iterator
 from typing import Any
+
+# A whole reply of the largest output any model writes is well under 1 MB; past this, the
+# body is no reply (and a proxy streaming endless bytes is stopped by the deadline meanwhile).
+MAX_WHOLE_BYTES = 32 * 1024 * 1024
+SSE_WHITESPACE = b" \t\r\n"
 
 
 class MalformedStream(Exception):
@@ -24,3 +40,35 @@ def decoded(stream: Iterable[Any], what: str) -> Iterator[Any]:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise MalformedStream(f"{what} that is not JSON ({exc.__class__.__name__})") from None
         yield item
+
+
+def whole_json_body(response: Any) -> bytes | None:
+    """The body of a streaming response that is one JSON document rather than events, or
+    None for a real event stream. An SSE stream never starts with `{` (its lines start with
+    a field name or `:`), so the first bytes that are not blank decide; they are handed
+    back to the SDK, which reads the stream through `response.iter_bytes()` (decoded: a
+    gzipped body is sniffed as the text it is). Both SDKs look that method up when their
+    stream is first iterated, so this runs after the response arrives and before that."""
+    if "json" in response.headers.get("content-type", ""):
+        return _read_capped(response.iter_bytes(), [])
+    chunks = response.iter_bytes()
+    seen: list[bytes] = []
+    for chunk in chunks:
+        seen.append(chunk)
+        if chunk.lstrip(SSE_WHITESPACE):
+            break
+    if b"".join(seen).lstrip(SSE_WHITESPACE).startswith(b"{"):
+        return _read_capped(chunks, seen)
+    rest = itertools.chain(seen, chunks)
+    response.iter_bytes = lambda *args, **kwargs: rest
+    return None
+
+
+def _read_capped(chunks: Any, seen: list[bytes]) -> bytes:
+    size = sum(len(c) for c in seen)
+    for chunk in chunks:
+        seen.append(chunk)
+        size += len(chunk)
+        if size > MAX_WHOLE_BYTES:
+            raise MalformedStream(f"a JSON body of over {MAX_WHOLE_BYTES:,} bytes, no reply")
+    return b"".join(seen)

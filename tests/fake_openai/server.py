@@ -12,7 +12,8 @@ talks to, shaped on what vLLM, llama.cpp and mlx_lm.server do.
   (503), slow (headers late), stream_cut, sse_error (an error object mid-stream), garbled
   (a chunk that is not JSON), no_finish (a clean end without finish_reason), context (400,
   vLLM's context-length message), error (any status), pings (keep-alive comments before
-  the reply, as mlx_lm.server sends while it prefills).
+  the reply, as mlx_lm.server sends while it prefills), json_for_stream / json_as_sse (a
+  whole chat.completion for the streaming request, as proxies send one: whole.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.fake_openai.whole import WHOLE_FAULTS, completion, send_whole
 
 BLOCK = 16
 TEXT_CHUNK = 8  # characters per content delta, so clients see several
@@ -41,6 +44,7 @@ FAULTS = {
     "context",
     "error",
     "pings",
+    *WHOLE_FAULTS,
 }
 CHOICE_MODES = ("none", "auto", "required")
 CONTEXT_MESSAGE = (
@@ -169,6 +173,28 @@ class FakeOpenAI:
         if self.report_cache == "cached_tokens":
             usage["prompt_tokens_details"] = {"cached_tokens": cached}
         return usage
+
+    def reported(
+        self, body: dict[str, Any], prompt: int, cached: int, output: int, whole: bool
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """(usage, timings) as the reply carries them, recorded in `usages`. A stream has
+        usage only when asked (include_usage); a whole completion always has it."""
+        usage: dict[str, Any] | None = self.usage(prompt, cached, output)
+        asked = whole or body.get("stream_options", {}).get("include_usage")
+        if not (asked and self.include_usage):
+            usage = None
+        timings = None
+        if self.report_cache == "timings":  # llama.cpp: timings on the last chunk
+            timings = {
+                "cache_n": cached,
+                "prompt_n": prompt - cached,
+                "prompt_per_second": 500.0,
+                "predicted_n": output,
+                "predicted_per_second": 50.0,
+            }
+            (usage or {}).pop("prompt_tokens_details", None)
+        self.usages.append({**(usage or {}), "timings": timings})
+        return usage, timings
 
 
 def _tool_choice_problem(body: dict[str, Any]) -> str | None:
@@ -306,6 +332,19 @@ class _Handler(BaseHTTPRequestHandler):
         def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
             return {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
+        if kind in WHOLE_FAULTS:
+            usage, timings = fake.reported(body, prompt, cached, output, whole=True)
+            whole_calls = [
+                {
+                    "id": f"call_{next(fake._ids)}",
+                    "type": "function",
+                    "function": {"name": name, "arguments": json.dumps(arguments)},
+                }
+                for name, arguments in calls
+            ]
+            reply_body = completion(head, text, whole_calls, usage, timings)
+            send_whole(self, kind, reply_body, options, f"req-fake-{next(fake._ids)}")
+            return None
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.send_header("transfer-encoding", "chunked")
@@ -339,20 +378,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self._event(chunk({"tool_calls": [part]}))
         if kind != "no_finish":
             self._event(chunk({}, "tool_calls" if calls else "stop"))
-        usage = fake.usage(prompt, cached, output)
+        usage, timings = fake.reported(body, prompt, cached, output, whole=False)
         final: dict[str, Any] = {**head, "choices": []}
-        if body.get("stream_options", {}).get("include_usage") and fake.include_usage:
+        if usage is not None:
             final["usage"] = usage
-        if fake.report_cache == "timings":  # llama.cpp: timings on the last chunk
-            final["timings"] = {
-                "cache_n": cached,
-                "prompt_n": prompt - cached,
-                "prompt_per_second": 500.0,
-                "predicted_n": output,
-                "predicted_per_second": 50.0,
-            }
-            final.get("usage", {}).pop("prompt_tokens_details", None)
-        fake.usages.append({**final.get("usage", {}), "timings": final.get("timings")})
+        if timings is not None:
+            final["timings"] = timings
         if len(final) > len(head) + 1:
             self._event(final)
         self._chunk(b"data: [DONE]\n\n")

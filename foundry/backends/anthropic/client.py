@@ -22,7 +22,7 @@ from foundry.backends.anthropic.errors import (
     classify_error,
 )
 from foundry.backends.anthropic.layout import build_layout, keepalive_request, map_usage
-from foundry.backends.anthropic.stream import StreamState, whole_json_body
+from foundry.backends.anthropic.stream import StreamState
 from foundry.backends.base import (
     AttemptCallback,
     ModelRequest,
@@ -31,7 +31,7 @@ from foundry.backends.base import (
 )
 from foundry.backends.endpoints import check_reachable, safe_url
 from foundry.backends.retry import AttemptFailed, Attempts, RetryPolicy
-from foundry.backends.streams import MalformedStream, decoded
+from foundry.backends.streams import MalformedStream, decoded, whole_json_body
 from foundry.config import FoundryConfig
 from foundry.errors import BackendError, FoundryError
 from foundry.usage import Usage

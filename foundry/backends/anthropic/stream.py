@@ -7,54 +7,18 @@ it persists, never a traceback.
 Some proxies answer a streaming request with a whole JSON Message instead, under a JSON
 content type (LiteLLM's mock) or under `text/event-stream` (the LiteLLM 1.74 proxy relaying
 an origin's JSON reply). The SDK's SSE decoder finds no events in such a body, so it is
-recognised here first (`whole_json_body`), and read as the Message it is: retrying it would
-pay the origin again for a reply already received.
+recognised first (foundry.backends.streams.whole_json_body, shared with the openai
+backend), and read as the Message it is: retrying it would pay the origin again for a reply
+already received.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 from typing import Any
 
 from foundry.backends.streams import MalformedStream
-
-# A Message of the largest output any model writes is well under 1 MB; past this, the body
-# is no reply (and a proxy streaming endless bytes is stopped by the deadline meanwhile).
-MAX_WHOLE_BYTES = 32 * 1024 * 1024
-SSE_WHITESPACE = b" \t\r\n"
-
-
-def whole_json_body(response: Any) -> bytes | None:
-    """The body of a streaming response that is one JSON document rather than events, or
-    None for a real event stream. An SSE stream never starts with `{` (its lines start with
-    a field name or `:`), so the first bytes that are not blank decide; they are handed
-    back to the SDK, which reads the stream through `response.iter_bytes()` (decoded: a
-    gzipped body is sniffed as the text it is)."""
-    if "json" in response.headers.get("content-type", ""):
-        return _read_capped(response.iter_bytes(), [])
-    chunks = response.iter_bytes()
-    seen: list[bytes] = []
-    for chunk in chunks:
-        seen.append(chunk)
-        if chunk.lstrip(SSE_WHITESPACE):
-            break
-    if b"".join(seen).lstrip(SSE_WHITESPACE).startswith(b"{"):
-        return _read_capped(chunks, seen)
-    rest = itertools.chain(seen, chunks)
-    response.iter_bytes = lambda *args, **kwargs: rest
-    return None
-
-
-def _read_capped(chunks: Any, seen: list[bytes]) -> bytes:
-    size = sum(len(c) for c in seen)
-    for chunk in chunks:
-        seen.append(chunk)
-        size += len(chunk)
-        if size > MAX_WHOLE_BYTES:
-            raise MalformedStream(f"a JSON body of over {MAX_WHOLE_BYTES:,} bytes, no Message")
-    return b"".join(seen)
 
 
 def _field(obj: Any, name: str, where: str, kind: type = object) -> Any:

@@ -40,7 +40,7 @@ from foundry.backends.openai.errors import (
 from foundry.backends.openai.messages import ToolFormat, reply_blocks, request_params
 from foundry.backends.openai.stream import StreamState, map_usage
 from foundry.backends.retry import AttemptFailed, Attempts, RetryPolicy
-from foundry.backends.streams import MalformedStream, decoded
+from foundry.backends.streams import MalformedStream, decoded, whole_json_body
 from foundry.config import FoundryConfig
 from foundry.errors import UsageError
 from foundry.usage import Usage
@@ -224,10 +224,13 @@ class OpenAIBackend:
                 request_id = stream.response.headers.get("x-request-id")
                 left_s = self.settings.deadline_s - state.elapsed_ms / 1000
                 with _deadline(stream, left_s, expired):
-                    for chunk in decoded(stream, "a chunk"):
+                    # A proxy's whole chat.completion is the reply, usage and all: the SDK
+                    # would find no chunks in it, and a retry would be billed again.
+                    whole = whole_json_body(stream.response)
+                    for chunk in decoded(stream, "a chunk") if whole is None else [whole]:
                         if cancel is not None and cancel.is_set():
                             raise AttemptFailed("cancelled", "the request was cancelled")
-                        text = state.handle(chunk)
+                        text = state.handle(chunk) if whole is None else state.take_whole(chunk)
                         if text and on_text is not None:
                             on_text(text)
             calls = state.tool_calls()
@@ -326,7 +329,10 @@ class OpenAIBackend:
         rate = _positive(timings.get("prompt_per_second"))
         prefilled = usage.input_tokens + usage.cache_write_tokens
         ttft_s = (state.ttft_ms or 0) / 1000
-        if rate is None and not usage.cache_read_unknown_tokens and ttft_s > 0:
+        # A whole reply arrives at once: its time to first token is all of it, so neither
+        # rate can be estimated (a server's own timings still count).
+        estimate = not state.whole
+        if rate is None and estimate and not usage.cache_read_unknown_tokens and ttft_s > 0:
             # Time to first token is mostly prefill; a few tokens are mostly overhead.
             rate = prefilled / ttft_s if prefilled >= RATE_SAMPLE_MIN_TOKENS else None
         if rate is not None:
@@ -334,7 +340,12 @@ class OpenAIBackend:
             self._prefill_rate = max(rate, self._prefill_rate or 0.0)
         usage.generation_tokens_per_s = _positive(timings.get("predicted_per_second"))
         decode_s = (state.elapsed_ms - (state.ttft_ms or 0)) / 1000
-        if usage.generation_tokens_per_s is None and usage.output_tokens > 1 and decode_s > 0:
+        if (
+            usage.generation_tokens_per_s is None
+            and estimate
+            and usage.output_tokens > 1
+            and decode_s > 0
+        ):
             usage.generation_tokens_per_s = (usage.output_tokens - 1) / decode_s
         if self.local:  # what the server's cache saved, at the best prefill rate measured
             usage.prefill_saved_ms = _saved_ms(usage.cache_read_tokens, self._prefill_rate)

@@ -5,6 +5,10 @@ OpenAI's schema (llama.cpp's `timings`) is seen too. Anything a Chat Completions
 never holds (a chunk that is not an object, choices that are not a list, a tool-call delta
 without an index, text that is not a string) is a MalformedStream.
 
+A proxy may answer the streaming request with a whole chat.completion instead
+(foundry.backends.streams.whole_json_body finds it): `take_whole` reads its message as one
+delta, so the reply, its tool calls and its usage are the same as if it had streamed.
+
 Usage: `prompt_tokens` is the whole prompt; `prompt_tokens_details.cached_tokens` the part
 the server served from its prefix cache (llama.cpp's `timings.cache_n`, DeepSeek's
 `prompt_cache_hit_tokens` where the usage has no such field). A server that reports none
@@ -53,6 +57,7 @@ class StreamState:
         self.model: str | None = None
         self.response_id: str | None = None
         self.chunks = 0
+        self.whole = False  # the reply came as one chat.completion, not as chunks
 
     @property
     def started(self) -> bool:
@@ -104,6 +109,24 @@ class StreamState:
                 self.finish_reason = str(choice["finish_reason"])
         return "".join(added) or None
 
+    def take_whole(self, body: bytes) -> str | None:
+        """Take a whole chat.completion (what a proxy sent for the stream); return its text.
+        Each choice's `message` is read as the one delta that carries all of it."""
+        try:
+            data = json.loads(body)
+        except ValueError as exc:  # (UnicodeDecodeError is one)
+            raise MalformedStream(f"a JSON body that is not JSON ({type(exc).__name__})") from None
+        if not isinstance(data, dict):
+            raise MalformedStream("a JSON body that is not a JSON object")
+        choices = data.get("choices")
+        if not isinstance(choices, list) or not choices:
+            error = data.get("error")
+            if isinstance(error, dict):  # an error relayed with a 200: say what it was
+                raise MalformedStream(f"an error for a reply: {str(error.get('message'))[:200]}")
+            raise MalformedStream("a JSON body with no choices, not a chat completion")
+        self.whole = True
+        return self.handle({**data, "choices": [_as_delta(choice) for choice in choices]})
+
     def _tool_call_delta(self, call: Any) -> None:
         if not isinstance(call, dict) or not isinstance(call.get("index", 0), int):
             raise MalformedStream("a tool-call delta without an index")
@@ -147,6 +170,22 @@ class StreamState:
                 }
             )
         return calls
+
+
+def _as_delta(choice: Any) -> Any:
+    """A completion's choice as a chunk's: its message as the delta, each tool call given
+    the index a stream numbers it by (a message's calls have none)."""
+    if not isinstance(choice, dict) or "message" not in choice:
+        return choice  # a chunk's choice already (or not a choice: handle() says so)
+    message = choice["message"]
+    if not isinstance(message, dict):
+        raise MalformedStream("a choice whose message is not an object")
+    calls = message.get("tool_calls") or []
+    if not isinstance(calls, list):
+        raise MalformedStream("a message whose tool_calls are not a list")
+    indexed = [{"index": i, **c} if isinstance(c, dict) else c for i, c in enumerate(calls)]
+    delta = {**message, "tool_calls": indexed}
+    return {key: value for key, value in choice.items() if key != "message"} | {"delta": delta}
 
 
 def map_usage(usage: dict[str, Any] | None, timings: dict[str, Any] | None) -> Usage | None:
