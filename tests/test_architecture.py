@@ -1,6 +1,6 @@
-"""The architecture the README draws, checked: no import cycles, each heavy library imported
-only by the package that owns it, and a top level that keeps only what every subsystem
-shares."""
+"""The architecture docs/development.md draws (*Where a change goes*), checked: no import
+cycles, each heavy library imported only by the package that owns it, and a top level that
+keeps only what every subsystem shares."""
 
 from __future__ import annotations
 
