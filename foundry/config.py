@@ -281,7 +281,7 @@ def _describe(error: ErrorDetails) -> str:
 
 def parse_config(data: Any, source: str) -> FoundryConfig:
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: the top level must be a JSON object", "see the README")
+        raise ConfigError(f"{source}: the top level must be a JSON object", "see docs/configuration.md")
     try:
         config = FoundryConfig.model_validate(data)
     except ValidationError as exc:
@@ -289,7 +289,7 @@ def parse_config(data: Any, source: str) -> FoundryConfig:
         more = len(exc.errors()) - 1
         extra = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
         raise ConfigError(
-            f"{source}: {first}{extra}", "fix the file; the README lists every key"
+            f"{source}: {first}{extra}", "fix the file; docs/configuration.md lists every key"
         ) from None
     config.source = source
     return config
