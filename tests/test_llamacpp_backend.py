@@ -344,3 +344,30 @@ def test_foundry_serve_serves_it(gguf, tmp_path) -> None:
     assert stats["memory"]["peak_rss_bytes"] > 0 and "mlx_peak_bytes" not in stats["memory"]
     assert stats["l1"]["entries"][0]["tokens"] >= second.usage.cache_read_input_tokens
     assert stats["disk"]["entries"] >= 1
+
+
+def test_a_bare_gguf_name_is_looked_up_in_the_models_dir_only(gguf, tmp_path, monkeypatch) -> None:
+    """A .gguf a model's command wrote in the current directory (a working directory) is not
+    what a bare name means; ./NAME.gguf, written as a path, is. The file is checked once."""
+    import shutil
+
+    from foundry.config import models_dir
+    from foundry.local import llamacpp_models
+
+    shutil.copy(gguf, "planted.gguf")
+    with pytest.raises(LocalModelError, match="no GGUF file for local model 'planted.gguf'"):
+        backend("planted.gguf", config(tmp_path)).check()
+    assert llamacpp_models.find_gguf("planted.gguf") is None
+    checked: list[Path] = []
+    validate = llamacpp_models.validate_gguf
+    monkeypatch.setattr(
+        llamacpp_models, "validate_gguf", lambda p: checked.append(p) or validate(p)
+    )
+    named = backend("./planted.gguf", config(tmp_path))
+    named.load()
+    named.close()
+    assert checked == [Path("planted.gguf")]
+    models_dir().mkdir(parents=True, exist_ok=True)
+    shutil.copy(gguf, models_dir() / "kept.gguf")
+    assert llamacpp_models.find_gguf("kept.gguf") == models_dir() / "kept.gguf"
+    assert llamacpp_models.find_gguf("kept") == models_dir() / "kept.gguf"

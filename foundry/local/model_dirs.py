@@ -75,22 +75,40 @@ def validate_model_dir(path: Path) -> Path:
     return path
 
 
+def written_path(model: str) -> Path | None:
+    """The path `model` is when the user wrote one (a '/', or a leading '.' or '~'), else None:
+    a bare name is only ever looked up in $FOUNDRY_HOME/models, never in the current
+    directory, which may be a build's working directory where the model writes files."""
+    if "/" in model or model.startswith((".", "~")):
+        return Path(model).expanduser()
+    return None
+
+
+def absolute_model(model: str) -> str:
+    """A path the user wrote, made absolute (it then means the same from any directory); a
+    name as it is."""
+    path = written_path(model)
+    return model if path is None else os.path.abspath(path)
+
+
 def resolve_model(model: str) -> Path:
-    """A name from `foundry models list`, else a path to a model directory."""
-    if is_safe_name(model) and (models_dir() / model).is_dir():
-        return validate_model_dir(models_dir() / model)
-    candidate = Path(model).expanduser()
-    if candidate.is_file() and candidate.suffix.lower() == ".gguf":
+    """A name from `foundry models list` (a directory in $FOUNDRY_HOME/models), or a path to a
+    model directory that the user wrote as a path."""
+    candidate = written_path(model)
+    if candidate is None and is_safe_name(model):
+        candidate = models_dir() / model
+    if candidate is not None and candidate.is_file() and candidate.suffix.lower() == ".gguf":
         raise LocalModelError(
             f"{candidate} is a GGUF file, not an MLX model directory",
             "run it with --backend llamacpp, or import it with 'foundry models import-gguf'",
         )
-    if candidate.exists():
+    if candidate is not None and candidate.exists():
         return validate_model_dir(candidate)
     hint = (
         f"run 'foundry models pull {model}'"
         if model in PULLABLE
-        else "run 'foundry models list', or import one with 'foundry models import-gguf FILE'"
+        else "run 'foundry models list', or import one with 'foundry models import-gguf FILE' "
+        "(a model directory elsewhere is named by its path, such as ./NAME)"
     )
     raise LocalModelError(f"local model '{model}' not found", hint)
 

@@ -171,7 +171,7 @@ def _check_test_phase(phases: tuple[str, ...], workdir: Path) -> None:
 def prepare_build(options: BuildOptions, config: FoundryConfig | None = None) -> PreparedBuild:
     """`config`: already loaded from options.config (a resume loads it once, so a notice
     about an ignored config file is said once)."""
-    from foundry.backends.registry import create_backend, resolve_backend
+    from foundry.backends.registry import create_backend, is_local, resolve_backend
     from foundry.config import ledger_path, load_config
     from foundry.orchestrator.build import BuildPlan
     from foundry.orchestrator.deploy import check_own_git, require_git
@@ -205,12 +205,14 @@ def prepare_build(options: BuildOptions, config: FoundryConfig | None = None) ->
         require_git()
         if workdir.is_dir():  # deploy would refuse it anyway: say so before the model runs
             check_own_git(workdir)
-    backend = create_backend(
-        resolve_backend(config, options.backend, options.model),
-        config,
-        options.model,
-        options.base_url,
-    )
+    backend_name = resolve_backend(config, options.backend, options.model)
+    model = options.model
+    if model is not None and is_local(backend_name):
+        from foundry.local.model_dirs import absolute_model
+
+        # Recorded for a resume, which may run from another directory (the working one).
+        model = absolute_model(model)
+    backend = create_backend(backend_name, config, model, options.base_url)
     if not options.estimate:
         require_available(config.build.sandbox)  # build.sandbox "require" without one: refused
     iterations = options.max_test_iterations or config.build.max_test_iterations
