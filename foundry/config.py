@@ -281,7 +281,9 @@ def _describe(error: ErrorDetails) -> str:
 
 def parse_config(data: Any, source: str) -> FoundryConfig:
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: the top level must be a JSON object", "see docs/configuration.md")
+        raise ConfigError(
+            f"{source}: the top level must be a JSON object", "see docs/configuration.md"
+        )
     try:
         config = FoundryConfig.model_validate(data)
     except ValidationError as exc:
