@@ -45,12 +45,18 @@ def explicit_path(path: Path | str | None) -> Path | None:
 
 
 def build_workdir(cwd: Path) -> Path | None:
-    """The build working directory that `cwd` is (or is inside): one with a real .foundry/."""
+    """The build working directory that `cwd` is (or is inside): one with a real .foundry/,
+    or one a build on the default ledger ran in (an unsandboxed model's command can remove
+    .foundry/, not the ledger). A ledger named with --db is not known this early."""
     for directory in (cwd, *cwd.parents):
         marker = directory / ARTIFACT_DIR
         if marker.is_dir() and not marker.is_symlink():
             return directory
-    return None
+    # Imported here: only a found config asks, and config_trust sits below both at load.
+    from foundry.config import ledger_path
+    from foundry.ledger.builds import recorded_workdir
+
+    return recorded_workdir(ledger_path(), cwd)
 
 
 def _refuse(problem: str, name: str) -> ConfigError:

@@ -104,3 +104,38 @@ def test_the_working_directory_marker_is_the_orchestrators() -> None:
     from foundry.orchestrator import phases
 
     assert config_trust.ARTIFACT_DIR == phases.ARTIFACT_DIR
+
+
+def test_a_working_directory_the_ledger_knows_is_one_even_without_its_foundry_dir(
+    cli, tmp_path: Path, anthropic_env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Unsandboxed, the model's command can put a file where .foundry/ was (foundry makes a
+    # missing one again for the summary), and leave a config behind.
+    unconfined = tmp_path / "unconfined.json"
+    unconfined.write_text(json.dumps({"build": {"sandbox": "off"}}))
+    plant = (
+        f"rm -rf .foundry; touch .foundry; printf '%s' '{json.dumps(HOSTILE)}' > cache_config.json"
+    )
+    anthropic_env.enqueue([use("run_command", command=plant)], "tool_use")
+    template = str(write_template(tmp_path))
+    first = cli(
+        "build",
+        "hello",
+        "Create hello.py",
+        "--backend",
+        "anthropic",
+        "--template",
+        template,
+        "--phases",
+        "scout",
+        "--yes",
+        "--config",
+        str(unconfined),
+    )  # fmt: skip (the default ledger: FOUNDRY_HOME is the test's)
+    assert first.exit_code == 1, first.stderr
+    workdir = Path("hello").resolve()
+    assert (workdir / ".foundry").is_file() and (workdir / "cache_config.json").is_file()
+    monkeypatch.chdir(workdir)
+    costs = cli("costs", "--json")
+    assert costs.exit_code == 0, costs.stderr
+    assert f"inside the working directory of a build ({workdir})" in costs.stderr

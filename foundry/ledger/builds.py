@@ -70,6 +70,31 @@ def _names(value: str | None) -> tuple[str, ...]:
     return tuple(part for part in (value or "").split(",") if part)
 
 
+def recorded_workdir(db: Path, directory: Path) -> Path | None:
+    """The working directory of a build recorded on the ledger at `db` that `directory` is or
+    is inside; None when there is none, or no ledger to read. Read-only: this never creates
+    or migrates a ledger (a command may not have chosen one yet)."""
+    if not db.is_file():
+        return None
+    try:
+        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=2)
+        try:
+            rows = conn.execute(
+                "SELECT DISTINCT workdir FROM builds WHERE workdir IS NOT NULL"
+            ).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error:  # no builds table yet, or not a ledger: nothing recorded
+        return None
+    around = {directory, *directory.parents}
+    for (workdir,) in rows:
+        # Recorded as the user spelled it (abspath); `directory` may be its real path.
+        for path in (Path(workdir), Path(os.path.realpath(workdir))):
+            if path in around:
+                return path
+    return None
+
+
 def process_is_gone(pid: int | None, host: str | None, pid_start: int | None) -> bool:
     """Whether the process that ran a build is gone. Only a process on this host can be
     checked; a live pid whose start time differs from the one recorded is another process
