@@ -82,11 +82,11 @@ class Terminated(KeyboardInterrupt):
         return "terminated by a signal (SIGTERM)"
 
 
-def install_hint(extra: str) -> str:
+def install_hint(extra: str, *, env: str = "") -> str:
     """How to install one of foundry's extras, as it works from a checkout (foundry is not
-    on PyPI: the `foundry` there is an unrelated project)."""
-    compile_first = 'CMAKE_ARGS="-DLLAVA_BUILD=OFF" ' if extra == "llamacpp" else ""
+    on PyPI: the `foundry` there is an unrelated project). `env`: variables the install
+    needs first (llama.cpp's build options)."""
     return (
-        f"install the {extra} extra: in your foundry checkout, {compile_first}"
+        f"install the {extra} extra: in your foundry checkout, {env}"
         f".venv/bin/pip install -c constraints.txt -e '.[{extra}]'"
     )

@@ -30,9 +30,8 @@ SEQ = 0  # the one sequence a context holds
 # KV cache element types foundry offers (llama.cpp's GGML_TYPE_* numbers); f16 is the default.
 KV_TYPES = {"f16": 1, "f32": 0, "q8_0": 8}
 KV_ELEMENT_BYTES = {"f16": 2.0, "f32": 4.0, "q8_0": 34 / 32}  # q8_0: 32 values in 34 bytes
-INSTALL_HINT = (
-    f"{install_hint('llamacpp')} (it compiles llama.cpp with cmake and a C++ compiler: "
-    "about 3.5 minutes on 2 cores)"
+INSTALL_HINT = install_hint("llamacpp", env="CMAKE_ARGS=-DLLAVA_BUILD=OFF ") + (
+    " (it compiles llama.cpp with cmake and a C++ compiler: about 3.5 minutes on 2 cores)"
 )
 
 
