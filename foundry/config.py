@@ -309,7 +309,7 @@ def load_config(path: Path | str | None = None) -> FoundryConfig:
     cwd = Path.cwd()
     found = cwd / CONFIG_FILENAME
     if os.path.lexists(found):
-        workdir = config_trust.build_workdir(cwd)
+        workdir = config_trust.build_workdir(cwd, ledger_path())
         if workdir is not None:
             from foundry import console
 

@@ -44,7 +44,7 @@ def explicit_path(path: Path | str | None) -> Path | None:
     return Path(env).expanduser() if env else None
 
 
-def build_workdir(cwd: Path) -> Path | None:
+def build_workdir(cwd: Path, default_ledger: Path) -> Path | None:
     """The build working directory that `cwd` is (or is inside): one with a real .foundry/,
     or one a build on the default ledger ran in (an unsandboxed model's command can remove
     .foundry/, not the ledger). A ledger named with --db is not known this early."""
@@ -52,11 +52,10 @@ def build_workdir(cwd: Path) -> Path | None:
         marker = directory / ARTIFACT_DIR
         if marker.is_dir() and not marker.is_symlink():
             return directory
-    # Imported here: only a found config asks, and config_trust sits below both at load.
-    from foundry.config import ledger_path
+    # Imported here: only a found config asks, and the ledger costs ~47 ms to import.
     from foundry.ledger.builds import recorded_workdir
 
-    return recorded_workdir(ledger_path(), cwd)
+    return recorded_workdir(default_ledger, cwd)
 
 
 def _refuse(problem: str, name: str) -> ConfigError:
