@@ -131,8 +131,9 @@ def _open_dir(root: str | os.PathLike[str], parts: tuple[str, ...], *, create: b
             except OSError as exc:  # ELOOP for a link, ENOTDIR for a file
                 shown = "/".join(parts[:depth])
                 raise _refused(fd, part, shown, "a directory", exc) from None
-            os.close(fd)
-            fd = inner
+            # Swap first: a Ctrl-C between the two must not leave `fd` naming a closed one.
+            fd, outer = inner, fd
+            os.close(outer)
     except BaseException:
         os.close(fd)
         raise
