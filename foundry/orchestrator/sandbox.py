@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -27,7 +26,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from foundry.errors import FoundryError
-from foundry.orchestrator import seccomp
 from foundry.orchestrator.containment import COOKIE_ENV, Containment, PidsCgroup
 from foundry.orchestrator.ownership import Loan, command_uid
 from foundry.orchestrator.sandbox_env import command_env
@@ -44,12 +42,20 @@ from foundry.orchestrator.sandbox_paths import (
     runtime_dirs_under,
     unreachable_ancestors,
 )
+from foundry.orchestrator.sandbox_process import (
+    LIFELINE,
+    SETPRIV,
+    SETPRIV_CAPS,
+    drop_root,
+    seccomp_pipe,
+    set_limits,
+    user_task_count,
+)
 
 if TYPE_CHECKING:
-    from foundry.config import BuildConfig, SandboxLimits
+    from foundry.config import BuildConfig
 
 TOOL = "bwrap"
-SETPRIV = "setpriv"  # util-linux: how a command started by root leaves root
 INSTALL_HINT = "install bubblewrap (apt-get install bubblewrap, or dnf install bubblewrap)"
 # bwrap's own two processes (the monitor and the namespace's init) count against the
 # process limit; the user's number is for the command's own.
@@ -137,80 +143,8 @@ def _namespace_flags(*, network: bool, drop_root: bool = False) -> list[str]:
     flags = ["--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc"]
     flags += ["--unshare-uts", "--hostname", "foundry-sandbox", "--cap-drop", "ALL"]
     if drop_root:  # only what setpriv needs to leave root, and it drops them with root
-        flags += [arg for cap in _SETPRIV_CAPS for arg in ("--cap-add", cap)]
+        flags += [arg for cap in SETPRIV_CAPS for arg in ("--cap-add", cap)]
     return flags if network else [*flags, "--unshare-net"]
-
-
-_SETPRIV_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")
-
-
-def _drop_root(uid: int, gid: int) -> list[str]:
-    return [
-        SETPRIV,
-        f"--reuid={uid}",
-        f"--regid={gid}",
-        "--clear-groups",
-        "--bounding-set=-all",
-        "--inh-caps=-all",
-        "--no-new-privs",
-        "--",
-    ]
-
-
-def _seccomp_fd() -> int | None:
-    """A pipe holding the compiled filter for bwrap's --seccomp (read once, by bwrap)."""
-    code = seccomp.program()
-    if code is None:
-        return None
-    read_end, write_end = os.pipe()
-    try:
-        os.write(write_end, code)  # a few hundred bytes: well inside the pipe's buffer
-    finally:
-        os.close(write_end)
-    return read_end
-
-
-# bwrap arms --die-with-parent in each of its two processes only after its setup, and never
-# checks whether the parent is already gone: a foundry killed in that window (or bwrap's
-# outer process dying in its init's window) left the sandbox's init and the command running,
-# reparented to the host's init. So the command also holds a lifeline: a pipe whose only
-# write end is foundry's. A watcher inside reads it; end of file (foundry is gone, however it
-# died) kills every process of the command, and the sandbox's init exits with its child.
-_LIFELINE = '(read line </proc/self/fd/{fd}; kill -9 -1) >/dev/null 2>&1 & exec /bin/sh -c "$1"'
-
-
-def _set_limits(limits: SandboxLimits, processes: int | None) -> None:
-    """Called in the child before exec. RLIMIT_NPROC is ignored for root by the kernel."""
-    mib = 1024 * 1024
-    wanted = [
-        (resource.RLIMIT_AS, limits.memory_mb and limits.memory_mb * mib),
-        (resource.RLIMIT_CPU, limits.cpu_s),
-        (resource.RLIMIT_FSIZE, limits.file_size_mb and limits.file_size_mb * mib),
-        (resource.RLIMIT_NPROC, processes),
-    ]
-    for kind, value in wanted:
-        if not value:
-            continue
-        try:
-            _soft, hard = resource.getrlimit(kind)
-            capped = value if hard == resource.RLIM_INFINITY else min(value, hard)
-            resource.setrlimit(kind, (capped, capped))
-        except (ValueError, OSError):  # a limit this system does not have: the rest hold
-            continue
-
-
-def _user_task_count() -> int:
-    """Processes and threads of this user now: RLIMIT_NPROC counts them all, not only ours."""
-    uid, count = os.getuid(), 0
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
-        if not entry.isdigit():
-            continue
-        try:
-            if os.stat(f"/proc/{entry}").st_uid == uid:
-                count += len(os.listdir(f"/proc/{entry}/task"))
-        except OSError:
-            continue
-    return count
 
 
 @dataclass
@@ -385,11 +319,11 @@ class Sandbox:
             argv += ["--ro-bind", "/dev/null", file]
         shell = ["/bin/sh", "-c", command]
         if lifeline_fd is not None:
-            shell = ["/bin/sh", "-c", _LIFELINE.format(fd=lifeline_fd), "sh", command]
+            shell = ["/bin/sh", "-c", LIFELINE.format(fd=lifeline_fd), "sh", command]
         if uid is not None:
             # Root inside is still root to the kernel; the command runs as uid, with no
             # capability left to regain and no set-id binary to gain one from.
-            shell = [*_drop_root(*uid), *shell]
+            shell = [*drop_root(*uid), *shell]
         return [*argv, "--chdir", workdir, "--", *shell]
 
     def launch(self, command: str, *, network: bool) -> Launch:
@@ -402,12 +336,12 @@ class Sandbox:
         )
         nproc = None
         if processes and os.getuid() != 0 and not containment.caps_processes:
-            nproc = _user_task_count() + processes
+            nproc = user_task_count() + processes
         seccomp_fd = lifeline_fd = lifeline = None
         loan = None
         if self.confined:
             self._hidden = self.hidden_paths()  # once per command: a ledger's WAL may appear
-            seccomp_fd = _seccomp_fd()
+            seccomp_fd = seccomp_pipe()
             lifeline_fd, lifeline = os.pipe()
             # The watcher opens it by path, as the command's uid: readable, never writable.
             os.fchmod(lifeline_fd, 0o444)
@@ -423,7 +357,7 @@ class Sandbox:
 
         def preexec() -> None:
             containment.in_child()
-            _set_limits(limits, nproc)
+            set_limits(limits, nproc)
 
         fds = tuple(fd for fd in (seccomp_fd, lifeline_fd) if fd is not None)
         return Launch(argv, env, preexec, containment, self.confined, fds, loan, lifeline)
