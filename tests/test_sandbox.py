@@ -574,11 +574,15 @@ def test_sandbox_settings_are_checked(build: dict, expected: str) -> None:
 def test_a_toolchain_under_tmp_stays_usable_inside_the_private_tmp(
     tmp_path: Path, bwrap: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A CI checkout with its venv under /tmp: the private /tmp must not hide the interpreter
-    # the test command names, nor a PATH directory there; both are read-only inside.
-    tools = Path(tempfile.mkdtemp(prefix="foundry-toolchain-", dir="/tmp"))
+    # A CI checkout with its venv under /tmp (/tmp/clone/.venv/bin): the private /tmp must
+    # not hide the interpreter the test command names, nor a PATH directory there; both are
+    # read-only inside, and reachable by the uid a command runs as when foundry is root.
+    base = Path(tempfile.mkdtemp(prefix="foundry-toolchain-", dir="/tmp"))
     try:
-        tools.chmod(0o755)  # as a real venv is: the command may run as another uid
+        tools = base / "venv" / "bin"
+        tools.mkdir(parents=True)
+        for directory in (base, base / "venv", tools):
+            directory.chmod(0o755)  # as a real checkout and venv are
         script = tools / "hello-tool"
         script.write_text("#!/bin/sh\necho tool-ran\n")
         script.chmod(0o755)
@@ -589,10 +593,10 @@ def test_a_toolchain_under_tmp_stays_usable_inside_the_private_tmp(
             result = _run(box, f"hello-tool && touch {shlex.quote(str(tools))}/x || echo ro")
         finally:
             box.close()
-        assert "tool-ran" in result.output and "ro" in result.output.split()
+        assert "tool-ran" in result.output and "ro" in result.output.split(), result.output
         assert not (tools / "x").exists()
     finally:
-        shutil.rmtree(tools, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_a_ledger_inside_the_working_directory_stays_hidden(tmp_path: Path, bwrap: None) -> None:

@@ -147,6 +147,24 @@ def _namespace_flags(*, network: bool, drop_root: bool = False) -> list[str]:
     return flags if network else [*flags, "--unshare-net"]
 
 
+def _parents_inside(path: str, mounts: list[str], made: set[str]) -> list[str]:
+    """`--dir` for each missing parent of `path` inside the deepest of `mounts` (an empty
+    tmpfs) that holds it, 0755: bwrap would make them 0700, which a command running as
+    another uid could not pass through."""
+    holders = [m for m in mounts if path.startswith(m.rstrip("/") + "/")]
+    if not holders:
+        return []
+    holder = max(holders, key=len)
+    args: list[str] = []
+    parts = Path(path).relative_to(holder).parts
+    for depth in range(1, len(parts)):
+        parent = os.path.join(holder, *parts[:depth])
+        if parent not in made:
+            made.add(parent)
+            args += ["--perms", "0755", "--dir", parent]
+    return args
+
+
 @dataclass
 class Launch:
     """One command, ready for Popen; `end()` after it, always."""
@@ -255,14 +273,16 @@ class Sandbox:
 
     def _private_mounts(self, uid: tuple[int, int] | None, home: str) -> list[str]:
         """Directories hidden whole behind an empty tmpfs, outermost first: /tmp always,
-        and where the command runs as another uid, every directory it could not pass through
-        on the way to the working directory, its HOME or a toolchain (root's 0700 home,
-        pytest's 0700 base: bwrap makes a bind's missing parents with the host's modes)."""
+        and where the command runs as another uid, the outermost directory on the host's
+        file system it could not pass through on the way to the working directory, its HOME
+        or a toolchain (root's 0700 home)."""
         covered = {"/tmp"}
         if uid is not None:
             for path in (str(self.workdir), home, *runtime_dirs()):
-                covered.update(unreachable_ancestors(path, *uid))
-        return sorted(covered, key=lambda path: (path.count("/"), path))
+                covered.update(unreachable_ancestors(path, *uid)[:1])
+        # One inside another is already hidden by it (its binds get their parents made).
+        kept = [c for c in covered if not any(c.startswith(o + "/") for o in covered)]
+        return sorted(kept, key=lambda path: (path.count("/"), path))
 
     def bwrap_argv(
         self,
@@ -298,8 +318,9 @@ class Sandbox:
             perms = ["--perms", "1777", *size] if covered == "/tmp" else ["--perms", "0755"]
             argv += [*perms, "--tmpfs", covered]
         shown = {d for covered in private for d in runtime_dirs_under(covered)}
+        made = set(private)
         for directory in sorted(shown):  # a venv or a toolchain in there, read-only
-            argv += ["--ro-bind", directory, directory]
+            argv += [*_parents_inside(directory, private, made), "--ro-bind", directory, directory]
         # A later mount covers an earlier one: what is hidden goes after the working
         # directory's bind (a ledger inside it, --dir . --db ./foundry.db, stays hidden),
         # except a hidden directory that holds the working directory, which goes before.
@@ -307,7 +328,8 @@ class Sandbox:
         around = [d for d in hidden_dirs if self.workdir.is_relative_to(d)]
         for directory in around:
             argv += ["--tmpfs", directory]
-        argv += ["--bind", home, home, "--bind", workdir, workdir]
+        for path in (home, workdir):
+            argv += [*_parents_inside(path, [*private, *around], made), "--bind", path, path]
         for name in READ_ONLY_INSIDE:
             inside = self.workdir / name
             if inside.is_dir() and not inside.is_symlink():
