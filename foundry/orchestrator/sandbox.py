@@ -4,11 +4,12 @@ A Sandbox turns the build's settings (`build.sandbox`, `build.network`, `build.l
 `build.env_passthrough`) into what one command runs with: the argv, the environment, the
 limits set in the child before exec, and its Containment (containment.py). On Linux with
 bubblewrap the command gets new PID, IPC and UTS namespaces (and network, when its phase
-has none), a /proc of its own, no capabilities, the file system read-only but for the
-working directory, a private /tmp and HOME, the user's secret files hidden, and it dies with
-foundry. Without bubblewrap ("off", or "auto" where it is missing) it runs unconfined, but
-the environment, the limits and the end of every child still hold. docs/build.md, "The
-sandbox", says exactly what is and is not guaranteed.
+has none), a /proc of its own with the kernel's settings read-only, no capabilities, a
+seccomp filter, never uid 0 (ownership.py), the file system read-only but for the working
+directory, a private /tmp, /dev/shm and HOME, the user's secret files hidden, and a lifeline
+that ends it with foundry. Without bubblewrap ("off", or "auto" where it is missing) it runs
+unconfined, but the environment, the limits and the end of every child still hold.
+docs/sandbox.md says exactly what is and is not guaranteed.
 """
 
 from __future__ import annotations
