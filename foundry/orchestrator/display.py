@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from foundry.config import is_default_endpoint
-from foundry.console import one_line
+from foundry.console import Unclipped, one_line
 from foundry.formatting import money, percent
 from foundry.orchestrator.events import Events
 
@@ -146,8 +146,10 @@ def make_display(
     return PlainDisplay(console, max_cost, endpoint)
 
 
-def phase_table(phases: dict[str, PhaseStats], total: PhaseStats) -> Table:
-    """Per phase: status, turns, requests, tokens by kind, cache hit rate and cost."""
+def phase_table(phases: dict[str, PhaseStats], total: PhaseStats) -> Unclipped:
+    """Per phase: status, turns, requests, tokens by kind, cache hit rate and cost. In a
+    log (stderr not a terminal) it keeps its natural width: its cells do not wrap, so at
+    rich's guess of 80 columns they would be cut to "12,34…"."""
     table = Table(
         title="build by phase (tokens: in = uncached input, read/write = cache)",
         title_justify="left",
@@ -175,7 +177,7 @@ def phase_table(phases: dict[str, PhaseStats], total: PhaseStats) -> Table:
             money(stats.cost_usd),
             style="bold" if name == "total" else None,
         )
-    return table
+    return Unclipped(table)
 
 
 def summary_lines(summary: dict[str, Any], *, local: bool) -> list[str]:

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from foundry.console import Unclipped  # piped: every column whole, not cut at 80
 from foundry.formatting import money
 from foundry.prompt.split import SAMPLE_TASKS  # the boundary compares one rendering per task
 
@@ -37,7 +38,7 @@ def render_analysis(report: dict[str, Any], out: Console) -> None:
     for part in ("static", "dynamic"):
         row = report[part]
         sizes.add_row(part, f"{row['lines']:,}", f"{row['chars']:,}", f"{approx}{row['tokens']:,}")
-    out.print(sizes)
+    out.print(Unclipped(sizes))
     out.print(
         f"static sha256 {report['static']['sha256'][:16]}…; the dynamic part is shown for the "
         f"sample task '{report['sample_task']['build_name']}'"
@@ -88,7 +89,7 @@ def render_analysis(report: dict[str, Any], out: Console) -> None:
             table.add_row(
                 str(buster["line"]), buster["kind"], buster["text"], buster["source"] or "?"
             )
-        out.print(table)
+        out.print(Unclipped(table))
     out.print()
     _render_projection(report, out, approx)
 
@@ -121,7 +122,7 @@ def _render_projection(report: dict[str, Any], out: Console, approx: str) -> Non
             row["recommended_ttl"],
             style="bold" if is_chosen else ("dim" if row["will_cache"] is False else None),
         )
-    out.print(table)
+    out.print(Unclipped(table))
     out.print("best = the cheapest option; 'none' = below the model's minimum or not worth it.")
     unpriced = [row["model"] for row in p["models"] if not row["priced"]]
     if unpriced:

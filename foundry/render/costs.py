@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from foundry.console import table_width
 from foundry.formatting import money
 from foundry.ledger.costs import ROW_FIELDS
 
@@ -67,7 +68,8 @@ COLUMNS: list[tuple[str, Any]] = [
 def render_table(report: dict[str, Any], out: Console) -> None:
     """A plain aligned table on `out` (rich's Table takes seconds for thousands of rows).
     When every column does not fit the terminal, Input, Output and Uncached are left out and
-    the two write columns fold into one; JSON and CSV always carry every figure."""
+    the two write columns fold into one; JSON and CSV always carry every figure. No cell is
+    ever cut: a line longer than the terminal runs on (the console soft-wraps)."""
     total = report["totals"]
     if report["rows"] and all(r["kind"] == "local" for r in report["rows"]):
         # Nothing was paid for: the total is local too (time saved, not "$0.0000 saved").
@@ -83,7 +85,10 @@ def render_table(report: dict[str, Any], out: Console) -> None:
         cells = [[row["label"], *(cell(row) for _, cell in chosen)] for row in rows]
         widths = [max(len(x) for x in column) for column in zip(header, *cells, strict=True)]
         grids[wide] = (header, cells, widths)
-    wide = sum(grids[True][2]) + 2 * len(grids[True][2]) <= out.width
+    # Piped with no $COLUMNS there is no width to fit (see foundry.console.table_width),
+    # so a file or `| cat` gets every column rather than the narrow table rich's 80 picks.
+    limit = table_width(out)
+    wide = limit is None or sum(grids[True][2]) + 2 * len(grids[True][2]) <= limit
     header, cells, widths = grids[wide]
 
     def line(values: list[str]) -> str:
