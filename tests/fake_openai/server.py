@@ -9,11 +9,13 @@ talks to, shaped on what vLLM, llama.cpp and mlx_lm.server do.
 * Function calling, or a llama.cpp-style refusal of `tools` (`supports_tools=False`).
 * GET /v1/models, POST /tokenize (vLLM's shape; `has_tokenize=False` turns it off).
 * Faults (enqueue_fault): rate_limit (429 + retry-after), server_error (500), overloaded
-  (503), slow (headers late), stream_cut, sse_error (an error object mid-stream), garbled
-  (a chunk that is not JSON), no_finish (a clean end without finish_reason), context (400,
-  vLLM's context-length message), error (any status), pings (keep-alive comments before
-  the reply, as mlx_lm.server sends while it prefills), json_for_stream / json_as_sse (a
-  whole chat.completion for the streaming request, as proxies send one: whole.py).
+  (503), slow (headers late), prefill (silence for `for_s` before the first byte, after the
+  headers or, `before_headers=True`, before them: a cold prefill that sends nothing),
+  stream_cut, sse_error (an error object mid-stream), garbled (a chunk that is not JSON),
+  no_finish (a clean end without finish_reason), context (400, vLLM's context-length
+  message), error (any status), pings (keep-alive comments before the reply, as
+  mlx_lm.server sends while it prefills), json_for_stream / json_as_sse (a whole
+  chat.completion for the streaming request, as proxies send one: whole.py).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ FAULTS = {
     "server_error",
     "overloaded",
     "slow",
+    "prefill",
     "stream_cut",
     "sse_error",
     "garbled",
@@ -304,6 +307,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(status, message, code)
         if kind == "slow":
             time.sleep(float(options.get("delay_s", 2.0)))
+        if kind == "prefill" and options.get("before_headers"):
+            time.sleep(float(options.get("for_s", 2.0)))
         self._stream(body, kind, options)
         return None
 
@@ -350,6 +355,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("transfer-encoding", "chunked")
         self.send_header("x-request-id", f"req-fake-{next(fake._ids)}")
         self.end_headers()
+        self.wfile.flush()
+        if kind == "prefill" and not options.get("before_headers"):
+            time.sleep(float(options.get("for_s", 2.0)))
         if kind == "pings":
             for _ in range(int(float(options.get("for_s", 2.0)) / 0.05)):
                 self._chunk(b": keepalive 1/2\n\n")
