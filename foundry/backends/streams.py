@@ -9,13 +9,18 @@ decoder finds no events in such a body, so the attempt looked interrupted and wa
 paying the origin again for a reply already received and losing its usage.
 `whole_json_body` recognises it before the SDK reads the stream; each backend reads the
 document as its API's reply.
+
+A stream is judged by its progress, not by a total: `Watchdog` closes a response only when
+no part of the reply has come for its limit, however long the reply has been arriving.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable, Iterator
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 # A whole reply of the largest output any model writes is well under 1 MB; past this, the
@@ -72,3 +77,43 @@ def _read_capped(chunks: Any, seen: list[bytes]) -> bytes:
         if size > MAX_WHOLE_BYTES:
             raise MalformedStream(f"a JSON body of over {MAX_WHOLE_BYTES:,} bytes, no reply")
     return b"".join(seen)
+
+
+class Watchdog:
+    """Calls `close` (which closes the response) once `limit_s` seconds pass without
+    `progress()`, the first `already_s` of them spent before it was made; `expired` says
+    it did. A thread, not a read timeout: the SDKs swallow keep-alive comments and pings,
+    so bytes may keep a socket busy for ever without any part of a reply."""
+
+    def __init__(
+        self,
+        limit_s: float,
+        close: Callable[[], None],
+        *,
+        already_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit_s = limit_s
+        self.expired = threading.Event()
+        self._close, self._clock = close, clock
+        self._due = clock() + limit_s - already_s
+        self._stopped = threading.Event()
+
+    def progress(self) -> None:
+        """A part of the reply came: the limit starts again (one float store, no lock)."""
+        self._due = self._clock() + self.limit_s
+
+    def _watch(self) -> None:
+        # Wakes once per limit at most: a reply's chunks only move the due time.
+        while not self._stopped.wait(max(self._due - self._clock(), 0.0)):
+            if self._clock() >= self._due:
+                self.expired.set()
+                self._close()
+                return
+
+    def __enter__(self) -> Watchdog:
+        threading.Thread(target=self._watch, name="stream-watchdog", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stopped.set()

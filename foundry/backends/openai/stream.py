@@ -57,6 +57,7 @@ class StreamState:
         self.model: str | None = None
         self.response_id: str | None = None
         self.chunks = 0
+        self.outputs = 0  # chunks that carried a part of the reply (role-only ones do not)
         self.whole = False  # the reply came as one chat.completion, not as chunks
 
     @property
@@ -67,7 +68,9 @@ class StreamState:
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.t0) * 1000
 
-    def _first_token(self) -> None:
+    def _output(self) -> None:
+        """A part of the reply (text, a tool call, thinking) came: what counts as progress."""
+        self.outputs += 1
         if self.ttft_ms is None:
             self.ttft_ms = self.elapsed_ms
 
@@ -98,13 +101,13 @@ class StreamState:
                 if not isinstance(content, str):
                     raise MalformedStream("a delta whose content is not text")
                 if content:
-                    self._first_token()
+                    self._output()
                     self.text_parts.append(content)
                     added.append(content)
             for call in delta.get("tool_calls") or []:
                 self._tool_call_delta(call)
             if delta.get("reasoning") or delta.get("reasoning_content"):
-                self._first_token()  # thinking is output too, though not kept
+                self._output()  # thinking is output too, though not kept
             if choice.get("finish_reason"):
                 self.finish_reason = str(choice["finish_reason"])
         return "".join(added) or None
@@ -130,7 +133,7 @@ class StreamState:
     def _tool_call_delta(self, call: Any) -> None:
         if not isinstance(call, dict) or not isinstance(call.get("index", 0), int):
             raise MalformedStream("a tool-call delta without an index")
-        self._first_token()
+        self._output()
         entry = self.calls.setdefault(call.get("index", 0), {"id": None, "name": "", "args": []})
         entry["id"] = entry["id"] or call.get("id")
         function = call.get("function") or {}
