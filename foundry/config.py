@@ -90,8 +90,9 @@ class OpenAIConfig(_Section):
     max_retries: int = Field(default=4, ge=0, le=20)
     retry_budget_s: float = Field(default=120.0, gt=0)
     max_tokens: int = Field(default=4096, gt=0)
-    # The most one attempt may take: servers send keep-alive comments while they prefill
-    # (mlx_lm.server does), which keep a socket alive past any read timeout.
+    # The last resort: the longest an attempt may go without a part of the reply (its first
+    # included) while the server keeps the connection open, silent or sending keep-alives.
+    # A reply that keeps coming is never cut.
     deadline_s: float = Field(default=900.0, gt=0)
 
 

@@ -80,6 +80,7 @@ def test_retryable_faults_are_retried_and_reported(server, kind, options, error_
 
 def test_a_slow_server_times_out_then_the_retry_succeeds(server) -> None:
     be, _ = make(server, timeout_s=0.3)
+    be.loopback = False  # on loopback, silence is a prefill (test_openai_progress.py)
     server.enqueue_fault("slow", delay_s=1.0)
     failed: list[FailedAttempt] = []
     assert be.complete(request(), on_failed_attempt=failed.append).text == "OK"

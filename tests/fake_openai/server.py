@@ -331,7 +331,10 @@ class _Handler(BaseHTTPRequestHandler):
         reply = fake._reply()
         text, calls = reply["text"], reply["tool_calls"]
         output = max(1, len(tokens_of(text + json.dumps(calls))))
-        head = {"id": f"chatcmpl-{next(fake._ids)}", "object": "chat.completion.chunk"}
+        head: dict[str, Any] = {
+            "id": f"chatcmpl-{next(fake._ids)}",
+            "object": "chat.completion.chunk",
+        }
         head |= {"created": 0, "model": body["model"]}
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:

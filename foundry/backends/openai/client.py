@@ -9,16 +9,21 @@ Whether requests cost money depends on the endpoint, not on this class: a server
 loopback or a private network is local (free; what its cache saves is prefill time) unless
 its model has prices under `models` in cache_config.json; a public host is metered at those
 prices, or unpriced (NULL cost and a warning) without them. `openai.local` says it outright.
+
+An attempt is judged by its progress, never by a total: a cold prefill on a busy machine
+outlasted the 900 s total foundry once allowed. A server off loopback that sends no byte for
+`openai.timeout_s` (keep-alive comments count) is a timeout; a loopback server may prefill
+in silence while its connection stays open (were it gone, the kernel would close that at
+once). On any server, `openai.deadline_s` without a part of the reply is the last resort.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from foundry import console
@@ -36,11 +41,12 @@ from foundry.backends.openai.errors import (
     TOOLS_REFUSED,
     classify_error,
     error_text,
+    read_timed_out,
 )
 from foundry.backends.openai.messages import ToolFormat, reply_blocks, request_params
 from foundry.backends.openai.stream import StreamState, map_usage
 from foundry.backends.retry import AttemptFailed, Attempts, RetryPolicy
-from foundry.backends.streams import MalformedStream, decoded, whole_json_body
+from foundry.backends.streams import MalformedStream, Watchdog, decoded, whole_json_body
 from foundry.config import FoundryConfig
 from foundry.errors import UsageError
 from foundry.usage import Usage
@@ -81,6 +87,9 @@ class OpenAIBackend:
         self._warned_no_usage = False
         self._checked = False
         self.local = self._decide_local()
+        # Whether a silent server is still at work while its connection is open (tests
+        # set it to stand the loopback test server in for one on another machine).
+        self.loopback = endpoint.is_loopback_host(self.base_url)
 
     # -- capabilities ------------------------------------------------------------------------
 
@@ -159,6 +168,15 @@ class OpenAIBackend:
             self._client = endpoint.make_client(self.base_url, timeout_s=timeout_s)
         return self._client
 
+    def _timeout(self) -> Any:
+        """One attempt's socket limits. The read limit is the idle limit: no byte for that
+        long. On loopback it is the last resort instead, so a prefill that sends nothing
+        before its headers (or between them and its first chunk) is not cut."""
+        import httpx2
+
+        limit_s = min(self.settings.timeout_s, self.settings.deadline_s)
+        return httpx2.Timeout(limit_s, read=self.settings.deadline_s if self.loopback else limit_s)
+
     def _scrub(self, text: str) -> str:
         key = endpoint.api_key()
         return text.replace(key, "[redacted]") if key else text
@@ -220,23 +238,36 @@ class OpenAIBackend:
         request_id: str | None = None
         expired = threading.Event()
         try:
-            with client.chat.completions.create(**self.params(request)) as stream:
+            params = self.params(request)
+            with client.chat.completions.create(**params, timeout=self._timeout()) as stream:
                 request_id = stream.response.headers.get("x-request-id")
-                left_s = self.settings.deadline_s - state.elapsed_ms / 1000
-                with _deadline(stream, left_s, expired):
+                with Watchdog(
+                    self.settings.deadline_s,
+                    stream.response.close,
+                    already_s=state.elapsed_ms / 1000,
+                ) as watchdog:
+                    expired = watchdog.expired
                     # A proxy's whole chat.completion is the reply, usage and all: the SDK
                     # would find no chunks in it, and a retry would be billed again.
                     whole = whole_json_body(stream.response)
                     for chunk in decoded(stream, "a chunk") if whole is None else [whole]:
                         if cancel is not None and cancel.is_set():
                             raise AttemptFailed("cancelled", "the request was cancelled")
+                        outputs = state.outputs
                         text = state.handle(chunk) if whole is None else state.take_whole(chunk)
+                        if state.outputs > outputs:
+                            watchdog.progress()
                         if text and on_text is not None:
                             on_text(text)
             calls = state.tool_calls()
         except (openai.APIError, httpx2.HTTPError, httpx2.StreamError, MalformedStream) as exc:
-            if expired.is_set():  # however the cut-off stream looked, it was the deadline
-                raise self._past_deadline(state, request_id) from None
+            silent = read_timed_out(exc)
+            # However the cut-off stream looked, it was the last resort (a loopback server's
+            # read limit is that too); off loopback, a silent server met the idle limit.
+            last_resort = self.loopback or self.settings.deadline_s < self.settings.timeout_s
+            if expired.is_set() or silent:
+                idle = silent and not last_resort and not expired.is_set()
+                raise self._timed_out(state, request_id, idle=idle) from None
             if isinstance(exc, MalformedStream):
                 raise AttemptFailed(
                     "malformed_stream",
@@ -256,7 +287,7 @@ class OpenAIBackend:
                 retry_after,
             ) from None
         if expired.is_set():
-            raise self._past_deadline(state, request_id)
+            raise self._timed_out(state, request_id)
         if state.finish_reason is None:
             raise AttemptFailed(
                 "stream_interrupted",
@@ -280,13 +311,18 @@ class OpenAIBackend:
             request_id=request_id or state.response_id,
         )
 
-    def _past_deadline(self, state: StreamState, request_id: str | None) -> AttemptFailed:
-        return AttemptFailed(
-            "timeout",
-            f"no complete reply within {self.settings.deadline_s:g} s (openai.deadline_s)",
-            self._usage(state),
-            request_id,
+    def _timed_out(
+        self, state: StreamState, request_id: str | None, idle: bool = False
+    ) -> AttemptFailed:
+        settings = self.settings
+        message = (
+            f"the server sent nothing for {settings.timeout_s:g} s (openai.timeout_s, the idle "
+            "limit for a server that is not on loopback)"
+            if idle
+            else f"no part of a reply for {settings.deadline_s:g} s though the server kept "
+            "the connection open (openai.deadline_s, the last resort)"
         )
+        return AttemptFailed("timeout", message, self._usage(state), request_id)
 
     def _adapt(self, exc: BaseException, request: ModelRequest) -> str | None:
         """Change what is sent when the server refused a feature, once; say what changed."""
@@ -350,24 +386,6 @@ class OpenAIBackend:
         if self.local:  # what the server's cache saved, at the best prefill rate measured
             usage.prefill_saved_ms = _saved_ms(usage.cache_read_tokens, self._prefill_rate)
         return usage
-
-
-@contextlib.contextmanager
-def _deadline(stream: Any, seconds: float, expired: threading.Event) -> Iterator[None]:
-    """Close the response after `seconds`, setting `expired`: the SDK swallows a server's
-    keep-alive comments, so no chunk may arrive while the socket stays busy."""
-
-    def expire() -> None:
-        expired.set()
-        stream.response.close()
-
-    timer = threading.Timer(max(seconds, 0.0), expire)
-    timer.daemon = True
-    timer.start()
-    try:
-        yield
-    finally:
-        timer.cancel()
 
 
 def _positive(value: Any) -> float | None:

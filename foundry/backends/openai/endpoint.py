@@ -59,6 +59,17 @@ def is_private_host(url: str) -> bool:
     return address.is_loopback or address.is_private or address.is_link_local
 
 
+def is_loopback_host(url: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and `localhost` itself (not a name under .localhost, which
+    resolves wherever a resolver says). A server there that dies closes its connections at
+    once, so an open connection is a server still at work, silent or not."""
+    host = (urlsplit(url).hostname or "").lower()
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def api_key() -> str | None:
     return os.environ.get(API_KEY_ENV, "").strip() or None
 

@@ -57,6 +57,11 @@ HINTS = {
         "points at its OpenAI-compatible API (usually .../v1)"
     ),
     "connection": (f"is the server running? check --base-url, {BASE_URL_ENV} or openai.base_url"),
+    "timeout": (
+        "a server that is slow to start a reply (a long prefill on a busy machine) needs a "
+        "longer openai.timeout_s (no byte for that long, off loopback) or openai.deadline_s "
+        "(no part of a reply for that long) in cache_config.json"
+    ),
 }
 GAVE_UP_HINT = (
     "retries exhausted; try again later, or raise openai.max_retries / openai.retry_budget_s "
@@ -110,6 +115,13 @@ def classify_status(status: int | None, code: str, text: str) -> str:
     if status >= 500 or status == 409:
         return "server_error"
     return "bad_request"
+
+
+def read_timed_out(exc: BaseException) -> bool:
+    """A read limit ran out: raw mid-stream, wrapped in APITimeoutError before the headers."""
+    import httpx2
+
+    return isinstance(exc, httpx2.ReadTimeout) or isinstance(exc.__cause__, httpx2.ReadTimeout)
 
 
 def classify_error(exc: BaseException, streaming_started: bool = False) -> tuple[str, float | None]:
