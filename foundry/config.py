@@ -92,8 +92,8 @@ class OpenAIConfig(_Section):
     max_tokens: int = Field(default=4096, gt=0)
     # The last resort: the longest an attempt may go without a part of the reply (its first
     # included) while the server keeps the connection open, silent or sending keep-alives.
-    # A reply that keeps coming is never cut.
-    deadline_s: float = Field(default=900.0, gt=0)
+    # A reply that keeps coming is never cut; 900 s cut a cold prefill on a busy machine.
+    deadline_s: float = Field(default=4 * 3600.0, gt=0)
 
 
 class ModelOverride(_Section):

@@ -14,7 +14,7 @@ import pytest
 
 from foundry.backends.base import FailedAttempt, Message, ModelRequest
 from foundry.backends.openai.client import OpenAIBackend
-from foundry.config import FoundryConfig
+from foundry.config import FoundryConfig, OpenAIConfig
 from foundry.errors import BackendError
 from foundry.ledger import Ledger, utc_now
 from tests.fake_openai import FakeOpenAI
@@ -125,6 +125,13 @@ def test_a_loopback_connection_open_without_a_reply_meets_the_last_resort(server
     assert "openai.deadline_s" in failed[0].message
     duration_ms = failed[0].usage.duration_ms
     assert duration_ms is not None and 600 <= duration_ms < 2000
+
+
+def test_the_defaults_wait_out_a_cold_prefill_on_a_busy_machine() -> None:
+    # 900 s cut a cold prefill of the packaged prompt on mlx_lm.server; the last resort
+    # is hours, and the idle limit stays what timeout_s always was.
+    settings = OpenAIConfig()
+    assert settings.deadline_s >= 4 * 3600 and settings.timeout_s == 600
 
 
 @pytest.mark.parametrize(
