@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -297,3 +298,75 @@ def test_a_local_only_total_shows_time_saved_not_zero_dollars(cli, tmp_path: Pat
     assert "local" in total and "20.0 s" in total and "$" not in total
     report = costs_json(cli, "--db", str(db))
     assert report["totals"]["kind"] == "total" and report["totals"]["prefill_saved_s"] == 20.03
+
+
+def _local_ledger(db: Path, model: str = "smollm2-135m") -> None:
+    """Two local requests that took 7.1 min between them and saved 46.6 min of prefill,
+    and one API request (its time is not a local model's)."""
+    for duration_ms, saved_ms in ((200_000.0, 1_000_000.0), (226_000.0, 1_796_000.0)):
+        usage = Usage(27, 50, 2806, duration_ms=duration_ms, prefill_saved_ms=saved_ms)
+        record(db, utc_now(), model=model, backend="mlx", usage=usage)
+    record(db, utc_now(), usage=Usage(1000, duration_ms=3_000.0))
+
+
+def test_time_saved_is_shown_beside_the_time_the_requests_took(cli, tmp_path: Path) -> None:
+    db = tmp_path / "l.db"
+    _local_ledger(db)
+    result = cli("costs", "--db", str(db), "--by", "model", env=WIDE)
+    assert result.exit_code == 0, result.stderr
+    out = " ".join(result.stdout.split())  # the note may be wrapped
+    assert (
+        "local model requests took 7.1 min; without the cache about 53.7 min "
+        "(46.6 min of prefill saved)" in out
+    ), result.stdout
+    report = costs_json(cli, "--db", str(db), "--by", "model")
+    local = next(r for r in report["rows"] if r["kind"] == "local")
+    api = next(r for r in report["rows"] if r["kind"] == "api")
+    assert local["duration_s"] == 426.0 and local["without_cache_s"] == 3222.0
+    assert local["prefill_saved_s"] == 2796.0  # the old keys stay as they were
+    # Like tokens_reused and prefill_saved_s, the times are local figures (the API request's
+    # 3 s is in no total): caching an API prompt saves money, not a measured time.
+    assert api["duration_s"] is None and api["without_cache_s"] is None
+    totals = report["totals"]
+    assert totals["duration_s"] == 426.0 and totals["without_cache_s"] == 3222.0
+    assert totals["prefill_saved_s"] == 2796.0
+    # The same figures by day (the rollup's periods) and in the CSV, appended at the end.
+    day = costs_json(cli, "--db", str(db))
+    assert day["totals"]["without_cache_s"] == 3222.0
+    assert [r["duration_s"] for r in day["rows"]] == [None, 426.0]
+    api_only = tmp_path / "api.db"
+    record(api_only, utc_now(), usage=Usage(1000, duration_ms=3_000.0))
+    totals = costs_json(cli, "--db", str(api_only))["totals"]
+    assert totals["duration_s"] is None and totals["without_cache_s"] is None
+    lines = cli("costs", "--db", str(db), "--csv").stdout.splitlines()
+    assert lines[0].endswith(",unknown_cache_requests,duration_s,without_cache_s")
+
+
+LONG_MODEL = "hf.co/bartowski/Qwen2.5-Coder-32B-Instruct-GGUF:Q4_K_M-with-a-long-suffix"
+LONG_BUILD = "customer-portal-rewrite-with-a-rather-long-descriptive-build-name"
+
+
+def test_a_piped_table_keeps_every_column_and_cell_whole(tmp_path: Path) -> None:
+    """Piped into a file or `| cat` with no $COLUMNS, rich would assume 80 columns; the
+    table instead has no width limit, so nothing is dropped or cut."""
+    db = tmp_path / "l.db"
+    _local_ledger(db, model=LONG_MODEL)
+    with Ledger.open(db) as ledger:
+        build = ledger.start_build(name=LONG_BUILD, task="t", backend="anthropic",
+                                   model="claude-haiku-4-5", workdir="/w",
+                                   template_sha256="t", static_sha256="s")  # fmt: skip
+    record(db, utc_now(), 123_456_789, build_id=build,
+           usage=Usage(123_456_789, 23_456_789, 345_678_901, 12_345_678, 2_345_678))  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    for by, long_name in (("model", LONG_MODEL), ("build", LONG_BUILD)):
+        out = subprocess.run(
+            [sys.executable, "-m", "foundry", "costs", "--db", str(db), "--by", by],
+            capture_output=True, text=True, env=env, check=True,
+        ).stdout  # fmt: skip
+        assert "…" not in out and long_name in out, out
+        header = next(line for line in out.splitlines() if line.startswith(("Model", "Build")))
+        for column in ("Input", "Output", "Write 5m", "Write 1h", "Uncached", "Saved %"):
+            assert column in header, out
+        assert "are hidden" not in out
+        total = next(line for line in out.splitlines() if line.startswith("Total"))
+        assert "123.5M" in total and "23.5M" in total and "345.7M" in total

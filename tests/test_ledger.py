@@ -288,3 +288,43 @@ def test_a_damaged_byte_in_a_text_column_reads_as_a_replacement_character(tmp_pa
     with Ledger.open(path) as ledger:
         rows = aggregate(ledger.conn, "phase", resolve_zone("UTC"), Filters())
     assert [(r.key, r.requests) for r in rows] == [("\ufffdcout", 1)]
+
+
+def test_local_request_time_falls_in_its_local_period(tmp_path: Path) -> None:
+    """The summed duration_ms of local rows, which only the raw rows hold, lands in the same
+    period, model and build as the row's other figures, at the edges of a local day too."""
+    from foundry.ledger.periods import resolve_zone
+    from foundry.ledger.report import Filters, aggregate
+
+    path = tmp_path / "l.db"
+    with Ledger.open(path) as ledger:
+        build = new_build(ledger)
+        for started_at, ms in [
+            ("2026-03-29T21:59:59.999Z", 1.0),  # Berlin 03-29 23:59:59.999 (CEST)
+            ("2026-03-29T22:00:00.000Z", 20.0),  # Berlin 03-30 00:00, the day's first instant
+            ("2026-03-31T21:59:59.999Z", 300.0),  # Berlin 03-31, the last instant
+        ]:
+            ledger.record_request(
+                build_id=build, phase="builder", turn=1, backend="mlx", model="smollm2-135m",
+                usage=Usage(10, duration_ms=ms, prefill_saved_ms=1.0), started_at=started_at,
+            )  # fmt: skip
+        ledger.record_request(
+            build_id=build, phase="builder", turn=1, backend="anthropic",
+            model="claude-haiku-4-5", usage=Usage(10, duration_ms=4000.0),
+            started_at="2026-03-30T10:00:00.000Z",
+        )  # fmt: skip
+        zone = resolve_zone("Europe/Berlin")
+
+        def times(by: str, **filters) -> dict:
+            rows = aggregate(ledger.conn, by, zone, Filters(**filters))
+            return {(r.key, r.local): r.duration_ms for r in rows}
+
+        assert times("day") == {
+            ("2026-03-29", True): 1.0,
+            ("2026-03-30", False): None,  # an API row's time is not summed
+            ("2026-03-30", True): 20.0,
+            ("2026-03-31", True): 300.0,
+        }
+        assert times("month") == {("2026-03", False): None, ("2026-03", True): 321.0}
+        assert times("build") == {(build, False): None, (build, True): 321.0}
+        assert times("model", backend="anthropic") == {("claude-haiku-4-5", False): None}

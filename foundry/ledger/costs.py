@@ -55,7 +55,10 @@ ROW_FIELDS = (
     "unpriced_requests",
     "tokens_reused",
     "prefill_saved_s",
-    "unknown_cache_requests",  # last, so CSV columns read by position keep their places
+    "unknown_cache_requests",
+    # New fields go last, so CSV columns read by position keep their places.
+    "duration_s",
+    "without_cache_s",
 )
 BUDGET_LEVELS = (100, 90, 80)
 
@@ -195,7 +198,19 @@ def _figures(values: dict[str, Any], local: bool) -> dict[str, Any]:
         "saved_pct": None if local else _pct(uncached - cost, uncached),
         "tokens_reused": read if local else None,
         "prefill_saved_s": round(values["prefill_saved_ms"] / 1000, 3) if local else None,
+        "duration_s": round(values["duration_ms"] / 1000, 3) if local else None,
+        "without_cache_s": (
+            _without_cache(values["duration_ms"], values["prefill_saved_ms"]) if local else None
+        ),
     }
+
+
+def _without_cache(duration_ms: float, prefill_saved_ms: float) -> float:
+    """The local requests' time had their cache not existed: the time they took plus the
+    prefill it saved. Request time, not build wall time: it covers exactly the requests
+    whose prefill_saved_ms is counted (`foundry serve`'s too, which belong to no build) and
+    splits by day, model and phase; a build's tool and test time was never saved."""
+    return round((duration_ms + prefill_saved_ms) / 1000, 3)
 
 
 def _label(by: str, row: ReportRow) -> str:
@@ -215,6 +230,7 @@ def report_row(by: str, row: ReportRow) -> dict[str, Any]:
         "uncached_cost_usd": row.uncached_cost_usd,
         "prefill_saved_ms": row.prefill_saved_ms,
         "unknown_cache_input_tokens": row.unknown_cache_input_tokens,
+        "duration_ms": row.duration_ms or 0.0,
     }
     out: dict[str, Any] = {
         "key": row.key,
@@ -238,11 +254,17 @@ def totals(rows: list[ReportRow]) -> dict[str, Any]:
         "uncached_cost_usd": sum(r.uncached_cost_usd for r in rows),
         "prefill_saved_ms": sum(r.prefill_saved_ms for r in rows if r.local),
         "unknown_cache_input_tokens": sum(r.unknown_cache_input_tokens for r in rows),
+        "duration_ms": sum(r.duration_ms or 0.0 for r in rows if r.local),
     }
     figures = _figures(values, local=False)
     local = [r for r in rows if r.local]
     figures["tokens_reused"] = sum(r.cache_read_tokens for r in local)
     figures["prefill_saved_s"] = round(values["prefill_saved_ms"] / 1000, 3)
+    # Like prefill_saved_s, the total's times are the local rows' alone.
+    figures["duration_s"] = round(values["duration_ms"] / 1000, 3) if local else None
+    figures["without_cache_s"] = (
+        _without_cache(values["duration_ms"], values["prefill_saved_ms"]) if local else None
+    )
     return {
         "key": None,
         "label": "Total",
