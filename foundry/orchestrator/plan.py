@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from foundry.errors import UsageError, WorkspaceError
+from foundry.errors import LedgerError, UsageError, WorkspaceError
 from foundry.fsutil import SAFE_NAME_RULE, is_safe_name, kind_beneath, list_beneath, unlink_beneath
 
 if TYPE_CHECKING:
@@ -131,6 +131,35 @@ def check_workdir(workdir: Path) -> Mode:
     return "new"
 
 
+def check_ledger_path(db: Path) -> None:
+    """Refuse a ledger path that cannot be opened (a directory, a path under a file, a place
+    that cannot be written or looked into) before a server is contacted or a model loaded:
+    the ledger is otherwise only opened once those checks have passed. Nothing is created;
+    a file that is there but not a foundry ledger is still for Ledger.open to say."""
+    path = Path(os.path.abspath(db))
+    # os.path rather than Path: these say False for a place that cannot be looked into.
+    if os.path.isdir(path):
+        raise LedgerError(f"ledger path {db} is a directory", "give the path of a file to --db")
+    if os.path.exists(path):  # through a symlink, as SQLite opens it
+        if not os.path.isfile(path):
+            raise LedgerError(f"ledger path {db} is not a regular file", "choose another --db")
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise LedgerError(f"ledger {db} is not writable", "choose a file you can write to")
+        return
+    probe = path.parent
+    while not os.path.lexists(probe):
+        probe = probe.parent
+    if not os.path.isdir(probe):
+        raise LedgerError(
+            f"cannot create the ledger {db}: {probe} is not a directory", "check --db"
+        )
+    if not is_writable(probe):
+        raise LedgerError(
+            f"cannot create the ledger {db}: {probe} is not writable",
+            "choose a place you can write to",
+        )
+
+
 def commits_in_own_repo(workdir: Path, mode: Mode, *, named: bool) -> bool:
     """Whether deploy commits into the directory's own repository (made if needed) rather than
     into a repository around it: always, but for an existing directory the user named with
@@ -205,6 +234,9 @@ def prepare_build(options: BuildOptions, config: FoundryConfig | None = None) ->
         require_git()
         if workdir.is_dir():  # deploy would refuse it anyway: say so before the model runs
             check_own_git(workdir)
+    db = ledger_path(config, options.db)
+    if not options.estimate:  # an estimate never opens the ledger
+        check_ledger_path(db)
     backend_name = resolve_backend(config, options.backend, options.model)
     model = options.model
     if model is not None and is_local(backend_name):
@@ -261,9 +293,7 @@ def prepare_build(options: BuildOptions, config: FoundryConfig | None = None) ->
             else commits_in_own_repo(workdir, mode, named=options.dir is not None)
         ),
     )
-    return PreparedBuild(
-        config, plan, backend, prompt, pricing, projection, ledger_path(config, options.db)
-    )
+    return PreparedBuild(config, plan, backend, prompt, pricing, projection, db)
 
 
 def prepare_resume(options: ResumeOptions) -> PreparedBuild:
