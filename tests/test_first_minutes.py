@@ -136,3 +136,41 @@ def test_a_bad_ledger_path_is_refused_before_any_server(
     assert "ledger" in result.stderr and "reach" not in result.stderr
     assert _connections(listener) == 0
     assert not Path("hello").exists() and not (tmp_path / "unwritable" / "x.db").exists()
+
+
+# --- 3. did you mean -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("backend", "typo", "close"),
+    [
+        ("mlx", "smollm2-13m", "smollm2-135m"),  # pullable, not pulled
+        ("mlx", "my-modle", "my-model"),  # an installed model directory
+        ("llamacpp", "smolm2-135m", "smollm2-135m"),
+        ("llamacpp", "tiny-lama", "tiny-llama"),  # an installed .gguf
+    ],
+)
+def test_a_mistyped_local_model_name_gets_a_did_you_mean(cli, tmp_path, backend, typo, close):
+    _fake_model_dir(models_dir() / "my-model")
+    (models_dir() / "tiny-llama.gguf").write_bytes(b"GGUF")
+    template = str(write_template(tmp_path))
+    result = cli(
+        "build", "hello", "task", "--backend", backend, "--model", typo,
+        "--template", template, "--db", str(tmp_path / "l.db"), "--yes",
+    )  # fmt: skip
+    assert result.exit_code == 1, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "did you mean" in line and close in line
+    assert not (tmp_path / "l.db").exists()
+
+
+def test_a_bare_name_is_never_looked_up_in_the_current_directory(cli, tmp_path) -> None:
+    """The suggestions come from $FOUNDRY_HOME/models and the pullable names only."""
+    _fake_model_dir(Path.cwd() / "here-model")
+    template = str(write_template(tmp_path))
+    result = cli(
+        "build", "hello", "task", "--backend", "mlx", "--model", "here-modl",
+        "--template", template, "--db", str(tmp_path / "l.db"), "--yes",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "not found" in result.stderr and "here-model" not in result.stderr

@@ -16,7 +16,7 @@ from foundry.fsutil import is_safe_name
 from foundry.local.file_hashes import file_hashes
 from foundry.local.gguf_check import validate_gguf
 from foundry.local.llamacpp_engine import LlamaCppModel
-from foundry.local.model_dirs import PULLABLE, written_path
+from foundry.local.model_dirs import PULLABLE, did_you_mean, written_path
 from foundry.local.prefix_store import PrefixIdentity
 from foundry.local.pull import GGUF_SUFFIX
 
@@ -59,7 +59,9 @@ def resolve_gguf(model: str) -> Path:
                 f"pass the path to a .gguf file (./FILE.gguf for one here), or put one at "
                 f"{models_dir() / model.removesuffix(GGUF_SUFFIX)}{GGUF_SUFFIX}"
             )
-        raise LocalModelError(f"no GGUF file for local model '{model}'", hint)
+        raise LocalModelError(
+            f"no GGUF file for local model '{model}'{did_you_mean(model, 'llamacpp')}", hint
+        )
     validate_gguf(path)  # a crafted header is one error line, not a native crash
     return path
 

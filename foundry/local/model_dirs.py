@@ -7,6 +7,7 @@ tokenizer_config.json) plus foundry.json, which records where it came from.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from foundry.config import models_dir
 from foundry.errors import LocalModelError, UsageError
@@ -110,7 +111,37 @@ def resolve_model(model: str) -> Path:
         else "run 'foundry models list', or import one with 'foundry models import-gguf FILE' "
         "(a model directory elsewhere is named by its path, such as ./NAME)"
     )
-    raise LocalModelError(f"local model '{model}' not found", hint)
+    raise LocalModelError(f"local model '{model}' not found{did_you_mean(model, 'mlx')}", hint)
+
+
+def local_names(engine: Literal["mlx", "llamacpp"]) -> list[str]:
+    """The bare names `engine` can run: what is in $FOUNDRY_HOME/models (model directories for
+    mlx; .gguf files, and directories holding one, for llamacpp) and what a pull can fetch.
+    Never the current directory: a bare name is not looked up there."""
+    names = set(PULLABLE)
+    root = models_dir()
+    with contextlib.suppress(OSError):  # no models/ yet, or one that cannot be read
+        for path in root.iterdir():
+            if path.name.startswith("."):  # a pull or an import in progress
+                continue
+            if engine == "mlx" and path.is_dir():
+                names.add(path.name)
+            elif engine == "llamacpp" and path.is_file() and path.suffix == ".gguf":
+                names.add(path.stem)
+            elif engine == "llamacpp" and path.is_dir() and any(path.glob("*.gguf")):
+                names.add(path.name)
+    return sorted(names)
+
+
+def did_you_mean(model: str, engine: Literal["mlx", "llamacpp"]) -> str:
+    """'; did you mean NAME?' when `engine` knows names close to a mistyped bare `model`, so
+    a typo is one edit away from a fix; '' for a path or when nothing is close."""
+    if written_path(model) is not None:
+        return ""
+    asked = model.removesuffix(".gguf")
+    known = [name for name in local_names(engine) if name != asked]
+    close = difflib.get_close_matches(asked, known, n=3)
+    return f"; did you mean {' or '.join(close)}?" if close else ""
 
 
 def _dir_size(path: Path) -> int:
