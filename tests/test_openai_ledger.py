@@ -116,7 +116,7 @@ def test_costs_leave_unknown_cache_reads_out_of_the_hit_rate_and_say_so(cli, tmp
     assert "90.0%†" in total
     assert "2 request(s) went to a server that did not say" in table
     csv_out = cli("costs", "--db", str(db), "--by", "model", "--csv").stdout
-    assert csv_out.splitlines()[0].endswith(",unknown_cache_requests")
+    assert "unknown_cache_requests" in csv_out.splitlines()[0].split(",")
 
 
 def test_a_build_summary_has_no_hit_rate_when_no_server_said(tmp_path: Path) -> None:

@@ -60,7 +60,7 @@ def resolve_gguf(model: str) -> Path:
                 f"{models_dir() / model.removesuffix(GGUF_SUFFIX)}{GGUF_SUFFIX}"
             )
         raise LocalModelError(
-            f"no GGUF file for local model '{model}'{did_you_mean(model, 'llamacpp')}", hint
+            f"no GGUF file for local model '{model}'{did_you_mean(model, gguf=True)}", hint
         )
     validate_gguf(path)  # a crafted header is one error line, not a native crash
     return path

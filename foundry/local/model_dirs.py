@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from foundry.config import models_dir
 from foundry.errors import LocalModelError, UsageError
@@ -111,12 +111,12 @@ def resolve_model(model: str) -> Path:
         else "run 'foundry models list', or import one with 'foundry models import-gguf FILE' "
         "(a model directory elsewhere is named by its path, such as ./NAME)"
     )
-    raise LocalModelError(f"local model '{model}' not found{did_you_mean(model, 'mlx')}", hint)
+    raise LocalModelError(f"local model '{model}' not found{did_you_mean(model, gguf=False)}", hint)
 
 
-def local_names(engine: Literal["mlx", "llamacpp"]) -> list[str]:
-    """The bare names `engine` can run: what is in $FOUNDRY_HOME/models (model directories for
-    mlx; .gguf files, and directories holding one, for llamacpp) and what a pull can fetch.
+def local_names(*, gguf: bool) -> list[str]:
+    """The bare names an engine can run: what is in $FOUNDRY_HOME/models (model directories,
+    or with `gguf` .gguf files and directories holding one) and what a pull can fetch.
     Never the current directory: a bare name is not looked up there."""
     names = set(PULLABLE)
     root = models_dir()
@@ -124,22 +124,23 @@ def local_names(engine: Literal["mlx", "llamacpp"]) -> list[str]:
         for path in root.iterdir():
             if path.name.startswith("."):  # a pull or an import in progress
                 continue
-            if engine == "mlx" and path.is_dir():
+            if not gguf and path.is_dir():
                 names.add(path.name)
-            elif engine == "llamacpp" and path.is_file() and path.suffix == ".gguf":
+            elif gguf and path.is_file() and path.suffix == ".gguf":
                 names.add(path.stem)
-            elif engine == "llamacpp" and path.is_dir() and any(path.glob("*.gguf")):
+            elif gguf and path.is_dir() and any(path.glob("*.gguf")):
                 names.add(path.name)
     return sorted(names)
 
 
-def did_you_mean(model: str, engine: Literal["mlx", "llamacpp"]) -> str:
-    """'; did you mean NAME?' when `engine` knows names close to a mistyped bare `model`, so
-    a typo is one edit away from a fix; '' for a path or when nothing is close."""
+def did_you_mean(model: str, *, gguf: bool) -> str:
+    """'; did you mean NAME?' when the engine (`gguf`: one that runs GGUF files) knows names
+    close to a mistyped bare `model`, so a typo is one edit away from a fix; '' for a path or
+    when nothing is close."""
     if written_path(model) is not None:
         return ""
     asked = model.removesuffix(".gguf")
-    known = [name for name in local_names(engine) if name != asked]
+    known = [name for name in local_names(gguf=gguf) if name != asked]
     close = difflib.get_close_matches(asked, known, n=3)
     return f"; did you mean {' or '.join(close)}?" if close else ""
 
