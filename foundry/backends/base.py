@@ -68,6 +68,22 @@ class ToolChoice:
         return body
 
 
+@dataclass(frozen=True)
+class PrefillProgress:
+    """How far a local engine is through prefilling one request's prompt, told between its
+    chunks (never per decoded token). `total` is what this request prefills (not what it
+    reuses from a cache); `saving`: the tokens include a prefix being saved to the prefix
+    store, so this wait happens once."""
+
+    done: int
+    total: int
+    elapsed_s: float
+    saving: bool = False
+
+
+PrefillCallback = Callable[[PrefillProgress], None]
+
+
 @dataclass
 class ModelRequest:
     model: str
@@ -80,6 +96,10 @@ class ModelRequest:
     tool_choice: ToolChoice | None = None  # None: the backend's default, "auto"
     # "keepalive" requests only refresh the cache; the ledger records them as such.
     purpose: Literal["turn", "keepalive"] = "turn"
+    # Hears a local engine's prefill progress; backends without a prefill of their own
+    # (the APIs) never call it. Pass a plain function: deepcopy keeps functions as they are,
+    # where a bound method would copy its object (a display) along with the request.
+    on_prefill: PrefillCallback | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass

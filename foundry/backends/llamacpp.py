@@ -269,6 +269,7 @@ class LlamaCppBackend(LocalBackend):
             with self._store.lock(cache_key(self._identity, tokens[:point])):
                 if self._saved(tokens[:point]):  # another process saved it meanwhile
                     if self._restore(tokens[:point], event) == "hit":
+                        self._prefilled(point - written_to)  # skipped, counted as done
                         source, reused = "store", point
                         written_to = point
                         cost = self._prefix_cost[1] if self._prefix_cost else None
@@ -278,7 +279,9 @@ class LlamaCppBackend(LocalBackend):
                         cost = self._cost_ms(reused)
                 before = len(engine.tokens)
                 started = time.perf_counter()
-                engine.feed(tokens[before:point], stop=self._stop_requested)
+                engine.feed(
+                    tokens[before:point], stop=self._stop_requested, progress=self._prefilled
+                )
                 took = time.perf_counter() - started
                 event["prefill_s"] += took
                 event["prefilled"] += point - before
@@ -317,6 +320,7 @@ class LlamaCppBackend(LocalBackend):
             times=times,
             stop=self._stop_requested,
             constraint=constraint,
+            progress=self._prefilled,
         )
 
     def _detokenizer(self) -> Any:

@@ -30,8 +30,10 @@ from foundry.backends.base import (
     FailedAttempt,
     ModelRequest,
     ModelResponse,
+    PrefillCallback,
     TextCallback,
 )
+from foundry.backends.prefill import PrefillMeter
 from foundry.config import FoundryConfig, LocalEngineConfig
 from foundry.errors import BackendError, FoundryError, LocalModelError, UsageError
 from foundry.local.kv_memory import OVERLOADED
@@ -84,6 +86,8 @@ class LocalBackend:
         self._cancel: threading.Event | None = None
         self._on_plan: PlanCallback | None = None
         self._partial: Usage | None = None
+        self._on_prefill: PrefillCallback | None = None  # the running request's listener
+        self._meter: PrefillMeter | None = None  # its prefill, counted (foundry.backends.prefill)
         self._rendered: tuple[ModelRequest, Any] | None = None  # the last prompt counted
         # The tokenizer is not safe to share between threads: a server counts prompts on its
         # request threads while its worker runs the model.
@@ -282,7 +286,12 @@ class LocalBackend:
         return bool(self._store.has(self._identity, tokens))
 
     def _plan(self, tokens: list[int], reused: int, ahead: list[int], source: str, reason: str):
-        """Tell the listener, before any prefill, what will be read and written."""
+        """Tell the listeners, before any prefill, what will be read and written; from here
+        the prefill (the prefix up to the last point `ahead`, then the rest) is counted."""
+        self._meter = None
+        if self._on_prefill is not None:
+            saving = ahead[-1] - reused if ahead else 0
+            self._meter = PrefillMeter(self._on_prefill, len(tokens) - reused, saving)
         if self._on_plan is not None:
             self._on_plan(
                 {
@@ -293,6 +302,12 @@ class LocalBackend:
                     "reason": reason,
                 }
             )
+
+    def _prefilled(self, count: int) -> None:
+        """A prefill chunk of `count` tokens is in the cache (the engines call this between
+        chunks only)."""
+        if self._meter is not None:
+            self._meter.advance(count)
 
     # -- the context window ------------------------------------------------------------------
 
@@ -455,6 +470,7 @@ class LocalBackend:
         started_at = utc_now()
         self._ensure_loaded()
         self._cancel, self._on_plan, self._partial = cancel, on_plan, None
+        self._on_prefill = request.on_prefill
         self.last_stop_sequence = None
 
         def failed(error_class: str, message: str, usage: Usage | None = None) -> None:
@@ -526,7 +542,7 @@ class LocalBackend:
                 error_class="local_model_error",
             ) from exc
         finally:
-            self._cancel = self._on_plan = None
+            self._cancel = self._on_plan = self._on_prefill = self._meter = None
             self._end_request()
         content: list[dict[str, Any]] = [{"type": "text", "text": reply.text}] if reply.text else []
         content += [

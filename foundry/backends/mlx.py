@@ -216,6 +216,7 @@ class MLXBackend(LocalBackend):
                     if lookup.hit:
                         cache, held, source = lookup.cache, list(tokens[:point]), "store"
                         self._active = (held, cache)
+                        self._prefilled(point - written_to)  # skipped, counted as done
                         reused = written_to = point
                         cost = lookup.prefill_ms
                         continue
@@ -227,6 +228,7 @@ class MLXBackend(LocalBackend):
                     tokens[before:point],
                     stop=self._stop_requested,
                     fed=held.extend,
+                    progress=self._prefilled,
                 )
                 took = time.perf_counter() - started
                 event["prefill_s"] += took
@@ -271,6 +273,7 @@ class MLXBackend(LocalBackend):
             fed=held.append,
             stop=self._stop_requested,
             constraint=constraint,
+            progress=self._prefilled,
         )
 
     def _detokenizer(self) -> Any:

@@ -148,12 +148,14 @@ def prefill(
     *,
     stop: Callable[[], bool] | None = None,
     fed: Callable[[list[int]], None] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Any:
     """Run `tokens` through the model into `cache`; returns the last position's logits.
 
     `stop()` is asked before each chunk (Cancelled is raised when it says so); `fed(chunk)`
     hears every chunk that entered the cache, so a cancelled prefill leaves a cache whose
-    tokens are still known exactly."""
+    tokens are still known exactly; `progress(n)` hears each chunk's length once it is done
+    (between chunks only: what it costs is nothing next to a chunk's forward pass)."""
     mx = import_mlx()
     if not tokens:
         raise ValueError("prefill needs at least one token")
@@ -166,6 +168,8 @@ def prefill(
         mx.eval(logits, [layer.state for layer in cache])
         if fed is not None:
             fed(chunk)
+        if progress is not None:
+            progress(len(chunk))
     return logits
 
 
@@ -254,13 +258,14 @@ def generate_tokens(
     fed: Callable[[int], None],
     stop: Callable[[], bool] | None = None,
     constraint: Any = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Iterator[int]:
     """Prefill `new_tokens`, then decode (see `decode`) with mlx.
 
     `fed(token)` is called for every token that enters the KV cache, so the caller always
     knows exactly which tokens the cache holds. `stop()` is asked between prefill chunks
     (Cancelled is raised); between generated tokens the caller stops by closing the
-    iterator.
+    iterator. `progress(n)` hears the prefill's chunks only, never a decoded token.
     """
     mx = import_mlx()
     eos = set(loaded.tokenizer.eos_token_ids)
@@ -276,7 +281,7 @@ def generate_tokens(
         fed_chunk(step)
         return logits
 
-    logits = prefill(loaded.model, cache, new_tokens, stop=stop, fed=fed_chunk)
+    logits = prefill(loaded.model, cache, new_tokens, stop=stop, fed=fed_chunk, progress=progress)
     times.prefill_s = time.perf_counter() - started
     token = picker.pick(logits)
     times.first_token_s = time.perf_counter() - started

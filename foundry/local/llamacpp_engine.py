@@ -300,9 +300,12 @@ class LlamaCppModel:
         *,
         stop: Callable[[], bool] | None = None,
         step: int = PREFILL_STEP,
+        progress: Callable[[int], None] | None = None,
     ) -> np.ndarray:
         """Run `tokens` into the KV cache after what it holds; the last position's logits.
-        `stop()` is asked before each chunk (Cancelled); `tokens` stays exact either way."""
+        `stop()` is asked before each chunk (Cancelled); `tokens` stays exact either way.
+        `progress(n)` hears each chunk's length once it is in (decode's one-token steps
+        come here too: generate_tokens passes it for the prefill only)."""
         if not tokens:
             raise ValueError("feed needs at least one token")
         if len(self.tokens) + len(tokens) > self.n_ctx:
@@ -314,6 +317,8 @@ class LlamaCppModel:
             chunk = tokens[start : start + step]
             self.llm.eval(chunk)  # logits of the chunk's last position only
             self.tokens.extend(chunk)
+            if progress is not None:
+                progress(len(chunk))
         pointer = self._lib.llama_get_logits_ith(self.llm.ctx, -1)
         return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy()
 
@@ -370,13 +375,14 @@ def generate_tokens(
     stop: Callable[[], bool] | None = None,
     constraint: Any = None,
     seed: int | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Iterator[int]:
     """Prefill `new_tokens`, then decode with foundry.local.engine's engine-neutral loop over
     llama.cpp calls. `model.tokens` always says what the KV cache holds; the caller stops
-    between tokens by closing the iterator."""
+    between tokens by closing the iterator. `progress(n)` hears the prefill's chunks only."""
     picker = NumpyPicker(temperature, constraint, seed)
     started = time.perf_counter()
-    logits = model.feed(new_tokens, stop=stop)
+    logits = model.feed(new_tokens, stop=stop, progress=progress)
     times.prefill_s = time.perf_counter() - started
     token = picker.pick(logits)
     times.first_token_s = time.perf_counter() - started
