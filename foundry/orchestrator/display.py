@@ -18,9 +18,63 @@ from foundry.formatting import money, percent
 from foundry.orchestrator.events import Events
 
 if TYPE_CHECKING:
+    from foundry.backends.base import PrefillCallback, PrefillProgress
     from foundry.orchestrator.metered import ModelSession, PhaseStats
     from foundry.orchestrator.shell import CommandResult
     from foundry.usage import Usage
+
+
+SAVING_NOTE = "saving the prefix so later requests skip this"
+
+
+def duration(seconds: float) -> str:
+    """ "45s", "1m40s", "2h05m": short enough for a status line."""
+    seconds = max(int(round(seconds)), 0)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def describe(progress: PrefillProgress) -> str:
+    """ "prefilling 2,048 / 6,170 tokens, 40 tok/s, ~1m43s left — saving the prefix so later
+    requests skip this". The rate and time left appear once a chunk has been measured."""
+    text = f"prefilling {progress.done:,} / {progress.total:,} tokens"
+    if progress.done > 0 and progress.elapsed_s > 0:
+        rate = progress.done / progress.elapsed_s
+        left = (progress.total - progress.done) / rate
+        # Later chunks attend to more tokens and run slower: the time left is an estimate.
+        text += f", {rate:,.0f} tok/s, ~{duration(left)} left"
+    if progress.saving:
+        text += f" — {SAVING_NOTE}"
+    return text
+
+
+class PrefillLines:
+    """Prefill progress as plain lines (a log, a pipe): at most one every `every_s` seconds
+    of the prefill, so a long one reads as a handful of lines, never a flood. A prefill that
+    saves a prefix says so at once (it is the long, once-only wait); a short one that ends
+    before `every_s` (a warm request's own tokens) says nothing."""
+
+    def __init__(self, write: PrefillCallback, every_s: float = 5.0) -> None:
+        self.write = write
+        self.every_s = every_s
+        self._last: float | None = None  # elapsed_s of the last line written
+
+    def __call__(self, progress: PrefillProgress) -> None:
+        if progress.done == 0:  # a new prefill
+            self._last = None
+        finished = progress.done >= progress.total
+        if self._last is None:
+            due = (progress.saving and progress.done == 0) or progress.elapsed_s >= self.every_s
+        else:
+            due = finished or progress.elapsed_s - self._last >= self.every_s
+        if due:
+            self._last = progress.elapsed_s
+            self.write(progress)
 
 
 class PlainDisplay(Events):
@@ -35,6 +89,7 @@ class PlainDisplay(Events):
         self.endpoint = None if is_default_endpoint(endpoint) else endpoint
         if self.endpoint and type(self) is PlainDisplay:
             self._line(f"endpoint: model requests and the API key go to {self.endpoint}")
+        self._prefill_lines = PrefillLines(lambda p: self._line(describe(p), "dim"))
 
     def _line(self, text: str, style: str | None = None) -> None:
         self.console.print(Text(text, style=style or ""), highlight=False)
@@ -56,6 +111,10 @@ class PlainDisplay(Events):
             f"cache write {usage.cache_write_tokens:,}; build so far {money(spent)}, "
             f"hit rate {percent(total.usage.hit_rate)}{left}"
         )
+
+    def prefill_progress(self, progress: PrefillProgress) -> None:
+        """A local model's prefill (between its chunks): a line every few seconds at most."""
+        self._prefill_lines(progress)
 
     def tool_called(self, phase: str, name: str, detail: str, is_error: bool) -> None:
         line = f"[{phase}]   {name} {detail}".rstrip()
@@ -123,6 +182,10 @@ class LiveDisplay(PlainDisplay):
 
     def request_started(self, phase: str, turn: int) -> None:
         self.turn, self.state, self.streamed = turn, "waiting for the model", 0
+
+    def prefill_progress(self, progress: PrefillProgress) -> None:
+        # Redrawn in place 4 times a second, so every chunk may update it.
+        self.state = describe(progress)
 
     def text_delta(self, text: str) -> None:
         self.streamed += len(text)

@@ -14,6 +14,7 @@ from foundry.backends.base import (
     Message,
     ModelRequest,
     ModelResponse,
+    PrefillCallback,
     ToolChoice,
 )
 from foundry.errors import BackendError, BudgetExceeded, LedgerFull
@@ -261,12 +262,22 @@ class ModelSession:
             max_tokens=self.max_tokens,
             ttl=self.ttl,
             tool_choice=self.tool_choice(last_turn=last_turn, finish_requires=finish_requires),
+            on_prefill=self._prefill_listener(),
         )
         self.events.request_started(phase, turn)
         self.last_request = request
         response = self._complete(request, conversation, phase, turn, "turn", utc_now())
         conversation.sent = len(conversation.messages)
         return response
+
+    def _prefill_listener(self) -> PrefillCallback | None:
+        """A local model's prefill progress, for the display (one that has no use for it,
+        like the tests' Events, gets none). A plain function, so a request's deepcopy does
+        not copy the display with it."""
+        show = getattr(self.events, "prefill_progress", None)
+        if show is None:
+            return None
+        return lambda progress: show(progress)
 
     def _complete(
         self,
