@@ -5,6 +5,8 @@ calls it, and prints the result as a table, a line, or JSON."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -15,6 +17,7 @@ from foundry import console
 from foundry.commands.options import ConfigOption, DbOption, JsonOption
 
 if TYPE_CHECKING:
+    from foundry.backends.base import PrefillCallback
     from foundry.local.prefix_store import PrefixCacheStore
 
 app = typer.Typer(
@@ -155,17 +158,19 @@ def warm(
     from foundry.server.warm import WarmOptions
     from foundry.server.warm import warm as run_warm
 
-    result = run_warm(
-        WarmOptions(
-            backend=backend,
-            model=model,
-            request_file=request,
-            template=template,
-            ttl=ttl,
-            config=config,
-            db=db,
+    with _prefill_progress() as on_prefill:
+        result = run_warm(
+            WarmOptions(
+                backend=backend,
+                model=model,
+                request_file=request,
+                template=template,
+                ttl=ttl,
+                config=config,
+                db=db,
+                on_prefill=on_prefill,
+            )
         )
-    )
     if as_json:
         console.emit_json(result.to_dict())
         return
@@ -180,3 +185,17 @@ def warm(
         f"warmed {result.model} ({result.source}): {what} in {result.seconds:.1f} s{cost}",
         highlight=False,
     )
+
+
+@contextlib.contextmanager
+def _prefill_progress() -> Iterator[PrefillCallback]:
+    """A local model's prefill on stderr, as a build shows it: a status line redrawn in place
+    on a terminal, else a line every few seconds at most. Warming is that one long wait, so
+    it says what it is doing rather than sitting silent for minutes."""
+    from foundry.orchestrator.display import PrefillLines, describe
+
+    if not console.stderr.is_terminal:
+        yield PrefillLines(lambda progress: console.info(describe(progress)))
+        return
+    with console.stderr.status("loading the model", spinner="dots") as status:
+        yield lambda progress: status.update(describe(progress))

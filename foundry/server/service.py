@@ -248,6 +248,13 @@ class ServeService:
         def on_plan(plan: dict[str, Any]) -> None:
             if budget is not None and budget.over(prepared.client):
                 plan = {**plan, "cache_write": 0}  # it will not be saved: message_start says so
+            if plan["cache_write"]:  # the long first wait: say what it is, and that it is once
+                log.info(
+                    "cold prefill: computing %d prefix tokens and saving them, so this happens "
+                    "once; later requests read them from disk (%s)",
+                    plan["cache_write"],
+                    prepared.request_id,
+                )
             job.post("plan", plan)
 
         try:
@@ -294,6 +301,13 @@ class ServeService:
         job.post("done", (response, self.backend.last_stop_sequence))
 
     def _log_cache(self, prepared: Prepared, usage: Usage, event: dict[str, Any]) -> None:
+        if usage.cache_write_tokens:
+            log.info(
+                "cold prefill done: %d tokens in %.1f s, saved to the prefix store (%s)",
+                event.get("prefilled", 0),
+                event.get("prefill_s", 0.0),
+                prepared.request_id,
+            )
         source = event.get("source")
         verdict = {"memory": "HIT memory", "store": "HIT disk"}.get(
             source or "", f"MISS ({event.get('reason', 'no cached prefix')})"

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from foundry.backends.base import Message, ModelRequest
+from foundry.backends.base import Message, ModelRequest, PrefillCallback
 from foundry.errors import FoundryError, UsageError
 from foundry.timestamps import utc_now
 from foundry.usage import Usage
@@ -40,6 +40,7 @@ class WarmOptions:
     ttl: str | None = None
     config: Path | None = None
     db: Path | None = None
+    on_prefill: PrefillCallback | None = None  # a local model's prefill progress
 
 
 @dataclass
@@ -138,6 +139,7 @@ def warm(options: WarmOptions) -> WarmResult:
         else:
             request = orchestrator_request(options, backend.model, config)
             source = "orchestrator prompt"
+        request = replace(request, on_prefill=options.on_prefill)
         if request.ttl is None:
             raise UsageError(
                 "caching is turned off, so there is nothing to warm",
