@@ -270,13 +270,10 @@ class ModelSession:
         conversation.sent = len(conversation.messages)
         return response
 
-    def _prefill_listener(self) -> PrefillCallback | None:
-        """A local model's prefill progress, for the display (one that has no use for it,
-        like the tests' Events, gets none). A plain function, so a request's deepcopy does
-        not copy the display with it."""
-        show = getattr(self.events, "prefill_progress", None)
-        if show is None:
-            return None
+    def _prefill_listener(self) -> PrefillCallback:
+        """A local model's prefill progress, for the display. A plain function, so a
+        request's deepcopy does not copy the display with it."""
+        show = self.events.prefill_progress
         return lambda progress: show(progress)
 
     def _complete(
