@@ -24,6 +24,7 @@ import numpy as np
 
 from foundry.errors import LocalModelError, install_hint
 from foundry.local.engine import Cancelled, StepTimes, TokenPicker, decode
+from foundry.local.llamacpp_threads import ContextThreads
 
 PREFILL_STEP = 512  # tokens per llama_decode call while prefilling (llama.cpp's default batch)
 SEQ = 0  # the one sequence a context holds
@@ -206,7 +207,7 @@ class LlamaCppModel:
         llama_cpp = import_llama_cpp()
         self._lib = llama_cpp
         self.path, self.name, self.kv_type = path, name, kv_type
-        threads = threads or default_threads()
+        cores = default_threads()
         log = LoadLog(llama_cpp)
         try:
             with log:
@@ -214,8 +215,8 @@ class LlamaCppModel:
                     model_path=str(path),
                     n_ctx=n_ctx or 0,  # 0: the context length the GGUF declares
                     n_batch=PREFILL_STEP,
-                    n_threads=threads,
-                    n_threads_batch=threads,
+                    n_threads=threads or cores,
+                    n_threads_batch=threads or cores,
                     type_k=KV_TYPES[kv_type],
                     type_v=KV_TYPES[kv_type],
                     verbose=False,
@@ -227,6 +228,8 @@ class LlamaCppModel:
                 "check that the file is a GGUF model; if memory ran out, set llamacpp.max_kv_size "
                 "(the KV buffer of the whole context is allocated when the model loads)",
             ) from None
+        # None: this process's fair share of the cores, fitted before each request.
+        self.threads = ContextThreads(llama_cpp, self.llm.ctx, cores=cores, fixed=threads)
         self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
         self.n_ctx = int(self.llm.n_ctx())  # what the KV buffer holds (llama.cpp pads it)
@@ -362,6 +365,7 @@ class LlamaCppModel:
         return True
 
     def close(self) -> None:
+        self.threads.close()  # detached before the context is freed
         self.llm.close()
 
 
@@ -381,6 +385,7 @@ def generate_tokens(
     llama.cpp calls. `model.tokens` always says what the KV cache holds; the caller stops
     between tokens by closing the iterator. `progress(n)` hears the prefill's chunks only."""
     picker = NumpyPicker(temperature, constraint, seed)
+    model.threads.fit()  # another foundry's llama.cpp may have started or ended since
     started = time.perf_counter()
     logits = model.feed(new_tokens, stop=stop, progress=progress)
     times.prefill_s = time.perf_counter() - started
