@@ -145,7 +145,8 @@ class MlxConfig(LocalEngineConfig):
 class LlamaCppConfig(LocalEngineConfig):
     # llama.cpp's threads wait for each other at every step: more threads than free cores
     # makes decode collapse (0.32 tok/s measured with 2 threads and a busy second core).
-    threads: int | None = Field(default=None, gt=0)  # None: the cores this process may use
+    # None: a fair share of the cores among foundry's llama.cpp processes (cpu_share.py).
+    threads: int | None = Field(default=None, gt=0)
     kv_type: Literal["f16", "q8_0", "f32"] = "f16"
 
 
