@@ -148,6 +148,6 @@ def test_the_defaults_wait_out_a_cold_prefill_on_a_busy_machine() -> None:
     ],
 )
 def test_loopback_is_decided_from_the_url(url, loopback) -> None:
-    from foundry.backends.openai.endpoint import is_loopback_host
+    from foundry.backends.openai.endpoint import is_loopback_url
 
-    assert is_loopback_host(url) is loopback
+    assert is_loopback_url(url) is loopback

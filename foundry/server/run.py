@@ -8,7 +8,6 @@ closes the connections; the caller then prints the summary.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import signal
@@ -19,24 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from foundry.config import is_loopback_host
 from foundry.errors import UsageError, install_hint
 from foundry.server.service import ServeService
 
 GRACEFUL_S = 10.0  # how long uvicorn waits for open connections after a stop
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_exposure(host: str, api_key: str | None) -> None:
     """A server reachable from other machines must ask for a key."""
-    if not is_loopback(host) and not api_key:
+    if not is_loopback_host(host) and not api_key:
         raise UsageError(
             f"--host {host} would let other machines use this model and read its cache stats "
             "without a key",

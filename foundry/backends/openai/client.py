@@ -89,7 +89,7 @@ class OpenAIBackend:
         self.local = self._decide_local()
         # Whether a silent server is still at work while its connection is open (tests
         # set it to stand the loopback test server in for one on another machine).
-        self.loopback = endpoint.is_loopback_host(self.base_url)
+        self.loopback = endpoint.is_loopback_url(self.base_url)
 
     # -- capabilities ------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from foundry.backends import endpoints
 from foundry.backends.endpoints import safe_url
 from foundry.backends.openai.errors import API_KEY_ENV, BASE_URL_ENV, error_text
+from foundry.config import is_loopback_host
 from foundry.errors import FoundryError
 
 if TYPE_CHECKING:
@@ -59,15 +60,11 @@ def is_private_host(url: str) -> bool:
     return address.is_loopback or address.is_private or address.is_link_local
 
 
-def is_loopback_host(url: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and `localhost` itself (not a name under .localhost, which
-    resolves wherever a resolver says). A server there that dies closes its connections at
-    once, so an open connection is a server still at work, silent or not."""
-    host = (urlsplit(url).hostname or "").lower()
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
+def is_loopback_url(url: str) -> bool:
+    """The URL's host is this machine (config.is_loopback_host). A server there that dies
+    closes its connections at once, so an open connection is a server still at work,
+    silent or not."""
+    return is_loopback_host((urlsplit(url).hostname or "").lower())
 
 
 def api_key() -> str | None:
