@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from foundry.fsutil import write_atomic
+from foundry.fsutil import format_size, write_atomic
 from foundry.orchestrator.sandbox import Sandbox, unconfined
 from foundry.orchestrator.shell import run_command, truncate_middle
 from foundry.orchestrator.tools import TOOL_SPECS
@@ -178,8 +178,8 @@ class Workspace:
         size = real.stat().st_size
         if size > MAX_READ_BYTES:
             raise ToolFailure(
-                f"'{path}' is {_size(size)}, over the {_size(MAX_READ_BYTES)} that read_file "
-                "reads; use run_command with head, tail, sed -n 'A,Bp' or grep"
+                f"'{path}' is {format_size(size)}, over the {format_size(MAX_READ_BYTES)} that "
+                "read_file reads; use run_command with head, tail, sed -n 'A,Bp' or grep"
             )
         return real
 
@@ -188,9 +188,9 @@ class Workspace:
         with real.open("rb") as handle:
             data = handle.read(MAX_READ_BYTES + 1)  # bounded, even if the file grew since
         if len(data) > MAX_READ_BYTES:
-            raise ToolFailure(f"'{path}' grew past {_size(MAX_READ_BYTES)} while being read")
+            raise ToolFailure(f"'{path}' grew past {format_size(MAX_READ_BYTES)} while being read")
         if b"\x00" in data[:8192]:
-            raise ToolFailure(f"'{path}' is a binary file ({_size(len(data))})")
+            raise ToolFailure(f"'{path}' is a binary file ({format_size(len(data))})")
         # Only the lines asked for are decoded and kept; the rest are counted.
         wanted: list[bytes] = []
         total = 0
@@ -282,10 +282,3 @@ class Workspace:
         if result.timed_out:
             raise ToolFailure(result.describe())
         return result.describe()
-
-
-def _size(size: int) -> str:
-    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} bytes"
