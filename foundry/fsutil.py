@@ -23,6 +23,20 @@ def is_safe_name(name: str) -> bool:
     return _SAFE_NAME.fullmatch(name) is not None and not name.endswith(".")
 
 
+def _fill(fd: int, payload: bytes, mode: int | None, *, fsync: bool = False) -> None:
+    """Give a new temp file its mode and contents, then close it (always)."""
+    try:
+        if mode is not None:
+            os.fchmod(fd, mode)
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(fd, view) :]
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_atomic(
     path: str | os.PathLike[str],
     data: str | bytes,
@@ -44,19 +58,10 @@ def write_atomic(
     # O_EXCL: never share a temp file with another writer; 0o666 lets the umask apply.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        try:
-            if mode is None:
-                with contextlib.suppress(FileNotFoundError):  # a new file: keep the umask's
-                    mode = path.stat().st_mode & 0o7777
-            if mode is not None:
-                os.fchmod(fd, mode)
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(fd, view) :]
-            if fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+        if mode is None:
+            with contextlib.suppress(FileNotFoundError):  # a new file: keep the umask's
+                mode = path.stat().st_mode & 0o7777
+        _fill(fd, payload, mode, fsync=fsync)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -275,14 +280,7 @@ def write_beneath(
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(tmp, flags, 0o666, dir_fd=parent)
         try:
-            try:
-                if mode is not None:
-                    os.fchmod(fd, mode)
-                view = memoryview(payload)
-                while view:
-                    view = view[os.write(fd, view) :]
-            finally:
-                os.close(fd)
+            _fill(fd, payload, mode)
             os.replace(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
         except BaseException:
             with contextlib.suppress(OSError):
