@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from foundry.errors import CacheStoreError
-from foundry.fsutil import write_atomic
+from foundry.fsutil import read_beneath, write_atomic
 from foundry.timestamps import parse_utc, utc_now
 
 log = logging.getLogger(__name__)
@@ -227,14 +227,7 @@ class Manifest:
     def _read_text(self) -> str:
         # Not a link (it could name any file), not a FIFO or device (a read could block or
         # never end), and bounded: a damaged manifest is read around, never trusted.
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-        with os.fdopen(os.open(self.path, flags), "rb") as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                raise ValueError("not a regular file")
-            data = handle.read(MANIFEST_LIMIT + 1)
-        if len(data) > MANIFEST_LIMIT:
-            raise ValueError(f"larger than {MANIFEST_LIMIT} bytes")
-        return data.decode("utf-8")
+        return read_beneath(self.path.parent, self.path.name, MANIFEST_LIMIT).decode("utf-8")
 
     def _dropped(self, keys: list[str]) -> str:
         shown = ", ".join(_shown(k) for k in keys[:5]) + (", ..." if len(keys) > 5 else "")
