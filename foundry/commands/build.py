@@ -64,6 +64,15 @@ def build(
         Path | None, typer.Option("--template", help="Orchestrator prompt template.")
     ] = None,
     db: DbOption = None,
+    build_id: Annotated[
+        str | None,
+        typer.Option(
+            "--build-id",
+            hidden=True,
+            help="The new build's id (32 hex digits): for a caller that starts the build in "
+            "another process and must know its id at once (foundry mcp).",
+        ),
+    ] = None,
 ) -> None:
     """Run an orchestrated build: scout, architect, builder, test, deploy."""
     from foundry.orchestrator.plan import BuildOptions
@@ -84,6 +93,7 @@ def build(
         config=config,
         template=template,
         db=db,
+        build_id=build_id,
     )
 
     def prepare() -> PreparedBuild:
@@ -205,7 +215,10 @@ def _run(prepared: PreparedBuild, held: HeldWorkdir | None) -> BuildResult:
     from foundry.ledger import Ledger
     from foundry.orchestrator.build import BuildRun
     from foundry.orchestrator.display import make_display, phase_table
+    from foundry.orchestrator.events import Fanout
     from foundry.orchestrator.phases import mark_made_by_foundry
+    from foundry.orchestrator.progress import LedgerProgress
+    from foundry.telemetry import telemetry_recorders
 
     # The ledger first: a bad --db must not leave an empty build directory behind.
     ledger = Ledger.open(prepared.db, prepared.pricing)
@@ -221,6 +234,9 @@ def _run(prepared: PreparedBuild, held: HeldWorkdir | None) -> BuildResult:
     display = make_display(
         console.stderr, prepared.plan.max_cost, endpoint=prepared.backend.endpoint
     )
+    # The display draws; the recorders keep the build watchable from elsewhere (the ledger's
+    # live progress for `foundry dashboard` and `foundry mcp`, and traces where configured).
+    events = Fanout(display, LedgerProgress(), *telemetry_recorders())
     try:
         result = BuildRun(
             prepared.plan,
@@ -229,12 +245,12 @@ def _run(prepared: PreparedBuild, held: HeldWorkdir | None) -> BuildResult:
             ledger=ledger,
             pricing=prepared.pricing,
             prompt=prepared.prompt,
-            events=display,
+            events=events,
             resume=prepared.resume,
             held=held,
         ).run()
     finally:
-        display.close()
+        events.close()
         ledger.close()
     console.stderr.print(phase_table(result.phases, result.total))
     return result

@@ -138,8 +138,22 @@ class BuildRecords:
         static_sha256: str,
         phases: tuple[str, ...] = (),
         settings: dict[str, Any] | None = None,
+        build_id: str | None = None,
     ) -> str:
-        build_id = uuid.uuid4().hex
+        """Record a new build; its id is `build_id` (checked: 32 hex digits, not yet on the
+        ledger) or a new random one."""
+        if build_id is None:
+            build_id = uuid.uuid4().hex
+        elif len(build_id) != 32 or not set(build_id) <= _HEX:  # as plan.is_build_id
+            raise LedgerError(
+                f"build id {build_id!r} is not 32 lowercase hex digits",
+                "leave it out and the ledger makes one",
+            )
+        elif self.conn.execute("SELECT 1 FROM builds WHERE id = ?", [build_id]).fetchone():
+            raise LedgerError(
+                f"build id {build_id} is already on the ledger",
+                "choose a new id, or continue that build with `foundry resume`",
+            )
         now, pid, host = utc_now(), os.getpid(), socket.gethostname()
         row: list[str | int | None] = [build_id, name, task, backend, model, str(workdir)]
         row += [template_sha256, static_sha256, now, ",".join(phases), pid, host]

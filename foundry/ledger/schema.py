@@ -20,6 +20,7 @@ MIGRATION_NAMES: tuple[str, ...] = (
     "0002_unknown_cache_reads_local_rollup",
     "0003_build_attempts",
     "0004_build_settings",
+    "0005_build_progress",
 )
 
 # The requests columns a recording writes, in INSERT order (the table is created below).
@@ -270,6 +271,29 @@ _MIGRATION_0004 = [
     "ALTER TABLE builds ADD COLUMN settings TEXT",
 ]
 
+# What a running build is doing now, one row per build, overwritten as it goes (a few times a
+# second at most): what `foundry dashboard` and `foundry mcp` show live. Tokens and spend are
+# not here: they are the build's request rows, summed.
+_MIGRATION_0005 = [
+    """
+    CREATE TABLE build_progress (
+        build_id TEXT PRIMARY KEY REFERENCES builds(id),
+        phase TEXT,
+        turn INTEGER,
+        requests INTEGER NOT NULL DEFAULT 0,
+        last_tool TEXT,
+        last_tool_detail TEXT,
+        last_tool_error INTEGER,
+        test_iteration INTEGER,
+        tests_passed INTEGER,
+        prefill_done INTEGER,
+        prefill_total INTEGER,
+        message TEXT,
+        updated_at TEXT NOT NULL
+    )
+    """,
+]
+
 
 def _migration_0002() -> list[str]:
     table_key, table_sums = _rollup_values("requests")
@@ -345,6 +369,11 @@ def build_migrations() -> Migrations:
     @migrations(name="0004_build_settings")
     def build_settings(db: Database) -> None:
         for statement in _MIGRATION_0004:
+            db.execute(statement)
+
+    @migrations(name="0005_build_progress")
+    def build_progress(db: Database) -> None:
+        for statement in _MIGRATION_0005:
             db.execute(statement)
 
     return migrations

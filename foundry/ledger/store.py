@@ -22,6 +22,7 @@ from foundry.backends.registry import is_local
 from foundry.errors import LedgerError, LedgerFull
 from foundry.ledger.builds import BUILD_STATUSES, BuildRecords
 from foundry.ledger.files import classify, connect, unreadable
+from foundry.ledger.progress import ProgressRecords
 from foundry.ledger.schema import REQUEST_COLUMNS
 from foundry.timestamps import format_utc, normalize_timestamp, utc_now
 
@@ -52,7 +53,7 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
-class Ledger(BuildRecords):
+class Ledger(BuildRecords, ProgressRecords):
     """One connection to the ledger file. Safe to share between threads of one process."""
 
     def __init__(self, path: Path, conn: sqlite3.Connection, pricing: PricingTable | None):

@@ -80,6 +80,7 @@ class BuildPlan:
     # Deploy commits into the directory's own repository (made if needed), never into an
     # enclosing one; False only for an existing directory the user named with --dir.
     own_repo: bool = True
+    build_id: str | None = None  # chosen by the caller (foundry mcp); None: the ledger's
 
 
 @dataclass
@@ -275,6 +276,7 @@ class BuildRun:
             spent_before = self.ledger.build_totals(build_id)["cost_usd"] or 0.0
         else:
             build_id = self.ledger.start_build(
+                build_id=plan.build_id,
                 name=plan.name,
                 task=plan.task,
                 backend=self.backend.name,

@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 IGNORED_FOR_MODE = {".foundry", ".git"}
 
 
+def is_build_id(value: str) -> bool:
+    """The shape of an id the ledger makes (uuid4().hex): a caller choosing one matches it."""
+    return len(value) == 32 and set(value) <= set("0123456789abcdef")
+
+
 @dataclass(frozen=True)
 class BuildOptions:
     """What the user asked for, as given (None: not given, take the config's default)."""
@@ -47,6 +52,7 @@ class BuildOptions:
     db: Path | None = None
     mode: Mode | None = None  # None: from the directory (a resume keeps the first attempt's)
     own_repo: bool | None = None  # None: from the directory (a resume keeps the first attempt's)
+    build_id: str | None = None  # None: the ledger makes one (foundry mcp chooses its own)
 
 
 @dataclass
@@ -212,6 +218,12 @@ def prepare_build(options: BuildOptions, config: FoundryConfig | None = None) ->
     from foundry.prompt.split import render_split
     from foundry.prompt.template import TaskConfig, load_template
 
+    if options.build_id is not None and not is_build_id(options.build_id):
+        raise UsageError(
+            f"--build-id {options.build_id!r} is not 32 lowercase hex digits",
+            "leave it out and the ledger makes one",
+        )
+
     task = options.task.strip()
     if not task:
         raise UsageError("the task is empty", 'say what to build: foundry build NAME "TASK"')
@@ -292,6 +304,7 @@ def prepare_build(options: BuildOptions, config: FoundryConfig | None = None) ->
             if options.own_repo is not None
             else commits_in_own_repo(workdir, mode, named=options.dir is not None)
         ),
+        build_id=options.build_id,
     )
     return PreparedBuild(config, plan, backend, prompt, pricing, projection, db)
 
