@@ -11,7 +11,7 @@ import typer
 from typer.core import TyperGroup
 
 from foundry import __version__, console
-from foundry.commands import analyze, build, cache, costs, models, resume, serve
+from foundry.commands import analyze, build, cache, costs, dashboard, mcp, models, resume, serve
 from foundry.errors import FoundryError
 from foundry.logs import level_for, setup_logging
 
@@ -129,6 +129,8 @@ app.command("costs")(costs.costs)
 app.add_typer(cache.app, name="cache")
 app.add_typer(models.app, name="models")
 app.command("serve")(serve.serve)
+app.command("mcp")(mcp.mcp)
+app.command("dashboard")(dashboard.dashboard)
 
 
 def main() -> None:
