@@ -1,5 +1,4 @@
-"""`foundry dashboard`: a local web page of builds, costs and a running serve (docs/dashboard.md)
-"""
+"""`foundry dashboard`: a local web page of builds, costs and a running serve (docs/dashboard.md)"""
 
 from __future__ import annotations
 

@@ -10,11 +10,12 @@ from typing import Any
 
 from foundry.timestamps import utc_now
 
-# The row's columns a writer may set (build_id and updated_at are the ledger's own).
+# The row's columns a writer may set. build_id and updated_at are the ledger's own, and so is
+# `requests`: the build's request rows so far (every attempt, keep-alives included), counted
+# at each write so it always agrees with the rows a reader sums for tokens and spend.
 PROGRESS_FIELDS = (
     "phase",
     "turn",
-    "requests",
     "last_tool",
     "last_tool_detail",
     "last_tool_error",
@@ -47,13 +48,14 @@ class ProgressRecords:
         values["updated_at"] = utc_now()
         columns = ", ".join(values)
         marks = ", ".join("?" for _ in values)
-        updates = ", ".join(f"{name} = excluded.{name}" for name in values)
+        updates = ", ".join(f"{name} = excluded.{name}" for name in [*values, "requests"])
 
         def body() -> None:
             self.conn.execute(
-                f"INSERT INTO build_progress (build_id, {columns}) VALUES (?, {marks})"
+                f"INSERT INTO build_progress (build_id, requests, {columns})"
+                f" VALUES (?, (SELECT COUNT(*) FROM requests WHERE build_id = ?), {marks})"
                 f" ON CONFLICT (build_id) DO UPDATE SET {updates}",
-                [build_id, *values.values()],
+                [build_id, build_id, *values.values()],
             )
 
         self._write(body)

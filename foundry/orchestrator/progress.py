@@ -1,7 +1,8 @@
 """The build's live progress on the ledger (its `build_progress` row), for `foundry dashboard`
 and `foundry mcp`: the phase, the turn, the last tool, the test runs, a cold prefill's
 progress. Writes are throttled (a tool burst or a prefill's chunks make many events); the
-latest state is never lost, only coalesced, and what ends a phase is written at once."""
+latest state is never lost, only coalesced: every request's start and end is written at once
+with whatever was pending, so a reader is never more than one turn's events behind."""
 
 from __future__ import annotations
 
@@ -27,7 +28,6 @@ class LedgerProgress(Events):
         self.session: ModelSession | None = None
         self.pending: dict[str, Any] = {}
         self.last_write = float("-inf")
-        self.requests = 0
 
     def attach(self, session: ModelSession) -> None:
         self.session = session
@@ -52,12 +52,13 @@ class LedgerProgress(Events):
         self._set(now=True, message=f"{phase} {status}")
 
     def request_started(self, phase: str, turn: int) -> None:
-        self._set(phase=phase, turn=turn)
+        # Forced: the model may think for minutes, and the tools before it must show.
+        self._set(now=True, phase=phase, turn=turn)
 
     def request_done(self, phase: str, turn: int | None, usage: Usage, session: Any) -> None:
-        self.requests += 1
         # The cold prefill (if any) is over; its figures would only mislead from here on.
-        self._set(requests=self.requests, prefill_done=None, prefill_total=None)
+        # Forced: the ledger counts the request just recorded into the row.
+        self._set(now=True, prefill_done=None, prefill_total=None)
 
     def prefill_progress(self, progress: PrefillProgress) -> None:
         self._set(prefill_done=progress.done, prefill_total=progress.total)
