@@ -82,11 +82,16 @@ class Terminated(KeyboardInterrupt):
         return "terminated by a signal (SIGTERM)"
 
 
+# foundry's distribution name (pyproject.toml): PyPI's `foundry` is an unrelated project.
+DISTRIBUTION = "foundry-build"
+
+
 def install_hint(extra: str, *, env: str = "") -> str:
-    """How to install one of foundry's extras, as it works from a checkout (foundry is not
-    on PyPI: the `foundry` there is an unrelated project). `env`: variables the install
-    needs first (llama.cpp's build options)."""
+    """How to install one of foundry's extras, both ways it may have been installed: from a
+    checkout (with the versions CI tested) and from the package index. `env`: variables the
+    install needs first (llama.cpp's build options)."""
     return (
         f"install the {extra} extra: in your foundry checkout, {env}"
-        f".venv/bin/pip install -c constraints.txt -e '.[{extra}]'"
+        f".venv/bin/pip install -c constraints.txt -e '.[{extra}]'; from the package index, "
+        f"{env}pip install '{DISTRIBUTION}[{extra}]'"
     )
