@@ -12,6 +12,7 @@ and message_start carries the real usage. A client that disconnects cancels its 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,10 +20,12 @@ import anyio
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from foundry.errors import install_hint
 from foundry.server.body import read_json
 from foundry.server.guard import (
     check_auth,
@@ -50,6 +53,7 @@ from foundry.server.stream import (
 )
 from foundry.usage import Usage
 
+log = logging.getLogger(__name__)
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
@@ -304,6 +308,7 @@ async def root(request: Request) -> Response:
                 "POST /v1/messages/count_tokens",
                 "GET /v1/models",
                 "GET /cache/stats",
+                "GET /metrics",
                 "GET /health",
             ],
         }
@@ -330,7 +335,38 @@ async def cache_stats(request: Request) -> Response:
     return JSONResponse(await anyio.to_thread.run_sync(service.cache_stats))
 
 
-def create_app(service: ServeService) -> Starlette:
+async def metrics(request: Request) -> Response:
+    """Prometheus' text format (foundry.server.metrics); a key as for /cache/stats."""
+    service = service_of(request)
+    try:
+        check_auth(request, service)
+    except ApiError as exc:
+        return error_response(exc)
+    from foundry.server.metrics import CONTENT_TYPE
+
+    # Off the event loop: the gauges read the prefix store's manifest, as /cache/stats does.
+    body = await anyio.to_thread.run_sync(request.app.state.metrics.exposition)
+    return Response(body, media_type=CONTENT_TYPE)
+
+
+def _metrics(service: ServeService) -> Any:
+    """The app's own registry, or None (and one warning) without prometheus_client."""
+    try:
+        from foundry.server.metrics import ServeMetrics
+    except ImportError:
+        log.warning("/metrics is off: prometheus_client is missing; %s", install_hint("serve"))
+        return None
+    return ServeMetrics(service)
+
+
+def create_app(service: ServeService, *, with_metrics: bool = True) -> Starlette:
+    recorder = _metrics(service) if with_metrics else None
+    extra, middleware = [], []
+    if recorder is not None:
+        from foundry.server.metrics import MetricsMiddleware
+
+        extra = [Route("/metrics", guarded(metrics), methods=["GET"])]
+        middleware = [Middleware(MetricsMiddleware, metrics=recorder)]
     app = Starlette(
         routes=[
             Route("/v1/messages", guarded(create_message), methods=["POST"]),
@@ -340,8 +376,11 @@ def create_app(service: ServeService) -> Starlette:
             Route("/", guarded(root), methods=["GET", "HEAD"]),
             Route("/health", guarded(health), methods=["GET", "HEAD"]),
             Route("/cache/stats", guarded(cache_stats), methods=["GET"]),
+            *extra,
         ],
+        middleware=middleware,
         exception_handlers={HTTPException: http_error, Exception: server_error},
     )
     app.state.service = service
+    app.state.metrics = recorder
     return app

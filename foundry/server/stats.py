@@ -3,6 +3,7 @@ prefill time saved. Shown at /cache/stats and as the summary printed on shutdown
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections import Counter
@@ -12,6 +13,34 @@ from foundry.timestamps import utc_now
 from foundry.usage import Usage
 
 SOURCES = {"memory": "l1_hits", "store": "disk_hits"}
+# Where reused prompt tokens came from, under since_start.tokens (and /metrics' source label).
+REUSED_FROM = {"memory": "reused_memory", "store": "reused_disk"}
+# Time to first token, in seconds: vLLM's buckets (a cold local prefill takes minutes).
+TTFT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
+    2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+)  # fmt: skip
+
+
+class Buckets:
+    """A histogram's counts (Prometheus' `le` buckets, not cumulative here), its sum and
+    count: kept with the other counts, under the same lock, and read by /metrics."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last: above every bound (+Inf)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def copy(self) -> Buckets:
+        other = Buckets(self.bounds)
+        other.counts, other.sum, other.count = list(self.counts), self.sum, self.count
+        return other
 
 
 class ServeStats:
@@ -27,6 +56,7 @@ class ServeStats:
         self.prefill_saved_ms = 0.0
         self.trims = 0
         self.ttft_ms: list[float] = []
+        self.ttft_s = Buckets(TTFT_BUCKETS)
 
     def record_run(self, usage: Usage, source: str | None) -> None:
         with self._lock:
@@ -34,6 +64,7 @@ class ServeStats:
             self.completed += 1
             self.levels[SOURCES.get(source or "", "misses")] += 1
             self._add(usage)
+            self.tokens[REUSED_FROM.get(source or "", "reused_memory")] += usage.cache_read_tokens
 
     def record_replay(self, usage: Usage, saved_ms: float) -> None:
         with self._lock:
@@ -41,6 +72,7 @@ class ServeStats:
             self.completed += 1
             self.levels["l2_hits"] += 1
             self._add(usage)
+            self.tokens["replayed"] += usage.cache_read_tokens
             self.prefill_saved_ms += saved_ms
 
     def record_error(self, error_class: str, usage: Usage | None = None) -> None:
@@ -63,6 +95,11 @@ class ServeStats:
         self.prefill_saved_ms += usage.prefill_saved_ms or 0.0
         if usage.ttft_ms is not None:
             self.ttft_ms.append(usage.ttft_ms)
+            self.ttft_s.observe(usage.ttft_ms / 1000)
+
+    def ttft_histogram(self) -> Buckets:
+        with self._lock:
+            return self.ttft_s.copy()
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
