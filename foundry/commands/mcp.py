@@ -1,10 +1,28 @@
-"""`foundry mcp`: foundry as an MCP server over stdio (see docs/mcp.md)."""
+"""`foundry mcp`: foundry as an MCP server over stdio (see docs/mcp.md). Register it with
+`claude mcp add foundry -- /abs/path/.venv/bin/foundry mcp`."""
 
 from __future__ import annotations
 
-from foundry.errors import UsageError
+from typing import Annotated
+
+import typer
+
+from foundry.commands.options import ConfigOption, DbOption
 
 
-def mcp() -> None:
+def mcp(
+    config: ConfigOption = None,
+    db: DbOption = None,
+    allow_remote_serve: Annotated[
+        bool,
+        typer.Option(
+            "--allow-remote-serve",
+            help="Let the cache_stats tool read a foundry serve on another host (default: "
+            "loopback only).",
+        ),
+    ] = False,
+) -> None:
     """Serve foundry's builds, costs and prompt analysis to an MCP client over stdio."""
-    raise UsageError("foundry mcp is not written yet", "see docs/mcp.md")
+    from foundry.mcp import ServerSettings, serve
+
+    serve(ServerSettings(config=config, db=db, allow_remote_serve=allow_remote_serve))
