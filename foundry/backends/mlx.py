@@ -12,6 +12,7 @@ request whose KV cache cannot fit fails with error_class "overloaded" before any
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -24,6 +25,15 @@ from foundry.local.kv_memory import KVMemory
 from foundry.local.kv_pool import KVPool, copy_prefix
 from foundry.local.model_dirs import Progress, resolve_model
 from foundry.local.pull import pull
+from foundry.local.runtime import is_apple_silicon
+
+
+def mlx_installed() -> bool:
+    """Whether mlx and mlx-lm can be imported (found, not loaded: that takes a second)."""
+    try:
+        return all(importlib.util.find_spec(name) is not None for name in ("mlx", "mlx_lm"))
+    except ValueError:  # a module set to None in sys.modules: blocked, as if absent
+        return False
 
 
 class MLXBackend(LocalBackend):
@@ -74,7 +84,9 @@ class MLXBackend(LocalBackend):
 
     @classmethod
     def auto_available(cls, config: FoundryConfig) -> bool:
-        return True  # the embedded default: no key, no server, pulled on first use
+        """The embedded default (no key, no server, pulled on first use) where mlx is
+        installed, or on Apple silicon, where it is the engine to install."""
+        return is_apple_silicon() or mlx_installed()
 
     @classmethod
     def runs_model(cls, model: str) -> bool:

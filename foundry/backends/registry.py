@@ -89,12 +89,25 @@ def _runs(cls: type[Backend], model: str | None) -> bool:
     return model is None or check is None or bool(check(model))
 
 
+def platform_engine() -> str:
+    """The local engine the `local` extra installs here: mlx on Apple silicon, else llamacpp."""
+    from foundry.local.runtime import is_apple_silicon
+
+    return "mlx" if is_apple_silicon() else "llamacpp"
+
+
 def _auto(config: FoundryConfig, model: str | None, candidates: list[BackendEntry]) -> str:
+    runnable = []
     for candidate in candidates:
         cls = candidate.load()
         if cls.auto_available(config) and _runs(cls, model):
             return candidate.name
-    return candidates[-1].name
+        if _runs(cls, model):
+            runnable.append(candidate.name)
+    # Nothing is available: the engine whose "not installed" error names the right install,
+    # the one the `local` extra brings here, unless the model's format needs the other.
+    engine = platform_engine()
+    return engine if engine in runnable else (runnable or [candidates[-1].name])[-1]
 
 
 def resolve_backend(
