@@ -1,0 +1,127 @@
+"""Starting the dashboard: who may listen where, the ledger checked, uvicorn on a socket
+bound first (a port in use is one clear error, not uvicorn's log and exit)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from foundry.config import is_loopback_host
+from foundry.errors import UsageError, install_hint
+
+
+@dataclass(frozen=True)
+class DashboardOptions:
+    db: Path
+    config: Any  # FoundryConfig
+    host: str = "127.0.0.1"
+    port: int = 8090
+    allow_remote: bool = False  # listen on a host that is not loopback
+    serve_url: str = "http://127.0.0.1:8082"
+    allow_remote_serve: bool = False
+    serve_api_key: str | None = None
+
+
+def import_web_libraries() -> None:
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            "foundry dashboard needs uvicorn and starlette", install_hint("serve")
+        ) from None
+
+
+def check_exposure(host: str, allow_remote: bool) -> None:
+    """The page shows every build's task and spend, and has no login: loopback only unless
+    the operator says otherwise."""
+    if not allow_remote and not is_loopback_host(host):
+        raise UsageError(
+            f"--host {host} would show your builds and costs to other machines (the dashboard "
+            "has no login)",
+            "keep the default 127.0.0.1, or add --allow-remote if that is what you want",
+        )
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP explicitly, as foundry serve does: asyncio sets TCP_NODELAY only then.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+            "pick another --port (or stop what is using it)",
+        ) from None
+    sock.listen(128)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class Dashboard:
+    """The app on uvicorn, on a bound socket: run() blocks; start_in_thread() for tests and
+    the bench."""
+
+    def __init__(self, options: DashboardOptions) -> None:
+        import_web_libraries()
+        check_exposure(options.host, options.allow_remote)
+        import uvicorn
+
+        from foundry.dashboard.app import DashboardSettings, create_app
+        from foundry.dashboard.readonly import ReadOnlyLedger
+        from foundry.dashboard.serve_stats import serve_target
+
+        serve = serve_target(
+            options.serve_url,
+            allow_remote=options.allow_remote_serve,
+            api_key=options.serve_api_key,
+        )
+        ledger = ReadOnlyLedger(options.db)
+        ledger.check()
+        settings = DashboardSettings(ledger=ledger, config=options.config, serve=serve)
+        if options.allow_remote:
+            settings.allowed_hosts = ["*"]
+        else:
+            settings.allowed_hosts = [*settings.allowed_hosts, options.host]
+        self.sock = bind(options.host, options.port)
+        self.url = url_of(self.sock)
+        self.ledger_path = ledger.path
+        config = uvicorn.Config(
+            create_app(settings),
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            # Open event streams would hold a stop up to this long.
+            timeout_graceful_shutdown=2,
+        )
+        self.server = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
+
+    def run(self) -> None:
+        self.server.run(sockets=[self.sock])
+
+    def start_in_thread(self, timeout: float = 30.0) -> None:
+        self._thread = threading.Thread(target=self.run, name="foundry-dashboard", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the dashboard did not start")
+            time.sleep(0.01)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.sock.close()
