@@ -2,7 +2,7 @@
 // formats that match `foundry costs`, and fetching the dashboard's own JSON API.
 
 // el("td", {class: "num"}, "12", child): attributes set one by one, strings added as text
-// nodes. There is no innerHTML anywhere in this page: the ledger holds text a model wrote.
+// nodes. Nothing here parses data as markup: the ledger holds text a model wrote.
 export function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(attrs)) {
