@@ -58,6 +58,7 @@ class Child:
     """One `foundry build`/`foundry resume` process this server started."""
 
     build_id: str
+    name: str
     proc: subprocess.Popen[bytes]
     log: Path
     exit_code: int | None = None
@@ -124,7 +125,7 @@ class Launcher:
         argv += _flag("--phases", options.phases)
         argv += self._limits(request.max_cost, request.max_turns, request.max_test_iterations)
         # `--` ends the options: a task that starts with a dash is still the task.
-        self._spawn(build_id, [*argv, "--", request.name, request.task])
+        self._spawn(build_id, request.name, [*argv, "--", request.name, request.task])
         return build_id, confirmation, prepared.projection
 
     def resume(self, request: ResumeRequest) -> tuple[str, str, Confirmation]:
@@ -156,7 +157,7 @@ class Launcher:
         confirmation = self._checked(prepared)
         argv = ["resume", "--yes"]
         argv += self._limits(request.max_cost, request.max_turns, request.max_test_iterations)
-        self._spawn(build_id, [*argv, "--", build_id])
+        self._spawn(build_id, prepared.plan.name, [*argv, "--", build_id])
         return build_id, prepared.plan.name, confirmation
 
     def cancel(self, build_id: str, wait_s: float) -> tuple[bool, bool]:
@@ -234,7 +235,7 @@ class Launcher:
         argv += _flag("--config", self.settings.config)
         return argv + _flag("--db", self.settings.db)
 
-    def _spawn(self, build_id: str, argv: list[str]) -> Child:
+    def _spawn(self, build_id: str, name: str, argv: list[str]) -> Child:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"{build_id}.log"
         with log.open("ab") as out:  # a resume appends to its build's log
@@ -249,7 +250,7 @@ class Launcher:
                 # commands, as Ctrl-C reaches a terminal's foreground group, and nothing else.
                 start_new_session=True,
             )
-        child = Child(build_id, proc, log)
+        child = Child(build_id, name, proc, log)
         with self._lock:
             self._children[build_id] = child
         # Reaped at once: an unreaped child is a zombie that still answers kill(pid, 0), and

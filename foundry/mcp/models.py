@@ -97,7 +97,9 @@ class BuildStatus(BaseModel):
         "started that is not on the ledger yet: starting, or not_started when its process "
         "ended first (error says why)"
     )
-    finished: bool
+    finished: bool = Field(
+        description="the build ended (and, for one started here, its process exited)"
+    )
     resumable: bool
     task: str | None = None
     workdir: str | None = None

@@ -74,7 +74,8 @@ def snapshot(launcher: Launcher, build_id: str) -> BuildStatus:
         id=build_id,
         name=row["name"],
         status=status,
-        finished=status != "running",
+        # A build started here has ended when its process has too: its exit code is known.
+        finished=status != "running" and (child is None or not child.running),
         resumable=status in RESUMABLE,
         task=row.get("task"),
         workdir=row.get("workdir"),
@@ -116,7 +117,7 @@ def _not_on_ledger(build_id: str, child: Child | None, process: Process | None) 
         )
     status = BuildStatus(
         id=build_id,
-        name="",
+        name=child.name,
         status="starting" if running else "not_started",
         finished=not running,
         resumable=False,
