@@ -224,6 +224,9 @@ class ServeConfig(_Section):
     keep_last_messages: int = Field(default=4, ge=1)  # never trimmed away
     max_request_mb: int = Field(default=32, gt=0)  # larger bodies get a 413
     ping_interval_s: float = Field(default=5.0, gt=0)  # SSE pings while the model is silent
+    # The operator's cap on a reply's tokens; None: only the client's max_tokens and the
+    # model's context window bound a reply (the engines' max_tokens is for builds).
+    max_output_tokens: int | None = Field(default=None, gt=0)
 
 
 class FoundryConfig(_Section):

@@ -207,6 +207,7 @@ TUNING = {
             "context_policy",
             "keep_last_messages",
             "ping_interval_s",
+            "max_output_tokens",  # a cap only tightens; unset, the client's limit rules
         )
     ),
 }

@@ -36,8 +36,9 @@ def test_the_reply_is_capped_to_the_room_left_in_the_context_window(model_dir, t
     b = backend(small, config(tmp_path))
     response = b.complete(request(max_tokens=8))
     assert b.context_window == length + 3 and b.last_cache_event["max_tokens"] == 3
-    # The window, not the request's max_tokens, ended the reply: reported as max_tokens.
-    assert response.usage.output_tokens == 3 and response.stop_reason == "max_tokens"
+    # The window, not the request's max_tokens, ended the reply, and the stop reason says so.
+    assert response.usage.output_tokens == 3
+    assert response.stop_reason == "model_context_window_exceeded"
     assert response.usage.total_input_tokens == length
     assert len(b._cache_tokens) <= length + 3
 
@@ -65,7 +66,8 @@ def test_a_prompt_with_no_room_fails_before_any_prefill(model_dir, tmp_path) -> 
     # One token of room is enough for a one-token reply.
     cfg.mlx.max_kv_size = length + 1
     fits = backend(model_dir, cfg).complete(request())
-    assert fits.usage.output_tokens == 1 and fits.stop_reason == "max_tokens"
+    assert fits.usage.output_tokens == 1
+    assert fits.stop_reason == "model_context_window_exceeded"
 
 
 @pytest.mark.mlx

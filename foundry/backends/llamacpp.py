@@ -63,8 +63,12 @@ class LlamaCppBackend(LocalBackend):
         self._prompt_length = 0  # the prompt of the request the context last ran
         self._gguf: Path | None = None  # found and checked by check(), loaded by _load()
 
-    def serve_with(self, *, l1_entries: int, memory_budget_bytes: int | None) -> None:
-        super().serve_with(l1_entries=l1_entries, memory_budget_bytes=memory_budget_bytes)
+    def serve_with(
+        self, *, l1_entries: int, memory_budget_bytes: int | None, output_cap: int | None = None
+    ) -> None:
+        super().serve_with(
+            l1_entries=l1_entries, memory_budget_bytes=memory_budget_bytes, output_cap=output_cap
+        )
         kept = l1_entries - 1 if self.reuse_conversation else 0  # the context holds one
         self._parked = KVPool(max(kept, 0), measure=len)
         self._size_parking()

@@ -18,6 +18,7 @@ error_class "context_too_long" before any prefill, and the reply is capped to th
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -48,6 +49,15 @@ MAX_REPAIRS = 1  # how often a malformed tool call is answered before the text g
 RATE_SAMPLE_MIN_TOKENS = 64  # prefill rates from fewer tokens are dominated by overhead
 CONTEXT_TOO_LONG = "context_too_long"  # the error class the Claude backend uses too
 CANCELLED = "cancelled"  # the caller cancelled the request (a client disconnected)
+# What may end a reply before the model does, and the Messages API's stop reason for each:
+# `max_tokens` is a limit someone set (the client's own, or the operator's cap), the end of
+# the context window is the API's model_context_window_exceeded.
+CLIENT_LIMIT, OPERATOR_LIMIT, WINDOW_LIMIT = "client", "operator", "window"
+STOP_REASONS = {
+    CLIENT_LIMIT: "max_tokens",
+    OPERATOR_LIMIT: "max_tokens",
+    WINDOW_LIMIT: "model_context_window_exceeded",
+}
 PlanCallback = Callable[[dict[str, Any]], None]
 
 
@@ -76,6 +86,9 @@ class LocalBackend:
         self.reuse_conversation = reuse_conversation
         self.settings: LocalEngineConfig = self.engine_settings(config)
         self.max_tokens = self.settings.max_tokens
+        # The operator's cap on a reply: a build's engine max_tokens; serve's --max-output-tokens
+        # or none. The client's max_tokens and the context window bound a reply besides.
+        self.output_cap: int | None = self.settings.max_tokens
         self._loaded: Any = None
         self._renderer: Any = None
         self._identity: Any = None
@@ -209,11 +222,16 @@ class LocalBackend:
         self._ensure_loaded()
         return str(self._renderer.tool_call_tag)
 
-    def serve_with(self, *, l1_entries: int, memory_budget_bytes: int | None) -> None:
-        """Settings for `foundry serve`: conversations kept in memory, a KV memory budget,
-        and no repair turn (a streamed reply cannot take back text it has sent)."""
+    def serve_with(
+        self, *, l1_entries: int, memory_budget_bytes: int | None, output_cap: int | None = None
+    ) -> None:
+        """Settings for `foundry serve`: conversations kept in memory, a KV memory budget, no
+        repair turn (a streamed reply cannot take back text it has sent), and the operator's
+        cap on a reply (None: a reply may run to the client's max_tokens or the window)."""
         self.memory_budget = memory_budget_bytes
         self.max_repairs = 0
+        self.output_cap = output_cap
+        self.max_tokens = output_cap if output_cap is not None else sys.maxsize
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -332,10 +350,16 @@ class LocalBackend:
         from foundry.local.engine import Cancelled, StepTimes
 
         started = time.perf_counter()
-        max_tokens = min(request.max_tokens, self.settings.max_tokens)
+        # What bounds this reply, in the order a tie is reported: the client's own limit
+        # first, then the operator's cap, then the model's context window (never past it).
+        limits = {CLIENT_LIMIT: request.max_tokens}
+        if self.output_cap is not None:
+            limits[OPERATOR_LIMIT] = self.output_cap
         room = self._room(len(rendered.tokens))
-        if room is not None:  # never generate past the model's context window
-            max_tokens = min(max_tokens, room)
+        if room is not None:
+            limits[WINDOW_LIMIT] = room
+        binding = min(limits, key=lambda name: limits[name])
+        max_tokens = limits[binding]
         held, event = self._prepare_cache(rendered, request, max_tokens, request.ttl is not None)
         new_tokens = rendered.tokens[held:]
         times = StepTimes()
@@ -390,8 +414,10 @@ class LocalBackend:
         if constraint is not None:
             self._note_constraint(constraint, times)
         self.last_stop_sequence = gate.hit
-        hit_max = not times.ended_on_eos and gate.hit is None
-        return gate.text, usage, hit_max
+        # The loop guard's stop is not a cut: the model was repeating itself, and what it
+        # said before is all it had to say (docs/serve.md, stop reasons).
+        cut = not times.ended_on_eos and gate.hit is None and not times.looped
+        return gate.text, usage, binding if cut else None
 
     def _note_constraint(self, constraint: Any, times: Any) -> None:
         """What the grammar cost this reply, for reports and benchmarks."""
@@ -495,7 +521,7 @@ class LocalBackend:
                 raise error
             total = Usage()
             for attempt in range(self.max_repairs + 1):
-                text, usage, hit_max = self._generate(rendered, request, on_text)
+                text, usage, cut_by = self._generate(rendered, request, on_text)
                 self._on_plan = None  # a repair turn is part of the same reply
                 total += usage
                 reply = self._renderer.parse(text, request)
@@ -549,10 +575,10 @@ class LocalBackend:
             {"type": "tool_use", "id": new_tool_use_id(), "name": c["name"], "input": c["input"]}
             for c in reply.calls
         ]
-        if reply.calls and not (hit_max and reply.errors):
-            stop = "tool_use"  # (a call the output limit cut short makes it max_tokens)
+        if reply.calls and not (cut_by and reply.errors):
+            stop = "tool_use"  # (a call a limit cut short ends as that limit says)
         elif self.last_stop_sequence is not None:
             stop = "stop_sequence"
         else:
-            stop = "max_tokens" if hit_max else "end_turn"
+            stop = STOP_REASONS[cut_by] if cut_by else "end_turn"
         return ModelResponse(content, stop, total, self._reply_model(), None, started_at)

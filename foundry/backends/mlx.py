@@ -58,8 +58,12 @@ class MLXBackend(LocalBackend):
     def engine_settings(cls, config: FoundryConfig) -> MlxConfig:
         return config.mlx
 
-    def serve_with(self, *, l1_entries: int, memory_budget_bytes: int | None) -> None:
-        super().serve_with(l1_entries=l1_entries, memory_budget_bytes=memory_budget_bytes)
+    def serve_with(
+        self, *, l1_entries: int, memory_budget_bytes: int | None, output_cap: int | None = None
+    ) -> None:
+        super().serve_with(
+            l1_entries=l1_entries, memory_budget_bytes=memory_budget_bytes, output_cap=output_cap
+        )
         self._pool = KVPool(l1_entries if self.reuse_conversation else 0)
 
     # The most recently used in-memory cache and its tokens (what the tests inspect).

@@ -49,6 +49,15 @@ def serve(
             help="A conversation past the model's window: error (400) or trim (oldest turns).",
         ),
     ] = None,
+    max_output_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--max-output-tokens",
+            min=1,
+            help="Cap every reply at this many tokens (a reply cut there ends max_tokens). "
+            "Default: no cap; the client's max_tokens and the model's window bound a reply.",
+        ),
+    ] = None,
     no_response_cache: Annotated[
         bool,
         typer.Option("--no-response-cache", help="Always run the model, never replay a reply."),
@@ -73,6 +82,7 @@ def serve(
             api_key=api_key,
             context_policy=context_policy,
             response_cache=not no_response_cache,
+            max_output_tokens=max_output_tokens,
             config=config,
             db=db,
         )

@@ -136,6 +136,7 @@ class ServeOptions:
     api_key: str | None = None
     context_policy: str | None = None
     response_cache: bool = True
+    max_output_tokens: int | None = None  # None: from the config (default: no cap)
     config: Path | None = None
     db: Path | None = None
 
@@ -184,7 +185,11 @@ def open_server(options: ServeOptions) -> OpenServer:
             if settings.memory_budget_mb is not None
             else default_memory_budget()
         )
-        backend.serve_with(l1_entries=settings.l1_max_entries, memory_budget_bytes=budget)
+        backend.serve_with(
+            l1_entries=settings.l1_max_entries,
+            memory_budget_bytes=budget,
+            output_cap=options.max_output_tokens or settings.max_output_tokens,
+        )
         url = base_url(sock)
         ledger = Ledger.open(ledger_path(config, options.db))
         session = ServeSession(ledger, backend=backend.name, model=backend.model, url=url)
