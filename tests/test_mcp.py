@@ -296,6 +296,17 @@ def test_cancel_interrupts_a_running_build_which_then_resumes(anthropic_env) -> 
             )
             assert running["current_phase"] == "scout" and not running["finished"]
             assert running["process"]["running"] is True
+            # Its directory is locked: a second build there is refused at once, as the CLI
+            # refuses it (before it would ask to confirm), and nothing is started.
+            second = await client.call_tool(
+                "build", {"name": "again", "task": "t", "dir": "slow", "phases": ["scout"]}
+            )
+            assert second.is_error
+            pid = running["process"]["pid"]
+            assert text(second) == (
+                f"another foundry build (pid {pid}) is running in {Path('slow').resolve()} — "
+                "wait for it to end, or build in another directory with --dir"
+            )
 
             t0 = time.monotonic()
             cancelled = data(await client.call_tool("cancel", {"id": build_id, "wait_s": 30}))
@@ -355,6 +366,22 @@ def test_a_build_started_elsewhere_cannot_be_cancelled_here(anthropic_env) -> No
             refused = await client.call_tool("cancel", {"id": "other"})
             assert refused.is_error
             assert "was not started by this foundry mcp server" in text(refused)
+            # A second build in its directory: the CLI's note about the earlier build.
+            server.enqueue(
+                [
+                    {
+                        "type": "tool_use",
+                        "name": "finish_phase",
+                        "input": {"summary": "s", "report": "r"},
+                    }
+                ],
+                "tool_use",
+            )
+            args = {"name": "more", "task": "t", "dir": "other", "phases": ["scout"], "wait_s": 60}
+            started = data(await client.call_tool("build", args))
+            (note,) = started["confirmation"]["notes"]
+            assert note.startswith(f"{Path('other').resolve()} already holds build other (")
+            assert started["status"]["status"] == "completed"
 
     run(test)
 
