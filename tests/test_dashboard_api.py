@@ -22,7 +22,8 @@ from foundry.config import load_config
 from foundry.dashboard.app import CSP
 from foundry.dashboard.run import Dashboard, DashboardOptions
 from foundry.errors import LedgerError, UsageError
-from foundry.ledger import Ledger
+from foundry.ledger import Ledger, utc_now
+from foundry.usage import Usage
 from tests.test_dashboard_support import Filled, costs_json, fill_ledger, get, running_dashboard
 
 STATIC = Path(__file__).resolve().parent.parent / "foundry" / "dashboard" / "static"
@@ -86,7 +87,7 @@ def test_builds_list_pages_newest_first_and_filters(tmp_path: Path) -> None:
     db = tmp_path / "many.db"
     _load_make_ledger()(db, builds=130, requests=1300, running=3, days=10)
     with sqlite3.connect(db) as conn:
-        order = "SELECT id FROM builds ORDER BY started_at DESC, id DESC"
+        order = "SELECT id FROM builds ORDER BY started_at DESC, rowid DESC"
         newest_first = [r[0] for r in conn.execute(order)]
         completed = conn.execute("SELECT COUNT(*) FROM builds WHERE status = 'completed'")
         completed = completed.fetchone()
@@ -292,3 +293,23 @@ def test_serve_stats_are_fetched_server_side(filled: Filled) -> None:
         assert status == 502
         assert body["available"] is False and body["error"].startswith("nothing answered at")
         assert "foundry serve" in body["hint"]
+
+
+def test_a_new_request_is_in_the_next_report(filled: Filled, dashboard: Dashboard) -> None:
+    """Reports are cached until something is recorded: never a stale figure."""
+    url = f"{dashboard.url}/api/costs?by=model&tz=UTC"
+    _, _, first = get(url)
+    assert get(url)[2] == first
+    with Ledger.open(filled.path) as ledger:
+        ledger.record_request(
+            build_id=None, phase=None, turn=None, backend="anthropic", model="claude-opus-4-8",
+            usage=Usage(input_tokens=1000, output_tokens=1000), started_at=utc_now(),
+        )  # fmt: skip
+    _, _, second = get(url)
+    assert second["totals"]["requests"] == first["totals"]["requests"] + 1
+    assert second == costs_json(filled.path, "--by", "model", "--tz", "UTC")
+    _, _, backends = get(f"{dashboard.url}/api/costs/backends?tz=UTC")
+    anthropic = next(row for row in backends["rows"] if row["key"] == "anthropic")
+    assert anthropic["cost_usd"] == pytest.approx(
+        costs_json(filled.path, "--backend", "anthropic")["totals"]["cost_usd"]
+    )

@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from foundry.config import FoundryConfig
 from foundry.dashboard import builds as q
-from foundry.dashboard.costs import backends_view, costs_view
+from foundry.dashboard.costs import CostsCache, backends_view, costs_view
 from foundry.dashboard.live import build_events
 from foundry.dashboard.readonly import ReadOnlyLedger
 from foundry.dashboard.serve_stats import ServeTarget, fetch_stats
@@ -152,6 +152,7 @@ def _costs_options(request: Request, settings: DashboardSettings) -> CostsOption
 def create_app(settings: DashboardSettings) -> Starlette:
     static = _static_files()
     ledger = settings.ledger
+    cache = CostsCache()
 
     async def in_thread(func: Any, *args: Any) -> JSONResponse:
         """Run a read on a worker thread (SQLite blocks), mapping foundry errors to JSON."""
@@ -223,7 +224,14 @@ def create_app(settings: DashboardSettings) -> Starlette:
             options = _costs_options(request, settings)
         except UsageError as exc:
             return _error(exc)
-        return await in_thread(lambda conn: costs_view(conn, ledger.path, settings.config, options))
+        return await in_thread(
+            lambda conn: cache.get(
+                conn,
+                "costs",
+                options,
+                lambda: costs_view(conn, ledger.path, settings.config, options),
+            )
+        )
 
     async def api_costs_backends(request: Request) -> Response:
         try:
@@ -231,7 +239,12 @@ def create_app(settings: DashboardSettings) -> Starlette:
         except UsageError as exc:
             return _error(exc)
         return await in_thread(
-            lambda conn: backends_view(conn, ledger.path, settings.config, options)
+            lambda conn: cache.get(
+                conn,
+                "backends",
+                options,
+                lambda: backends_view(conn, ledger.path, settings.config, options),
+            )
         )
 
     async def api_serve(request: Request) -> Response:

@@ -2,7 +2,8 @@
 
 Sized for a ledger of 100,000 builds and a million requests: the list is one page of the
 `builds(started_at)` index (or `builds(name)` / `builds(status)` when filtered) and its
-spend is summed only for that page's builds through `requests(build_id)`. A build's totals
+spend is summed only for that page's builds through `requests(build_id)`; nothing reads
+every build. A build's totals
 are the ledger's own `build_totals` (every attempt's requests, through the same index).
 """
 
@@ -18,6 +19,9 @@ from foundry.ledger.progress import read_progress
 
 PER_PAGE = 50
 MAX_PER_PAGE = 200
+# Up to this many builds of a status are sorted from the status index; past it, the
+# started_at index is walked instead (see list_builds).
+RARE_STATUS = 2000
 TASK_PREVIEW = 200  # characters of the task the list shows; the build's page has it whole
 LIST_COLUMNS = "id, name, task, status, backend, model, started_at, finished_at, attempts"
 # What a build's page shows of its row: not its pid or host (the process's identity is no
@@ -72,13 +76,23 @@ def list_builds(
         params += [name, name + "\U0010ffff"]
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
     total = conn.execute(f"SELECT COUNT(*) FROM builds{where}", params).fetchone()[0]
-    cursor = conn.execute(
-        f"SELECT {LIST_COLUMNS} FROM builds{where}"
-        " ORDER BY started_at DESC, id DESC LIMIT ? OFFSET ?",
-        [*params, per_page, (page - 1) * per_page],
-    )
-    names = [c[0] for c in cursor.description]
-    rows = [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
+    if status and not name and total > RARE_STATUS:
+        # A common status: walk the started_at index newest first and test each row's
+        # status (`+status` keeps SQLite off the status index, which would mean sorting
+        # tens of thousands of rows to show fifty).
+        where = " WHERE +status = ?"
+    # Two steps: the page's rowids from the started_at index alone (a covering index
+    # scan, so a deep OFFSET skips index entries rather than rows with their summaries),
+    # then those rows. rowid breaks ties in started_at, as the index itself orders them.
+    rowids = [
+        r[0]
+        for r in conn.execute(
+            f"SELECT rowid FROM builds{where} ORDER BY started_at DESC, rowid DESC"
+            " LIMIT ? OFFSET ?",
+            [*params, per_page, (page - 1) * per_page],
+        )
+    ]
+    rows = _rows_by_rowid(conn, rowids)
     spend = _spend(conn, [row["id"] for row in rows])
     for row in rows:
         task = row["task"] or ""
@@ -93,6 +107,18 @@ def list_builds(
         "filters": {"status": status, "name": name},
         "statuses": sorted(BUILD_STATUSES),
     }
+
+
+def _rows_by_rowid(conn: sqlite3.Connection, rowids: list[int]) -> list[dict[str, Any]]:
+    if not rowids:
+        return []
+    cursor = conn.execute(
+        f"SELECT rowid, {LIST_COLUMNS} FROM builds WHERE rowid IN ({', '.join('?' * len(rowids))})",
+        rowids,
+    )
+    names = [c[0] for c in cursor.description]
+    found = {values[0]: dict(zip(names[1:], values[1:], strict=True)) for values in cursor}
+    return [found[rowid] for rowid in rowids if rowid in found]
 
 
 def _spend(conn: sqlite3.Connection, ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -113,8 +139,10 @@ def _spend(conn: sqlite3.Connection, ids: list[str]) -> dict[str, dict[str, Any]
 def running_builds(conn: sqlite3.Connection, limit: int = 20) -> list[dict[str, Any]]:
     """Builds whose status is running, newest first, with their live progress."""
     cursor = conn.execute(
+        # `+started_at`: sort the few running builds found through the status index, rather
+        # than walk every build in started_at order looking for them (0.2 s at 100k builds).
         f"SELECT {LIST_COLUMNS} FROM builds WHERE status = 'running'"
-        " ORDER BY started_at DESC LIMIT ?",
+        " ORDER BY +started_at DESC LIMIT ?",
         [limit],
     )
     names = [c[0] for c in cursor.description]

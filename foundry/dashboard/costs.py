@@ -11,6 +11,10 @@ request_rollup, report_row, totals, the budgets); a test holds the page's number
 from __future__ import annotations
 
 import sqlite3
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +23,7 @@ from foundry.errors import UsageError
 from foundry.ledger import costs as report_costs
 from foundry.ledger import report as q
 from foundry.ledger.costs import CostsOptions, report_row, totals
-from foundry.ledger.periods import resolve_zone
+from foundry.ledger.periods import resolve_zone, today
 from foundry.pricing import PricingTable
 
 
@@ -98,3 +102,43 @@ def backends_view(
         local = bool(view["rows"]) and all(row["kind"] == "local" for row in view["rows"])
         rows.append({**view["totals"], "key": backend, "label": backend, "local": local})
     return {"rows": rows, "time_zone": resolve_zone(options.tz).name}
+
+
+class CostsCache:
+    """Recent reports, so a page reloaded (or left open, refreshing) does not redo a
+    report over a million requests when nothing was recorded since.
+
+    A report depends on the requests (a table foundry only ever appends to: no request row
+    is updated or deleted, so its largest id says whether anything was recorded), on the
+    day in the report's zone (relative days such as `29d`, and the budgets' today and
+    month), and on the options. `--by build` rows also carry each build's name and status,
+    which change without a new request, so that view is never cached.
+    """
+
+    def __init__(self, size: int = 32) -> None:
+        self._size = size
+        self._entries: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(
+        self,
+        conn: sqlite3.Connection,
+        kind: str,
+        options: CostsOptions,
+        compute: Callable[[], dict[str, Any]],
+    ) -> dict[str, Any]:
+        if options.by == "build" or options.build:
+            return compute()
+        last = conn.execute("SELECT MAX(id) FROM requests").fetchone()[0]
+        key = (kind, astuple(options), last, today(resolve_zone(options.tz)))
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+                return found
+        value = compute()
+        with self._lock:
+            self._entries[key] = value
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+        return value

@@ -121,18 +121,19 @@ export async function costsView(main) {
   const by = params.get("by") || "day";
   const backend = params.get("backend") || "";
   const filters = { since, backend };
-  const [report, models, backends] = await Promise.all([
+  const [report, models] = await Promise.all([
     api(`/api/costs?${query({ ...filters, by })}`),
     api(`/api/costs?${query({ ...filters, by: "model" })}`),
-    api(`/api/costs/backends?${query({ since })}`),
   ]);
   const go = (changes) => { location.hash = `#/costs?${query({ since, by, backend, ...changes })}`; };
   const rangeSel = el("select", { "aria-label": "range" }, RANGES.map(([v, label]) => el("option", { value: v, selected: v === since }, label)));
   rangeSel.addEventListener("change", () => go({ since: rangeSel.value }));
   const bySel = el("select", { "aria-label": "by" }, ["day", "week", "month"].map((v) => el("option", { value: v, selected: v === by }, v)));
   bySel.addEventListener("change", () => go({ by: bySel.value }));
+  // The backend table is one report per backend: drawn after the rest, not holding it up.
   const backendSel = el("select", { "aria-label": "backend" }, el("option", { value: "" }, "all"),
-    backends.rows.map((r) => el("option", { value: r.key, selected: r.key === backend }, r.key)));
+    backend ? el("option", { value: backend, selected: true }, backend) : null);
+  const backendBox = el("div", {}, el("p", { class: "muted" }, "Loading…"));
   backendSel.addEventListener("change", () => go({ backend: backendSel.value }));
   const charts = chartPanels(`Per ${by}`);
   show(main,
@@ -148,12 +149,22 @@ export async function costsView(main) {
     el("h2", {}, "By model"),
     table(costColumns("Model"), models.rows, { total: models.totals, testid: "costs-models" }),
     el("h2", {}, "By backend"),
-    table(costColumns("Backend"), backends.rows.map((r) => ({ ...r, kind: r.local ? "local" : "api" })), { testid: "costs-backends" }),
+    backendBox,
     report.totals.unpriced_requests
       ? el("p", { class: "muted" }, `* ${int(report.totals.unpriced_requests)} requests have no price: their cost is unknown and left out of the totals.`)
       : null,
   );
   drawCharts(report, charts.spend, charts.hit);
+  try {
+    const backends = await api(`/api/costs/backends?${query({ since })}`);
+    backendBox.replaceChildren(table(costColumns("Backend"),
+      backends.rows.map((r) => ({ ...r, kind: r.local ? "local" : "api" })), { testid: "costs-backends" }));
+    for (const r of backends.rows) {
+      if (r.key !== backend) backendSel.append(el("option", { value: r.key }, r.key));
+    }
+  } catch (error) {
+    backendBox.replaceChildren(errorBox(error));
+  }
 }
 
 export { query, errorBox };
