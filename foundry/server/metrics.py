@@ -38,8 +38,8 @@ PREFIX = "foundry"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # The routes' own paths; anything else is "other" (an unknown path must not mint a label).
 ENDPOINTS = frozenset(
-    {"/v1/messages", "/v1/messages/count_tokens", "/v1/models", "/", "/health", "/cache/stats"}
-    | {"/metrics"}
+    ("/v1/messages", "/v1/messages/count_tokens", "/v1/models", "/", "/health", "/cache/stats")
+    + ("/metrics",)
 )
 MODEL_PATH = "/v1/models/"
 # End-to-end latency, in seconds: vLLM's buckets, with a replay's milliseconds below them.
