@@ -242,11 +242,14 @@ def test_a_failed_build_is_an_error_trace_with_its_status(
     cli, tmp_path, anthropic_env, receiver, monkeypatch
 ) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{receiver.url}/v1/traces")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")  # said once, sent over HTTP
     script_build(anthropic_env, HELLO.replace('return "hello"', 'return "helo"'))
     result = run(
         cli, tmp_path, "--max-test-iterations", "1", "--phases", "scout,architect,builder,test"
     )
     assert result.exit_code == 3, result.stderr  # tests failed
+    said = [line for line in result.stderr.splitlines() if "OTEL_EXPORTER_OTLP_PROTOCOL" in line]
+    assert len(said) == 1 and "http/protobuf only" in said[0]
     (root,) = [s for s in receiver.spans if not s.parent]
     assert root.attributes["foundry.build.status"] == "tests_failed"
     assert root.status == STATUS_ERROR and "tests" in root.attributes["foundry.build.error"]

@@ -233,3 +233,22 @@ def test_metrics_need_the_key_like_cache_stats(tiny_model_dir, tmp_path) -> None
         ]
         == 1
     )
+
+
+def test_without_prometheus_client_serve_runs_without_metrics(
+    tiny_model_dir, tmp_path, monkeypatch, caplog
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as if it were missing
+    monkeypatch.delitem(sys.modules, "foundry.server.metrics", raising=False)
+    with (
+        caplog.at_level("WARNING", logger="foundry.server.app"),
+        serving(tiny_model_dir, tmp_path) as served,
+    ):
+        answer = ask(served.client(), "Build a todo app")
+        missing = httpx2.get(f"{served.url}/metrics")
+    assert answer.usage.output_tokens > 0  # the server serves
+    assert missing.status_code == 404
+    (line,) = [r.getMessage() for r in caplog.records if "/metrics is off" in r.getMessage()]
+    assert "pip install -c constraints.txt -e '.[serve]'" in line

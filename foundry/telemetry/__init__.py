@@ -40,6 +40,14 @@ def telemetry_recorders() -> list[Events]:
             f"OpenTelemetry; {install_hint('otel')}"
         )
         return []
+    protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_PROTOCOL", ""
+    )
+    if protocol.strip() not in ("", "http/protobuf"):
+        console.warning(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL is {protocol.strip()}, but foundry sends traces as "
+            "http/protobuf only: point the endpoint at the collector's OTLP/HTTP port (4318)"
+        )
     try:
         return [TraceRecorder.from_environment(endpoint)]
     except Exception as exc:  # a malformed OTEL_* variable: say so, and build anyway
