@@ -344,6 +344,26 @@ def test_cancel_interrupts_a_running_build_which_then_resumes(anthropic_env) -> 
     assert [s for (s,) in statuses] == ["interrupted", "completed"]
 
 
+def test_when_the_client_hangs_up_its_running_builds_are_interrupted(anthropic_env) -> None:
+    server = anthropic_env
+    server.enqueue_fault("pings", every_s=0.2, for_s=60)
+
+    async def test() -> str:
+        async with session() as client:
+            started = data(
+                await client.call_tool("build", {"name": "left", "task": "t", "phases": ["scout"]})
+            )
+            await wait_until(client, started["id"], lambda s: len(server.requests) == 1, limit_s=30)
+            return str(started["id"])
+
+    build_id = anyio.run(test)  # leaving the session closes the server's stdin
+    deadline = time.monotonic() + 20
+    while ledger_rows("SELECT status FROM builds WHERE id = ?", build_id) == [("running",)]:
+        assert time.monotonic() < deadline, "the build was left running"
+        time.sleep(0.2)
+    assert ledger_rows("SELECT status FROM builds WHERE id = ?", build_id) == [("interrupted",)]
+
+
 def test_a_build_started_elsewhere_cannot_be_cancelled_here(anthropic_env) -> None:
     server = anthropic_env
     server.enqueue(

@@ -196,7 +196,8 @@ class Launcher:
 
     def interrupt_all(self, wait_s: float) -> None:
         """At shutdown: nobody could cancel a build left running once this server is gone,
-        so each is interrupted (resumable) rather than left to spend unattended."""
+        so each is interrupted (resumable) rather than left to spend unattended. They end
+        on their own; waiting only lets a quick one be reaped here."""
         with self._lock:
             running = [c for c in self._children.values() if c.running]
         for child in running:
