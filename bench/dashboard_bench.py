@@ -12,7 +12,8 @@ Figures:
   empty) and the next (cached until a request is recorded).
 * first paint: Debian's chromium (Playwright) opening the overview (the builds lists and
   both charts drawn: the page marks <body data-ready>), the builds list and the costs view,
-  in a fresh browser context (no HTTP cache) against a freshly started dashboard, then again.
+  each in a fresh browser context (no HTTP cache): on a dashboard just started without its
+  warm-up (cold), on one whose start-up warm-up has finished, and reloaded.
 * live: a progress row written to the ledger until the open build page shows it.
 `uptime` is printed before and after: on a shared machine, quote figures with the load.
 """
@@ -128,36 +129,55 @@ def http_times(server: Dashboard) -> None:
 
 
 def paint_times(path: Path, repeat: int) -> None:
+    """Three starts per view: `cold` (no start-up warm-up: every report computed on the
+    page's request), `warmed` (the first visit once the start-up warm-up has finished), and
+    `reload` (the same page opened again)."""
     from playwright.sync_api import sync_playwright
 
     views = [("overview", "/"), ("builds", "/#/builds"), ("costs", "/#/costs")]
+    warm_urls = ["/api/costs?by=day&since=29d", "/api/costs?by=model&since=29d",
+                 "/api/costs/backends?since=29d"]  # fmt: skip
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+
+        def paint(server: Dashboard, view: str, fragment: str) -> float:
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            page = context.new_page()
+            started = time.perf_counter()
+            page.goto(server.url + fragment)
+            page.wait_for_selector(f'body[data-ready="{view}"]', state="attached",
+                                   timeout=120_000)  # fmt: skip
+            took = time.perf_counter() - started
+            if view == "overview":
+                assert page.locator('[data-testid="chart-spend"] svg').count() == 1
+                assert page.locator('[data-testid="latest"] tbody tr').count() == 10
+            context.close()
+            return took
+
         for view, fragment in views:
-            cold, warm = [], []
+            times: dict[str, list[float]] = {"cold": [], "warmed": [], "reload": []}
             for _ in range(repeat):
-                server = Dashboard(DashboardOptions(db=path, config=load_config(None), port=0))
-                server.start_in_thread()
-                try:
-                    for into in (cold, warm):
-                        context = browser.new_context(viewport={"width": 1280, "height": 900})
-                        page = context.new_page()
-                        started = time.perf_counter()
-                        page.goto(server.url + fragment)
-                        page.wait_for_selector(f'body[data-ready="{view}"]', state="attached",
-                                               timeout=120_000)  # fmt: skip
-                        into.append(time.perf_counter() - started)
-                        if view == "overview":
-                            assert page.locator('[data-testid="chart-spend"] svg').count() == 1
-                            assert page.locator('[data-testid="latest"] tbody tr').count() == 10
-                        context.close()
-                finally:
-                    server.stop()
-            print(
-                f"  paint  {view:<10} fresh dashboard: median {statistics.median(cold):.2f} s"
-                f" (runs {', '.join(f'{t:.2f}' for t in cold)});"
-                f" reloaded: median {statistics.median(warm):.2f} s"
+                for warm in (False, True):
+                    options = DashboardOptions(db=path, config=load_config(None), port=0,
+                                               warm=warm)  # fmt: skip
+                    server = Dashboard(options)
+                    server.start_in_thread()
+                    try:
+                        if not warm:
+                            times["cold"].append(paint(server, view, fragment))
+                            continue
+                        for url in warm_urls:  # waits for the warm-up's computation
+                            http_get(server.url + url)
+                        times["warmed"].append(paint(server, view, fragment))
+                        times["reload"].append(paint(server, view, fragment))
+                    finally:
+                        server.stop()
+            line = "; ".join(
+                f"{name} {statistics.median(values):.2f} s"
+                f" ({', '.join(f'{t:.2f}' for t in values)})"
+                for name, values in times.items()
             )
+            print(f"  paint  {view:<9} {line}", flush=True)
         browser.close()
 
 
@@ -210,7 +230,8 @@ def main() -> None:
     results = query_times(opts.db, opts.repeat)
     largest = max(results, key=lambda k: results[k])
     print(f"  largest query: {largest}, {results[largest] * 1000:.0f} ms")
-    server = Dashboard(DashboardOptions(db=opts.db, config=load_config(None), port=0))
+    # No warm-up here: the first call of each view is its real cost.
+    server = Dashboard(DashboardOptions(db=opts.db, config=load_config(None), port=0, warm=False))
     server.start_in_thread()
     try:
         http_times(server)

@@ -13,7 +13,9 @@ GET only: nothing here changes anything.
 from __future__ import annotations
 
 import importlib.resources
+import logging
 import sqlite3
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,13 +30,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from foundry.config import FoundryConfig
 from foundry.dashboard import builds as q
-from foundry.dashboard.costs import CostsCache, backends_view, costs_view
+from foundry.dashboard.costs import CostsCache, backends_view, costs_view, warm_up
 from foundry.dashboard.live import build_events
 from foundry.dashboard.readonly import ReadOnlyLedger
 from foundry.dashboard.serve_stats import ServeTarget, fetch_stats
 from foundry.errors import FoundryError, UsageError
 from foundry.ledger.costs import CostsOptions
 
+log = logging.getLogger(__name__)
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -62,6 +65,7 @@ class DashboardSettings:
     serve: ServeTarget
     # Host header values accepted; ["*"] only when the operator allowed a non-loopback host.
     allowed_hosts: list[str] = field(default_factory=lambda: ["127.0.0.1", "localhost", "::1"])
+    warm: bool = True  # compute the first pages' reports at start-up, in the background
 
 
 def host_name(header: str) -> str:
@@ -153,6 +157,15 @@ def create_app(settings: DashboardSettings) -> Starlette:
     static = _static_files()
     ledger = settings.ledger
     cache = CostsCache()
+    if settings.warm:
+
+        def warm() -> None:
+            try:
+                warm_up(cache, ledger.connection, ledger.path, settings.config)
+            except (FoundryError, sqlite3.Error) as exc:  # the page will say it when asked
+                log.info("dashboard warm-up skipped: %s", exc)
+
+        threading.Thread(target=warm, name="dashboard-warm-up", daemon=True).start()
 
     async def in_thread(func: Any, *args: Any) -> JSONResponse:
         """Run a read on a worker thread (SQLite blocks), mapping foundry errors to JSON."""

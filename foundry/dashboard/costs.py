@@ -10,6 +10,7 @@ request_rollup, report_row, totals, the budgets); a test holds the page's number
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 from collections import OrderedDict
@@ -118,6 +119,7 @@ class CostsCache:
     def __init__(self, size: int = 32) -> None:
         self._size = size
         self._entries: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
+        self._pending: dict[tuple, threading.Event] = {}
         self._lock = threading.Lock()
 
     def get(
@@ -136,9 +138,48 @@ class CostsCache:
             if found is not None:
                 self._entries.move_to_end(key)
                 return found
-        value = compute()
-        with self._lock:
-            self._entries[key] = value
-            while len(self._entries) > self._size:
-                self._entries.popitem(last=False)
-        return value
+            # One computation per key at a time: a page asking while the warm-up (or
+            # another tab) computes the same report waits for it instead of doubling it.
+            pending = self._pending.get(key)
+            owner = pending is None
+            if pending is None:
+                pending = self._pending[key] = threading.Event()
+        if not owner:
+            pending.wait(timeout=300)
+            with self._lock:
+                found = self._entries.get(key)
+            return found if found is not None else compute()
+        try:
+            value = compute()
+            with self._lock:
+                self._entries[key] = value
+                while len(self._entries) > self._size:
+                    self._entries.popitem(last=False)
+            return value
+        finally:
+            with self._lock:
+                self._pending.pop(key, None)
+            pending.set()
+
+
+# What the overview and the costs view ask for first: computed when the dashboard starts,
+# so the first page load finds them ready (each costs a second or two on a big ledger).
+WARM_UP = (
+    ("costs", CostsOptions(by="day", since="29d")),
+    ("costs", CostsOptions(by="model", since="29d")),
+    # by="day" as the page's request has it (the key holds every option; backends_view
+    # itself groups by model).
+    ("backends", CostsOptions(by="day", since="29d")),
+)
+
+
+def warm_up(
+    cache: CostsCache, connect: Callable[[], Any], path: Path, config: FoundryConfig
+) -> None:
+    """Fill the cache with WARM_UP's reports (run in a background thread)."""
+    views = {"costs": costs_view, "backends": backends_view}
+    for kind, preset in WARM_UP:
+        options = CostsOptions(**{**vars(preset), "db": path})
+        with connect() as conn:
+            compute = functools.partial(views[kind], conn, path, config, options)
+            cache.get(conn, kind, options, compute)

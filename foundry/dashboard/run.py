@@ -24,6 +24,7 @@ class DashboardOptions:
     serve_url: str = "http://127.0.0.1:8082"
     allow_remote_serve: bool = False
     serve_api_key: str | None = None
+    warm: bool = True  # compute the first pages' costs reports at start-up
 
 
 def import_web_libraries() -> None:
@@ -89,7 +90,9 @@ class Dashboard:
         )
         ledger = ReadOnlyLedger(options.db)
         ledger.check()
-        settings = DashboardSettings(ledger=ledger, config=options.config, serve=serve)
+        settings = DashboardSettings(
+            ledger=ledger, config=options.config, serve=serve, warm=options.warm
+        )
         if options.allow_remote:
             settings.allowed_hosts = ["*"]
         else:
