@@ -34,8 +34,8 @@ from mcp import ClientSession, StdioServerParameters, stdio_client  # noqa: E402
 
 from foundry.config import load_config  # noqa: E402
 from foundry.ledger.costs import CostsOptions, costs_report  # noqa: E402
-from foundry.mcp import ServerSettings  # noqa: E402
 from foundry.mcp.launch import Launcher  # noqa: E402
+from foundry.mcp.settings import ServerSettings  # noqa: E402
 from foundry.mcp.status import snapshot  # noqa: E402
 
 

@@ -23,6 +23,7 @@ def mcp(
     ] = False,
 ) -> None:
     """Serve foundry's builds, costs and prompt analysis to an MCP client over stdio."""
-    from foundry.mcp import ServerSettings, serve
+    from foundry.mcp import serve
+    from foundry.mcp.settings import ServerSettings
 
     serve(ServerSettings(config=config, db=db, allow_remote_serve=allow_remote_serve))

@@ -23,7 +23,7 @@ from foundry.errors import FoundryError, UsageError
 from foundry.mcp.models import Confirmation
 
 if TYPE_CHECKING:
-    from foundry.mcp import ServerSettings
+    from foundry.mcp.settings import ServerSettings
     from foundry.orchestrator.plan import PreparedBuild
 
 LOG_TAIL_BYTES = 4096

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from foundry.errors import FoundryError, UsageError
 
 if TYPE_CHECKING:
-    from foundry.mcp import ServerSettings
+    from foundry.mcp.settings import ServerSettings
 
 SERVE_TIMEOUT_S = 5.0
 SERVE_MAX_BYTES = 4 * 1024 * 1024  # a stats page is a few KB; anything far larger is not one

@@ -26,7 +26,6 @@ from pydantic import Field
 
 from foundry import __version__
 from foundry.errors import FoundryError
-from foundry.mcp import ServerSettings
 from foundry.mcp.launch import BuildRequest, Launcher, ResumeRequest, error_text
 from foundry.mcp.models import (
     BuildStarted,
@@ -37,6 +36,7 @@ from foundry.mcp.models import (
     PromptAnalysis,
 )
 from foundry.mcp.reports import analyze_prompt, cache_stats, costs
+from foundry.mcp.settings import ServerSettings
 from foundry.mcp.status import resolve, snapshot
 
 POLL_S = 0.5  # the build writes its progress row at most every 0.25 s
