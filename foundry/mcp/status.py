@@ -36,6 +36,8 @@ def resolve(launcher: Launcher, asked: str) -> str:
     have no ledger row yet."""
     from foundry.orchestrator.plan import pick_build
 
+    if launcher.child(asked) is not None:  # an id is unique: nothing to resolve
+        return asked
     db = ledger_file(launcher)
     ledger = _open(db)
     records = []
