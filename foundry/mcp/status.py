@@ -147,9 +147,10 @@ def describe(status: BuildStatus) -> str:
         if live.test_iteration:
             verdict = "passed" if live.tests_passed else "failed"
             head += f", test run {live.test_iteration} {verdict}"
-    done = f"{len(status.phases_done)}/{len(status.phases_requested)} phases"
     spend = status.spend
-    parts = [head, done, f"{spend.requests} requests", f"${spend.cost_usd:.4f}"]
+    parts = [head, f"{spend.requests} requests", f"${spend.cost_usd:.4f}"]
+    if status.phases_requested:  # not known before the build's row is written
+        parts.insert(1, f"{len(status.phases_done)}/{len(status.phases_requested)} phases")
     if status.error and status.finished:
         parts.append(status.error)
     return "; ".join(parts)
