@@ -8,6 +8,8 @@ import hashlib
 import http.server
 import importlib.util
 import json
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -20,7 +22,7 @@ import pytest
 
 from foundry.config import load_config
 from foundry.dashboard.app import CSP
-from foundry.dashboard.run import Dashboard, DashboardOptions
+from foundry.dashboard.run import Dashboard, DashboardOptions, import_web_libraries
 from foundry.errors import LedgerError, UsageError
 from foundry.ledger import Ledger, utc_now
 from foundry.usage import Usage
@@ -313,3 +315,37 @@ def test_a_new_request_is_in_the_next_report(filled: Filled, dashboard: Dashboar
     assert anthropic["cost_usd"] == pytest.approx(
         costs_json(filled.path, "--backend", "anthropic")["totals"]["cost_usd"]
     )
+
+
+def test_the_command_serves_the_page_until_stopped(filled: Filled) -> None:
+    """`foundry dashboard` as a user starts it: the ledger from FOUNDRY_DB, the address on
+    stderr, the page and its API there, and Ctrl-C (SIGINT) ends it cleanly."""
+    env = {**os.environ, "FOUNDRY_DB": str(filled.path)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "foundry", "dashboard", "--port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert process.stderr is not None
+        line = process.stderr.readline()
+        assert f"(ledger {filled.path}, read-only)" in line, line
+        url = line.split("foundry dashboard: ", 1)[1].split(" ", 1)[0]
+        status, headers, body = get(url + "/")
+        assert status == 200 and '<script type="module" src="/static/app.js">' in body
+        status, _, builds = get(url + "/api/builds")
+        assert status == 200 and builds["total"] == 3
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 0
+
+
+def test_without_the_serve_extra_one_line_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn now fails
+    with pytest.raises(UsageError) as raised:
+        import_web_libraries()
+    assert "needs uvicorn and starlette" in str(raised.value)
+    assert ".[serve]" in str(raised.value)

@@ -3,6 +3,7 @@ bound first (a port in use is one clear error, not uvicorn's log and exit)."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 import time
@@ -108,7 +109,16 @@ class Dashboard:
             # Open event streams would hold a stop up to this long.
             timeout_graceful_shutdown=2,
         )
-        self.server = uvicorn.Server(config)
+
+        class Server(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: Any) -> None:
+                # Ctrl-C or SIGTERM is how a dashboard is meant to end: stop and exit 0,
+                # not re-raise the signal afterwards (uvicorn's default), as foundry serve.
+                if self.should_exit and sig == signal.SIGINT:
+                    self.force_exit = True  # a second Ctrl-C: stop waiting for streams
+                self.should_exit = True
+
+        self.server = Server(config)
         self._thread: threading.Thread | None = None
 
     def run(self) -> None:
