@@ -9,9 +9,9 @@ function pairs(object, testid) {
   const rows = Object.entries(object || {}).map(([key, value]) => ({
     key,
     value: value !== null && typeof value === "object" ? JSON.stringify(value)
-      : /bytes$/.test(key) && typeof value === "number" ? bytes(value) : String(value),
+      : /bytes/.test(key) && typeof value === "number" ? bytes(value) : String(value),
   }));
-  return table([{ label: "", value: (r) => r.key }, { label: "", cls: "pre", value: (r) => r.value }], rows, { testid });
+  return table([{ label: "field", value: (r) => r.key }, { label: "value", cls: "pre", value: (r) => r.value }], rows, { testid });
 }
 
 export async function serveView(main, cleanup) {
