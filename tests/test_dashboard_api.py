@@ -188,6 +188,16 @@ def test_a_missing_or_foreign_ledger_is_a_clear_error_and_left_alone(tmp_path: P
     with pytest.raises(LedgerError, match="not a foundry ledger"):
         Dashboard(_options(other))
     assert other.read_bytes() == before
+    # A ledger from an older foundry: migrating it is a write, left to the recording tools.
+    older = tmp_path / "older.db"
+    Ledger.open(older).close()
+    with sqlite3.connect(older) as conn:
+        conn.execute("DELETE FROM _sqlite_migrations WHERE name = '0005_build_progress'")
+        conn.execute("DROP TABLE build_progress")
+    before = older.read_bytes()
+    with pytest.raises(LedgerError, match="needs migrating"):
+        Dashboard(_options(older))
+    assert older.read_bytes() == before
     # As a user sees it: one line, exit 1, no traceback.
     result = subprocess.run(
         [sys.executable, "-m", "foundry", "dashboard", "--db", str(tmp_path / "nothing.db")],
