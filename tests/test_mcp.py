@@ -17,10 +17,14 @@ from typing import Any
 
 import anyio
 import pytest
-from mcp import ClientSession, StdioServerParameters, stdio_client
-from mcp_types import CallToolResult
 
 from foundry.errors import install_hint
+
+try:
+    from mcp import ClientSession, StdioServerParameters, stdio_client
+    from mcp_types import CallToolResult
+except ImportError:  # a failure that says what to do, never a skip
+    pytest.fail(f"the MCP SDK is not installed: {install_hint('mcp')}", pytrace=False)
 from tests.test_build_e2e import HELLO, TASK, script_build
 
 FOUNDRY = Path(sys.executable).parent / "foundry"
