@@ -112,6 +112,14 @@ def test_the_costs_view_shows_what_foundry_costs_prints(
             titles.nth(0).text_content()
             == f"{spent[0]['key']} · spend: ${spent[0]['cost_usd']:.2f}"
         )
+        # Spend by model: one bar per priced model, labelled with its name.
+        priced = [r["label"] for r in by_model["rows"] if r["kind"] == "api" and r["cost_usd"]]
+        model_bars = page.locator('[data-testid="chart-models"] rect[data-series="spend"]')
+        assert [
+            model_bars.nth(i).get_attribute("data-label") for i in range(model_bars.count())
+        ] == priced
+        backend_bars = page.locator('[data-testid="chart-backends"] rect[data-series="spend"]')
+        assert backend_bars.count() == 1  # anthropic: mlx is local, openai has no price
         _shot(page, tmp_path / "dashboard-costs.png")
 
 

@@ -94,3 +94,33 @@ export function lineChart(container, { labels, series, format, max, title }) {
   }
   container.replaceChildren(svg);
 }
+
+// Horizontal stacked bars, one row per label (model and backend names can be long).
+export function hbarChart(container, { labels, series, format, title }) {
+  if (!labels.length) return emptyChart(container, "Nothing priced in this range.");
+  const row = 22, left = 190, right = 80, top = 6;
+  const height = top * 2 + row * labels.length;
+  const totals = labels.map((_, i) => series.reduce((sum, s) => sum + (s.values[i] || 0), 0));
+  const max = Math.max(...totals) || 1;
+  const svg = svgEl("svg", { viewBox: `0 0 ${W} ${height}`, role: "img", "aria-label": title });
+  labels.forEach((label, i) => {
+    const y = top + row * i;
+    const shown = label.length > 28 ? `${label.slice(0, 27)}…` : label;
+    const name = svgEl("text", { x: left - 8, y: y + row * 0.65, "text-anchor": "end" }, shown);
+    name.append(svgEl("title", {}, label));
+    svg.append(name);
+    let x = left;
+    for (const s of series) {
+      const value = s.values[i] || 0;
+      if (value <= 0) continue;
+      const w = (value / max) * (W - left - right);
+      const bar = svgEl("rect", { class: s.cls, x, y: y + 3, width: w, height: row - 6, "data-label": label, "data-series": s.name });
+      bar.append(svgEl("title", {}, `${label} · ${s.name}: ${format(value)}`));
+      svg.append(bar);
+      x += w;
+    }
+    // The first series' own figure (spend), not the stack's sum: a saving can be negative.
+    svg.append(svgEl("text", { x: x + 6, y: y + row * 0.65 }, format(series[0].values[i] || 0)));
+  });
+  container.replaceChildren(svg);
+}

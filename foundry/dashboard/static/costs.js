@@ -1,6 +1,6 @@
 // The costs view: the numbers of `foundry costs` (the same report, from /api/costs), as
 // charts and tables. Nothing is computed here but the placement of the report's figures.
-import { barChart, lineChart } from "./charts.js";
+import { barChart, hbarChart, lineChart } from "./charts.js";
 import { show, api, card, el, errorBox, hashParams, int, money, pct, seconds, table, tokens } from "./util.js";
 
 const RANGES = [["6d", "7 days"], ["29d", "30 days"], ["89d", "90 days"], ["364d", "1 year"], ["", "everything"]];
@@ -109,6 +109,19 @@ export function costColumns(keyLabel) {
   ];
 }
 
+// Spend and saved per model or backend: the API rows only (a local model costs nothing in
+// money; its saving is time, in the tables).
+function drawShares(container, rows, title) {
+  const priced = rows.filter((r) => r.kind !== "local" && (r.cost_usd > 0 || r.saved_usd > 0));
+  hbarChart(container, {
+    labels: priced.map((r) => r.label), title, format: money,
+    series: [
+      { name: "spend", cls: "bar-spend", values: priced.map((r) => r.cost_usd) },
+      { name: "saved", cls: "bar-saved", values: priced.map((r) => r.saved_usd) },
+    ],
+  });
+}
+
 function query(params) {
   const q = new URLSearchParams();
   for (const [k, v] of Object.entries(params)) if (v) q.set(k, v);
@@ -134,6 +147,8 @@ export async function costsView(main) {
   const backendSel = el("select", { "aria-label": "backend" }, el("option", { value: "" }, "all"),
     backend ? el("option", { value: backend, selected: true }, backend) : null);
   const backendBox = el("div", {}, el("p", { class: "muted" }, "Loading…"));
+  const modelChart = el("div", { class: "chart", "data-testid": "chart-models" });
+  const backendChart = el("div", { class: "chart", "data-testid": "chart-backends" });
   backendSel.addEventListener("change", () => go({ backend: backendSel.value }));
   const charts = chartPanels(`Per ${by}`);
   show(main,
@@ -144,6 +159,9 @@ export async function costsView(main) {
     report.message ? el("p", { class: "muted", "data-testid": "costs-message" }, report.message) : null,
     kpis(report.totals),
     charts.node,
+    el("div", { class: "grid2" },
+      el("div", { class: "panel" }, el("h2", {}, "Spend and saved by model"), modelChart),
+      el("div", { class: "panel" }, el("h2", {}, "Spend and saved by backend"), backendChart)),
     el("h2", {}, `By ${by}`),
     table(costColumns(by[0].toUpperCase() + by.slice(1)), report.rows, { total: report.totals, testid: "costs-periods" }),
     el("h2", {}, "By model"),
@@ -151,14 +169,16 @@ export async function costsView(main) {
     el("h2", {}, "By backend"),
     backendBox,
     report.totals.unpriced_requests
-      ? el("p", { class: "muted" }, `* ${int(report.totals.unpriced_requests)} requests have no price: their cost is unknown and left out of the totals.`)
+      ? el("p", { class: "muted" }, `* ${int(report.totals.unpriced_requests)} ${report.totals.unpriced_requests === 1 ? "request has" : "requests have"} no price: their cost is unknown and left out of the totals.`)
       : null,
   );
   drawCharts(report, charts.spend, charts.hit);
+  drawShares(modelChart, models.rows, "Spend and saved by model");
   try {
     const backends = await api(`/api/costs/backends?${query({ since })}`);
     backendBox.replaceChildren(table(costColumns("Backend"),
       backends.rows.map((r) => ({ ...r, kind: r.local ? "local" : "api" })), { testid: "costs-backends" }));
+    drawShares(backendChart, backends.rows.map((r) => ({ ...r, kind: r.local ? "local" : "api" })), "Spend and saved by backend");
     for (const r of backends.rows) {
       if (r.key !== backend) backendSel.append(el("option", { value: r.key }, r.key));
     }
