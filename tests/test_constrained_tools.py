@@ -449,3 +449,38 @@ def test_a_call_stuck_in_a_loop_is_wound_up(tmp_path, tmp_path_factory) -> None:
     assert b.last_cache_event.get("wound_up") is True
     assert_valid_calls(response, {"read_file"})
     assert response.usage.output_tokens < 200
+
+
+def test_an_unenforceable_keyword_is_one_line_per_tool_once(tiny_model_dir, caplog) -> None:
+    """Claude Code's Agent tool uses propertyNames, which llguidance does not implement: the
+    grammar ignores that keyword. Said once, naming the tool and the keyword; not a 25 KB
+    grammar dump on every request (issue 22)."""
+    import logging
+
+    from transformers import AutoTokenizer
+
+    from foundry.backends.base import ToolSpec
+    from foundry.local.constrained import ToolGrammars, hf_grammar_tokenizer
+    from foundry.local.tool_grammar import FALLBACK_FORMAT
+
+    hf = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    end = [hf.convert_tokens_to_ids("<|im_end|>")]
+    grammars = ToolGrammars(
+        lambda: hf_grammar_tokenizer(hf, len(hf), end), FALLBACK_FORMAT, enabled=True
+    )
+    agent = ToolSpec(
+        "Agent",
+        "Start a sub-agent. " * 200,  # a long description, as Claude Code's tools have
+        {
+            "type": "object",
+            "properties": {"env": {"type": "object", "propertyNames": {"pattern": "^[A-Z]+$"}}},
+        },
+    )
+    req = request(ToolChoice("auto"))
+    req.tools = [*TOOL_SPECS, agent]
+    with caplog.at_level(logging.WARNING, logger="foundry.local.constrained"):
+        for _ in range(3):
+            assert grammars.for_request(req) is not None  # the rest is still enforced
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1, lines
+    assert "'Agent'" in lines[0] and "propertyNames" in lines[0] and len(lines[0]) < 200

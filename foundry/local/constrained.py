@@ -8,7 +8,9 @@ here; applying the mask to logits is the engine's (mlx, llama.cpp).
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +27,8 @@ log = logging.getLogger(__name__)
 # array, in the order a call winding up prefers them. Inside a string a token that starts
 # with '"' always closes it (an escaped quote starts with a backslash); '}' there is text.
 CLOSING_TIERS = (b'"', b"}]")
+# How llguidance names the schema keywords it does not implement, in a compile error.
+UNIMPLEMENTED = re.compile(r"Unimplemented keys: \[([^\]]*)\]")
 
 
 def import_llguidance() -> Any:
@@ -101,23 +105,23 @@ class ToolConstraint:
         choice: ToolChoice | None,
         fmt: CallFormat,
         closers: np.ndarray | None = None,
+        *,
+        strict_fails: bool = False,
+        on_lenient: Callable[[str], None] | None = None,
     ) -> ToolConstraint | None:
         """The constraint for a request, or None (logged) when no grammar can be built: the
-        strict schemas first, then leniently (unimplemented keywords ignored)."""
+        strict schemas first (unless they are known to fail), then leniently (unimplemented
+        keywords ignored; `on_lenient` hears why the strict grammar failed)."""
         problem = ""
-        for lenient in (False, True):
+        for lenient in (False, True) if not strict_fails else (True,):
             grammar = tool_call_grammar(tools, choice, fmt, lenient=lenient)
             try:
                 constraint = cls(grammar_tokenizer, grammar, closers)
             except ValueError as exc:
                 problem = str(exc)
                 continue
-            if lenient:
-                log.warning(
-                    "a tool schema uses what the grammar cannot enforce (%s); those keywords "
-                    "are ignored, the rest of each schema is enforced",
-                    problem,
-                )
+            if lenient and on_lenient is not None:
+                on_lenient(problem)
             return constraint
         log.warning("tool calls are not constrained for this request: %s", problem)
         return None
@@ -190,6 +194,11 @@ class ToolGrammars:
         self._tokenizer: Any = None
         self._closers: np.ndarray | None = None
         self._warned = False
+        # Tool sets whose strict grammar failed (not tried again), and tools already named in
+        # a warning: a client sends the same tools with every request, and one line per tool,
+        # once, says all there is to say.
+        self._strict_fails: set[str] = set()
+        self._named: set[str] = set()
 
     def for_request(self, request: ModelRequest) -> ToolConstraint | None:
         """The constraint for one request with tools; None when off or not possible."""
@@ -206,6 +215,37 @@ class ToolGrammars:
         if self._tokenizer is None:
             self._tokenizer = self.make_tokenizer()
             self._closers = closing_tokens(self._tokenizer)
+        fmt = self.fmt
+        key = json.dumps([[t.name, t.input_schema] for t in request.tools], sort_keys=True)
+
+        def lenient(problem: str) -> None:
+            self._strict_fails.add(key)
+            for tool in request.tools:
+                if tool.name not in self._named:
+                    self._name_unenforced(tool, fmt)
+
         return ToolConstraint.for_request(
-            self._tokenizer, request.tools, request.tool_choice, self.fmt, self._closers
+            self._tokenizer,
+            request.tools,
+            request.tool_choice,
+            fmt,
+            self._closers,
+            strict_fails=key in self._strict_fails,
+            on_lenient=lenient,
         )
+
+    def _name_unenforced(self, tool: ToolSpec, fmt: CallFormat) -> None:
+        """One warning line for `tool` if its own schema needs the lenient grammar, naming
+        the keywords the grammar cannot enforce."""
+        self._named.add(tool.name)
+        try:
+            ToolConstraint(self._tokenizer, tool_call_grammar([tool], None, fmt))
+        except ValueError as exc:
+            found = UNIMPLEMENTED.search(str(exc))
+            what = found.group(1).replace('"', "") if found else "a keyword"
+            log.warning(
+                "tool %r: its schema uses %s, which the grammar cannot enforce; ignored, the "
+                "rest of its schema is enforced",
+                tool.name,
+                what,
+            )
