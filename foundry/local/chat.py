@@ -36,6 +36,8 @@ class ClientRequest(ModelRequest):
     # Offsets in `system` where a system block with cache_control ends.
     system_breakpoints: tuple[int, ...] = ()
     stop_sequences: tuple[str, ...] = ()
+    # output_config.format's JSON schema: the reply is JSON that fits it (structured output).
+    output_schema: dict[str, Any] | None = None
 
 
 @dataclass

@@ -20,7 +20,7 @@ import numpy as np
 
 from foundry.backends.base import ModelRequest, ToolChoice, ToolSpec
 from foundry.errors import LocalModelError, install_hint
-from foundry.local.tool_grammar import CallFormat, tool_call_grammar
+from foundry.local.tool_grammar import CallFormat, output_grammar, tool_call_grammar
 
 log = logging.getLogger(__name__)
 # The first bytes of tokens that close a JSON string, then those that close an object or
@@ -201,8 +201,15 @@ class ToolGrammars:
         self._named: set[str] = set()
 
     def for_request(self, request: ModelRequest) -> ToolConstraint | None:
-        """The constraint for one request with tools; None when off or not possible."""
-        if not self.enabled or not request.tools:
+        """The constraint for one request with tools, or with a structured output and no
+        tool it may call; None when off or not possible."""
+        if not self.enabled:
+            return None
+        schema = getattr(request, "output_schema", None)
+        choice = request.tool_choice
+        if schema is not None and (not request.tools or (choice and choice.type == "none")):
+            return self._output_constraint(schema)
+        if not request.tools:
             return None
         if self.fmt is None:
             if not self._warned:
@@ -212,9 +219,7 @@ class ToolGrammars:
                 )
                 self._warned = True
             return None
-        if self._tokenizer is None:
-            self._tokenizer = self.make_tokenizer()
-            self._closers = closing_tokens(self._tokenizer)
+        self._load_tokenizer()
         fmt = self.fmt
         key = json.dumps([[t.name, t.input_schema] for t in request.tools], sort_keys=True)
 
@@ -233,6 +238,30 @@ class ToolGrammars:
             strict_fails=key in self._strict_fails,
             on_lenient=lenient,
         )
+
+    def _load_tokenizer(self) -> None:
+        if self._tokenizer is None:  # built on first use: it reads the whole vocabulary
+            self._tokenizer = self.make_tokenizer()
+            self._closers = closing_tokens(self._tokenizer)
+
+    def _output_constraint(self, schema: dict[str, Any]) -> ToolConstraint | None:
+        self._load_tokenizer()
+        problem = ""
+        for lenient in (False, True):
+            try:
+                constraint = ToolConstraint(
+                    self._tokenizer, output_grammar(schema, lenient=lenient), self._closers
+                )
+            except ValueError as exc:
+                problem = str(exc)
+                continue
+            if lenient:
+                found = UNIMPLEMENTED.search(problem)
+                what = found.group(1).replace('"', "") if found else "a keyword"
+                log.warning("the output schema uses %s, which the grammar cannot enforce", what)
+            return constraint
+        log.warning("the structured output is not constrained: %s", problem.splitlines()[0])
+        return None
 
     def _name_unenforced(self, tool: ToolSpec, fmt: CallFormat) -> None:
         """One warning line for `tool` if its own schema needs the lenient grammar, naming

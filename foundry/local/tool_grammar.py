@@ -101,6 +101,13 @@ def _string(text: str) -> str:
     return json.dumps(text)  # a Lark string literal has JSON's escapes
 
 
+def output_grammar(schema: dict[str, Any], *, lenient: bool = False) -> str:
+    """The Lark grammar of a structured output: one JSON value that fits `schema`, nothing
+    before or after it (the API's output_config.format)."""
+    options = {**JSON_STYLE, "lenient": True} if lenient else JSON_STYLE
+    return f"%llguidance {{}}\nstart: %json {json.dumps({**schema, 'x-guidance': options})}\n"
+
+
 def tool_call_grammar(
     tools: list[ToolSpec],
     choice: ToolChoice | None,

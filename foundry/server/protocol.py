@@ -18,6 +18,7 @@ from typing import Any
 
 from foundry.backends.base import Message, ToolChoice, ToolSpec
 from foundry.local.chat import ClientRequest
+from foundry.server.output_format import output_schema
 from foundry.usage import Usage
 
 ERROR_TYPES = {
@@ -313,6 +314,10 @@ def parse_request(
             raise invalid(f"stop_sequences.{index}: must not be empty")
     stream = body.get("stream", False)
     _need(stream, bool, "stream", "must be true or false")
+    try:
+        schema = output_schema(body)
+    except ValueError as exc:
+        raise invalid(str(exc)) from None
     top_level = body.get("cache_control")
     if top_level is not None:
         _need(top_level, dict, "cache_control", "must be an object")
@@ -338,6 +343,7 @@ def parse_request(
         tool_choice=tool_choice,
         system_breakpoints=tuple(breakpoints),
         stop_sequences=tuple(stops),
+        output_schema=schema,
     )
     identity = {
         "model": served_model,
@@ -350,6 +356,7 @@ def parse_request(
         "temperature": temperature,
         "top_k": body.get("top_k"),
         "top_p": body.get("top_p"),
+        "output_schema": schema,
     }
     ignored = sorted(k for k in body if k in IGNORED_FIELDS or k not in KNOWN_FIELDS)
     return ParsedRequest(request, model_id, stream, ignored, identity)
