@@ -19,9 +19,6 @@ from foundry.ledger.progress import read_progress
 
 PER_PAGE = 50
 MAX_PER_PAGE = 200
-# Up to this many builds of a status are sorted from the status index; past it, the
-# started_at index is walked instead (see list_builds).
-RARE_STATUS = 2000
 TASK_PREVIEW = 200  # characters of the task the list shows; the build's page has it whole
 LIST_COLUMNS = "id, name, task, status, backend, model, started_at, finished_at, attempts"
 # What a build's page shows of its row: not its pid or host (the process's identity is no
@@ -76,13 +73,9 @@ def list_builds(
         params += [name, name + "\U0010ffff"]
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
     total = conn.execute(f"SELECT COUNT(*) FROM builds{where}", params).fetchone()[0]
-    if status and not name and total > RARE_STATUS:
-        # A common status: walk the started_at index newest first and test each row's
-        # status (`+status` keeps SQLite off the status index, which would mean sorting
-        # tens of thousands of rows to show fifty).
-        where = " WHERE +status = ?"
-    # Two steps: the page's rowids from the started_at index alone (a covering index
-    # scan, so a deep OFFSET skips index entries rather than rows with their summaries),
+    # Two steps: the page's rowids from the started_at index alone, or from the
+    # (status, started_at) one (a covering index scan either way, so a deep OFFSET skips
+    # index entries rather than rows with their summaries),
     # then those rows. rowid breaks ties in started_at, as the index itself orders them.
     rowids = [
         r[0]

@@ -1,11 +1,6 @@
-"""The costs view: `foundry costs`' report, computed by the same code on a read-only
-connection.
-
-`foundry.ledger.costs.costs_report` opens the ledger itself with Ledger.open_existing, which
-may migrate it and marks abandoned builds (writes). So this module composes the report from
-the same parts, in the same order (the filters, the model matching, report.aggregate over
-request_rollup, report_row, totals, the budgets); a test holds the page's numbers equal to
-`foundry costs --json`'s. No figure is derived here.
+"""The costs view: `foundry costs`' report, computed by the same function
+(`foundry.ledger.costs.report_from`) on the dashboard's read-only connection; a test holds
+the page's numbers equal to `foundry costs --json`'s. No figure is derived here.
 """
 
 from __future__ import annotations
@@ -21,11 +16,9 @@ from typing import Any
 
 from foundry.config import FoundryConfig
 from foundry.errors import UsageError
-from foundry.ledger import costs as report_costs
 from foundry.ledger import report as q
-from foundry.ledger.costs import CostsOptions, report_row, totals
+from foundry.ledger.costs import CostsOptions, report_from
 from foundry.ledger.periods import resolve_zone, today
-from foundry.pricing import PricingTable
 
 
 def costs_view(
@@ -34,46 +27,7 @@ def costs_view(
     """The dict `foundry costs --json` prints for these options, from `conn`."""
     if options.by not in q.VIEWS:
         raise UsageError(f"by {options.by!r} is not a view", f"use one of: {', '.join(q.VIEWS)}")
-    zone = resolve_zone(options.tz)
-    pricing = PricingTable(config)
-    # The same helpers costs_report calls (private there: a costs_report that takes an open
-    # connection would let both share one function; see docs/dashboard.md).
-    filters = report_costs._filters(options, zone)
-    rows: list[q.ReportRow] = []
-    message = None
-    budgets: dict[str, Any] = {"daily": None, "monthly": None}
-    if not q.has_requests(conn):
-        message = f"No requests recorded yet in {path}; run `foundry build` and they appear here."
-    else:
-        if options.model:
-            recorded = q.distinct_models(conn)
-            filters.models = report_costs._matching_models(options.model, recorded, pricing)
-        rows = q.aggregate(conn, options.by, zone, filters)
-        if not rows:
-            message = "No requests match these filters."
-        budgets = report_costs._budgets(conn, zone, config)
-    return {
-        "ledger": str(path),
-        "by": options.by,
-        "time_zone": zone.name,
-        "filters": {
-            "since": options.since,
-            "until": options.until,
-            "since_utc": filters.since.isoformat() if filters.since else None,
-            "until_utc": filters.until.isoformat() if filters.until else None,
-            "build": filters.build,
-            "model": options.model,
-            "models": filters.models,
-            "backend": filters.backend,
-        },
-        "rows": [report_row(options.by, row) for row in rows],
-        "totals": totals(rows),
-        "budgets": budgets,
-        "warnings": [
-            w for w in (report_costs.budget_warning(s) for s in budgets.values() if s) if w
-        ],
-        "message": message,
-    }
+    return report_from(conn, path, config, options)
 
 
 def backends_view(

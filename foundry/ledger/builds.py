@@ -238,8 +238,9 @@ class BuildRecords:
         )
         rows = self.conn.execute(f"{columns} WHERE id = ?", [name_or_id]).fetchall()
         if not rows and len(name_or_id) >= 8 and all(c in _HEX for c in name_or_id):
+            # A range of the primary key, not a scan: hex digits sort before 'g'.
             rows = self.conn.execute(
-                f"{columns} WHERE substr(id, 1, ?) = ?", [len(name_or_id), name_or_id]
+                f"{columns} WHERE id >= ? AND id < ? LIMIT 2", [name_or_id, name_or_id + "g"]
             ).fetchall()
             rows = rows if len(rows) == 1 else []
         if not rows:

@@ -80,32 +80,36 @@ class CostsOptions:
 def costs_report(config: FoundryConfig, options: CostsOptions) -> dict[str, Any]:
     """The whole report as one dict; `message` says why there are no rows, when there are
     none. UsageError for days that do not parse or do not make a range."""
-    zone = resolve_zone(options.tz)
-    pricing = PricingTable(config)
-    filters = _filters(options, zone)
     path = ledger_path(config, options.db)
-
-    ledger = Ledger.open_existing(path, pricing)
-    rows: list[ReportRow] = []
-    message = None
-    budgets: dict[str, Any] = {"daily": None, "monthly": None}
+    ledger = Ledger.open_existing(path, PricingTable(config))
     try:
-        if ledger is None or not q.has_requests(ledger.conn):
-            message = (
-                f"No requests recorded yet in {path}; run `foundry build` and they appear here."
-            )
-        else:
-            if options.model:
-                recorded = q.distinct_models(ledger.conn)
-                filters.models = _matching_models(options.model, recorded, pricing)
-            rows = q.aggregate(ledger.conn, options.by, zone, filters)
-            if not rows:
-                message = "No requests match these filters."
-            budgets = _budgets(ledger.conn, zone, config)
+        return report_from(ledger.conn if ledger else None, path, config, options)
     finally:
         if ledger is not None:
             ledger.close()
 
+
+def report_from(
+    conn: sqlite3.Connection | None, path: Path, config: FoundryConfig, options: CostsOptions
+) -> dict[str, Any]:
+    """costs_report's dict from an open connection to the ledger at `path` (None: there is
+    none yet). Only reads: `foundry dashboard` calls it on a read-only connection."""
+    zone = resolve_zone(options.tz)
+    pricing = PricingTable(config)
+    filters = _filters(options, zone)
+    rows: list[ReportRow] = []
+    message = None
+    budgets: dict[str, Any] = {"daily": None, "monthly": None}
+    if conn is None or not q.has_requests(conn):
+        message = f"No requests recorded yet in {path}; run `foundry build` and they appear here."
+    else:
+        if options.model:
+            recorded = q.distinct_models(conn)
+            filters.models = _matching_models(options.model, recorded, pricing)
+        rows = q.aggregate(conn, options.by, zone, filters)
+        if not rows:
+            message = "No requests match these filters."
+        budgets = _budgets(conn, zone, config)
     return {
         "ledger": str(path),
         "by": options.by,

@@ -292,6 +292,8 @@ _MIGRATION_0005 = [
         updated_at TEXT NOT NULL
     )
     """,
+    # The dashboard's and `foundry mcp`'s lists filter by status, newest first: one range.
+    "CREATE INDEX idx_builds_status_started_at ON builds(status, started_at)",
 ]
 
 
