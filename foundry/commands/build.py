@@ -17,6 +17,7 @@ from foundry.errors import FoundryError, Terminated
 
 if TYPE_CHECKING:
     from foundry.orchestrator.build import BuildResult
+    from foundry.orchestrator.confirmation import BuildFacts
     from foundry.orchestrator.plan import HeldWorkdir, PreparedBuild
 
 
@@ -128,17 +129,18 @@ def _execute(prepared: PreparedBuild, *, json_output: bool, yes: bool, estimate:
         if estimate:
             _show_estimate(prepared.projection, json_output)
             return
+        from foundry.orchestrator.confirmation import build_facts
         from foundry.orchestrator.plan import HeldWorkdir
 
         # Before anything is asked or loaded: a directory another build holds is refused.
         held = HeldWorkdir.take(prepared.plan.workdir)
         try:
             prepared.backend.check()
-            notes = workdir_notes(prepared)
+            facts = build_facts(prepared)
             if not yes and stdin_is_tty():
-                _confirm(prepared, notes)
+                _confirm(facts)
             else:
-                for note in notes:  # said, even when nobody is asked
+                for note in facts.notes:  # said, even when nobody is asked
                     console.warning(note)
             result = _run(prepared, held)
         finally:
@@ -158,53 +160,13 @@ def _show_estimate(projection: dict, json_output: bool) -> None:
         console.stdout.print(render_estimate(projection), highlight=False)
 
 
-def workdir_notes(prepared: PreparedBuild) -> list[str]:
-    """What the directory already holds that the user may not expect: another build's files."""
-    from foundry.orchestrator.phases import earlier_build
-
-    plan = prepared.plan
-    if not plan.workdir.is_dir():
-        return []
-    earlier = earlier_build(plan.workdir)
-    if earlier is None or (prepared.resume and earlier["build_id"] == prepared.resume.id):
-        return []
-    which = f"build {earlier['name']}" if earlier["name"] else "an earlier build"
-    if earlier["build_id"]:
-        which += f" ({str(earlier['build_id'])[:12]}, {earlier['status']})"
-    return [
-        f"{plan.workdir} already holds {which}: this build works on top of its files and "
-        "replaces its .foundry/ reports; use --dir for a fresh directory"
-    ]
-
-
-def _confirm(prepared: PreparedBuild, notes: list[str]) -> None:
+def _confirm(facts: BuildFacts) -> None:
     from rich.markup import escape
 
-    from foundry.config import is_default_endpoint
-    from foundry.formatting import money
-
-    plan, backend, projection = prepared.plan, prepared.backend, prepared.projection
-    expected = money(projection["total"]["cost_usd"])
-    ceiling = money(projection["ceiling"]["cost_usd"])
-    # Where the requests (and the API key) go, whenever that is not the API's own host.
-    endpoint = backend.endpoint
-    at = "" if is_default_endpoint(endpoint) else f" at [bold]{escape(str(endpoint))}[/]"
-    what = f"build [bold]{escape(plan.name)}[/]"
-    if prepared.resume is not None:  # which of the builds with this name, and how far it got
-        done = ",".join(prepared.resume.phases_done) or "none"
-        what = f"resume {what} ({prepared.resume.id[:12]}, {prepared.resume.status}; done: {done})"
-    console.stderr.print(
-        f"foundry will {what} in {escape(str(plan.workdir))} ({plan.mode} project) with "
-        f"{backend.name} {backend.model}{at}; phases {','.join(plan.phases)}; projected cost "
-        f"{expected} (ceiling {ceiling})",
-        highlight=False,
-    )
-    if "deploy" in plan.phases:
-        from foundry.orchestrator.deploy import describe_target
-
-        target = describe_target(plan.workdir, own_repo=plan.own_repo)
-        console.stderr.print(f"deploy commits to {escape(target)}", highlight=False)
-    for note in notes:
+    console.stderr.print(escape(facts.headline()), highlight=False)
+    if facts.deploy_target:
+        console.stderr.print(f"deploy commits to {escape(facts.deploy_target)}", highlight=False)
+    for note in facts.notes:
         console.stderr.print(f"[bold yellow]note:[/] {escape(note)}", highlight=False)
     if not typer.confirm("Start the build?", default=False, err=True):
         console.stderr.print("aborted: nothing was built")

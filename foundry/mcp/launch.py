@@ -270,53 +270,18 @@ def _flag(name: str, value: object) -> list[str]:
 
 
 def confirmation(prepared: PreparedBuild) -> Confirmation:
-    """The facts `foundry build` confirms on a terminal (foundry.commands.build._confirm),
-    from the same sources, with the same notes (workdir_notes)."""
-    from foundry.commands.build import workdir_notes
-    from foundry.config import is_default_endpoint
-    from foundry.formatting import money
-    from foundry.orchestrator.deploy import describe_target
+    """The facts `foundry build` confirms on a terminal, from the same function
+    (foundry.orchestrator.confirmation), with its headline as the text."""
+    from dataclasses import asdict
 
-    plan, backend, projection = prepared.plan, prepared.backend, prepared.projection
-    endpoint = None if is_default_endpoint(backend.endpoint) else str(backend.endpoint)
-    expected, ceiling = projection["total"]["cost_usd"], projection["ceiling"]["cost_usd"]
-    target = (
-        describe_target(plan.workdir, own_repo=plan.own_repo) if "deploy" in plan.phases else None
-    )
-    resume_of = None
-    what = f"build {plan.name}"
-    if prepared.resume is not None:
-        done = list(prepared.resume.phases_done)
-        resume_of = {"id": prepared.resume.id, "status": prepared.resume.status, "done": done}
-        what = (
-            f"resume {what} ({prepared.resume.id[:12]}, {prepared.resume.status}; done: "
-            f"{','.join(done) or 'none'})"
-        )
-    at = f" at {endpoint}" if endpoint else ""
-    budget = f"; budget {money(plan.max_cost)}" if plan.max_cost is not None else ""
-    text = (
-        f"foundry will {what} in {plan.workdir} ({plan.mode} project) with {backend.name} "
-        f"{backend.model}{at}; phases {','.join(plan.phases)}; projected cost {money(expected)} "
-        f"(ceiling {money(ceiling)}){budget}"
-    )
-    if target:
-        text += f"; deploy commits to {target}"
-    return Confirmation(
-        action="resume" if resume_of else "build",
-        directory=str(plan.workdir),
-        mode=plan.mode,
-        backend=backend.name,
-        model=backend.model,
-        endpoint=endpoint,
-        phases=list(plan.phases),
-        budget_usd=plan.max_cost,
-        projected_cost_usd=expected,
-        ceiling_cost_usd=ceiling,
-        deploy_target=target,
-        resume_of=resume_of,
-        notes=workdir_notes(prepared),
-        text=text,
-    )
+    from foundry.orchestrator.confirmation import build_facts
+
+    facts = build_facts(prepared)
+    text = facts.headline()
+    if facts.deploy_target:
+        text += f"; deploy commits to {facts.deploy_target}"
+    fields = {k: v for k, v in asdict(facts).items() if k != "name"}
+    return Confirmation(**fields, text=text)
 
 
 def error_text(exc: FoundryError) -> str:
