@@ -4,7 +4,6 @@ bound first (a port in use is one clear error, not uvicorn's log and exit)."""
 from __future__ import annotations
 
 import signal
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from typing import Any
 
 from foundry.config import is_loopback_host
 from foundry.errors import UsageError, install_hint
+from foundry.server.listen import base_url, bind
 
 
 @dataclass(frozen=True)
@@ -49,28 +49,6 @@ def check_exposure(host: str, allow_remote: bool) -> None:
         )
 
 
-def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly, as foundry serve does: asyncio sets TCP_NODELAY only then.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise UsageError(
-            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-            "pick another --port (or stop what is using it)",
-        ) from None
-    sock.listen(128)
-    return sock
-
-
-def url_of(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
 class Dashboard:
     """The app on uvicorn, on a bound socket: run() blocks; start_in_thread() for tests and
     the bench."""
@@ -99,7 +77,7 @@ class Dashboard:
         else:
             settings.allowed_hosts = [*settings.allowed_hosts, options.host]
         self.sock = bind(options.host, options.port)
-        self.url = url_of(self.sock)
+        self.url = base_url(self.sock)
         self.ledger_path = ledger.path
         config = uvicorn.Config(
             create_app(settings),

@@ -20,6 +20,7 @@ from typing import Any
 
 from foundry.config import is_loopback_host
 from foundry.errors import UsageError, install_hint
+from foundry.server.listen import base_url, bind
 from foundry.server.service import ServeService
 
 GRACEFUL_S = 10.0  # how long uvicorn waits for open connections after a stop
@@ -33,32 +34,6 @@ def check_exposure(host: str, api_key: str | None) -> None:
             "without a key",
             "add --api-key KEY (or set FOUNDRY_SERVE_API_KEY), or keep the default 127.0.0.1",
         )
-
-
-def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio turns Nagle off (TCP_NODELAY) only on sockets whose
-    # proto says TCP. With proto 0, a response's headers and body went out as two writes
-    # held ~40 ms apart by Nagle and delayed ACKs: measured, an L2 hit took 44 ms, not 1.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise UsageError(
-            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-            "pick another --port (or stop what is using it)",
-        ) from None
-    sock.listen(128)
-    sock.set_inheritable(True)
-    return sock
-
-
-def base_url(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}"
 
 
 class Runner:
