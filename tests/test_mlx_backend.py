@@ -347,11 +347,12 @@ def test_the_system_turn_appends_compact_schemas_and_no_second_format_text(
 
 def test_a_reply_stuck_in_a_loop_stops_early(model_dir, tmp_path) -> None:
     """The tiny random model, greedy, falls into a short cycle at once: the reply stops
-    after a few cycles, cut short (max_tokens), instead of running to its limit."""
+    after a few cycles instead of running to its limit, and ends its turn (no limit was
+    reached: a client asked to continue would get the same loop; docs/serve.md)."""
     b = backend(model_dir, config(tmp_path))
     response = b.complete(request(max_tokens=900))
     assert b.last_cache_event.get("looped") is True
-    assert response.stop_reason == "max_tokens"
+    assert response.stop_reason == "end_turn"
     assert response.usage.output_tokens < 200
 
 
