@@ -328,3 +328,19 @@ def test_local_request_time_falls_in_its_local_period(tmp_path: Path) -> None:
         assert times("month") == {("2026-03", False): None, ("2026-03", True): 321.0}
         assert times("build") == {(build, False): None, (build, True): 321.0}
         assert times("model", backend="anthropic") == {("claude-haiku-4-5", False): None}
+
+
+def test_a_write_interrupted_after_begin_does_not_block_the_next(tmp_path) -> None:
+    """Ctrl-C or SIGTERM can land right after BEGIN IMMEDIATE returned (seen in a build
+    killed as it started a phase): the next write, the build's final status, still lands."""
+    from foundry.ledger import Ledger
+
+    with Ledger.open(tmp_path / "ledger.db") as ledger:
+        build_id = ledger.start_build(
+            name="x", task="t", backend="anthropic", model="m", workdir=str(tmp_path),
+            template_sha256="a", static_sha256="b",
+        )  # fmt: skip
+        ledger.conn.execute("BEGIN IMMEDIATE")  # what the interrupted write left open
+        ledger.finish_build(build_id, status="interrupted", summary=None, error="SIGTERM")
+        row = ledger.build(build_id)
+    assert row is not None and (row["status"], row["error"]) == ("interrupted", "SIGTERM")

@@ -170,8 +170,14 @@ class Ledger(BuildRecords, ProgressRecords):
         """Run `body` in one BEGIN IMMEDIATE transaction, retrying while the file is busy."""
 
         def attempt() -> _T:
-            self.conn.execute("BEGIN IMMEDIATE")
+            # A Ctrl-C or SIGTERM (a KeyboardInterrupt, raised between any two bytecodes)
+            # can land after BEGIN returned and before the try below: that transaction holds
+            # nothing written and must not make the next write fail (the build's final
+            # status among them).
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
             try:
+                self.conn.execute("BEGIN IMMEDIATE")
                 result = body()
                 self.conn.execute("COMMIT")
                 return result
