@@ -19,6 +19,8 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     home = tmp_path_factory.mktemp("foundry-home")
     workdir = tmp_path_factory.mktemp("cwd")
     monkeypatch.setenv("FOUNDRY_HOME", str(home))
+    # The llama.cpp processes' registry is the user's, machine-wide: a test's is its own.
+    monkeypatch.setenv("FOUNDRY_CPU_SHARE_DIR", str(home / "cpu-share"))
     for name in (
         "ANTHROPIC_API_KEY",
         "ANTHROPIC_BASE_URL",

@@ -85,3 +85,43 @@ def test_a_context_fits_its_threads_before_each_request(
         assert llama_cpp.llama_n_threads(fixed.llm.ctx) == 1  # llamacpp.threads is kept
     finally:
         fixed.close()
+
+
+def test_the_registry_is_the_users_not_a_homes(tmp_path, monkeypatch) -> None:
+    """Two processes with different FOUNDRY_HOMEs share the machine's cores, so they share
+    one registry: in $XDG_RUNTIME_DIR, else /tmp/foundry-UID, made private."""
+    import stat
+    import tempfile
+
+    monkeypatch.delenv("FOUNDRY_CPU_SHARE_DIR")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    (tmp_path / "run").mkdir()
+    monkeypatch.setenv("FOUNDRY_HOME", str(tmp_path / "home-a"))
+    first = registry_dir()
+    monkeypatch.setenv("FOUNDRY_HOME", str(tmp_path / "home-b"))
+    assert registry_dir() == first == tmp_path / "run" / "foundry" / "llamacpp"
+    assert stat.S_IMODE((tmp_path / "run" / "foundry").stat().st_mode) == 0o700
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    assert registry_dir() == tmp_path / "tmp" / f"foundry-{os.getuid()}" / "llamacpp"
+
+
+@pytest.mark.parametrize("planted", ["world-writable", "symlink"])
+def test_a_registry_someone_else_planted_in_tmp_is_not_used(tmp_path, monkeypatch, planted):
+    """/tmp is everyone's: a foundry-UID made there first by another user (to be counted as
+    one of ours, or to starve us of cores) is refused for the home's own directory."""
+    import tempfile
+
+    monkeypatch.delenv("FOUNDRY_CPU_SHARE_DIR")
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("FOUNDRY_HOME", str(tmp_path / "home"))
+    target = tmp_path / f"foundry-{os.getuid()}"
+    if planted == "symlink":
+        (tmp_path / "elsewhere").mkdir()
+        target.symlink_to(tmp_path / "elsewhere")
+    else:
+        target.mkdir()
+        target.chmod(0o777)
+    assert registry_dir() == tmp_path / "home" / "run" / "llamacpp"

@@ -10,10 +10,15 @@ two such processes at once took 31.6 s to prefill and 218 s to decode, against 6
   pool made with poll 0 sleeps instead, so a waiting process gives its core away. Alone it
   is as fast (6.3 s, 0.8 s); two at once with 2 threads each: 26.6 s and 3.6 s.
 * **A share of the cores.** Each llama.cpp process of foundry's registers itself (a file
-  named by its pid under $FOUNDRY_HOME/run/llamacpp, holding the process's start time so a
-  reused pid does not count), and before each request takes cores / live processes
-  threads. Two at once with 1 thread each: 13.7-14.5 s and 1.3-1.4 s, 2.1-2.3x one alone.
+  named by its pid, holding the process's start time so a reused pid does not count), and
+  before each request takes cores / live processes threads. Two at once with 1 thread
+  each: 13.7-14.5 s and 1.3-1.4 s, 2.1-2.3x one alone.
 
+The registry is the user's, not a FOUNDRY_HOME's: two builds with different homes share the
+same cores (measured: with a registry per home, a build beside another decoded at 1-2
+tokens/s). It lives in $XDG_RUNTIME_DIR/foundry/llamacpp, else /tmp/foundry-UID/llamacpp,
+made 0700 and used only if it is a real directory of this user's that no one else can write
+(else $FOUNDRY_HOME/run/llamacpp); FOUNDRY_CPU_SHARE_DIR names another.
 A process that set `llamacpp.threads` keeps its number; it still counts for the others.
 """
 
@@ -21,6 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
+import tempfile
 from pathlib import Path
 
 from foundry.config import foundry_home
@@ -30,7 +37,28 @@ _open_in_this_process = 0  # models loaded in this process share its one entry
 
 
 def registry_dir() -> Path:
-    return foundry_home() / "run" / "llamacpp"
+    named = os.environ.get("FOUNDRY_CPU_SHARE_DIR")
+    if named:
+        return Path(named)
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = (
+        Path(runtime) / "foundry"
+        if runtime
+        else Path(tempfile.gettempdir()) / (f"foundry-{os.getuid()}")
+    )
+    return (base if _private_dir(base) else foundry_home() / "run") / "llamacpp"
+
+
+def _private_dir(path: Path) -> bool:
+    """`path` made (0700) or found as a directory of this user's, not a link, that no one
+    else can write: in /tmp anyone could have made it first, to count as us or to starve us."""
+    with contextlib.suppress(FileExistsError, OSError):
+        path.mkdir(mode=0o700, parents=False)
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
 
 
 def _start_time(pid: int) -> str | None:
