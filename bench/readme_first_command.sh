@@ -17,15 +17,15 @@ export HOME="$work/home" PIP_NO_CACHE_DIR=1
 mkdir -p "$HOME"
 loop_pid=""
 if [ -n "$beside" ]; then
-  (
+  # In a session of its own, so the whole loop (the build running now included) is killed.
+  setsid bash -c '
     n=0
     while true; do
       n=$((n + 1))
-      FOUNDRY_HOME="$work/beside-home" "$beside/bin/foundry" build "beside$n" \
-        "Build a CLI todo app with tests" --dir "$work/beside/$n" --yes --max-turns 2 \
+      FOUNDRY_HOME="$1/beside-home" "$2/bin/foundry" build "beside$n" \
+        "Build a CLI todo app with tests" --dir "$1/beside/$n" --yes --max-turns 2 \
         --backend llamacpp >/dev/null 2>&1 || true
-    done
-  ) &
+    done' loop "$work" "$beside" &
   loop_pid=$!
   sleep 20  # the second build loaded and working
 fi
@@ -37,14 +37,18 @@ status=$?
 set -e
 end=$(date +%s.%N)
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
-if [ -n "$loop_pid" ]; then kill -- "-$loop_pid" 2>/dev/null || kill "$loop_pid"; pkill -f "beside-home" || true; fi
+if [ -n "$loop_pid" ]; then
+  kill -- "-$loop_pid" 2>/dev/null || true
+  echo "beside: $(ls "$work/beside" 2>/dev/null | wc -l) builds started during the run"
+fi
 printf 'exit %s after %.0f s; output in %s\n' "$status" "$(echo "$end - $start" | bc)" "$work"
 tail -3 "$work/stdout.txt"
 # The build's own part, from its ledger row (the rest was the install and the model's pull).
 python3 - "$HOME" <<'PY'
 import glob, sqlite3, sys
 from datetime import datetime
-for db in glob.glob(f"{sys.argv[1]}/**/foundry.db", recursive=True):
+# include_hidden: the ledger is under ~/.local/share/foundry.
+for db in glob.glob(f"{sys.argv[1]}/**/foundry.db", recursive=True, include_hidden=True):
     for name, status, started, finished in sqlite3.connect(db).execute(
         "SELECT name, status, started_at, finished_at FROM builds"
     ):
