@@ -33,9 +33,9 @@ from foundry.dashboard import builds as q
 from foundry.dashboard.costs import CostsCache, backends_view, costs_view, warm_up
 from foundry.dashboard.live import build_events
 from foundry.dashboard.readonly import ReadOnlyLedger
-from foundry.dashboard.serve_stats import ServeTarget, fetch_stats
 from foundry.errors import FoundryError, UsageError
 from foundry.ledger.costs import CostsOptions
+from foundry.server.stats_client import ServeTarget, fetch_stats
 
 log = logging.getLogger(__name__)
 CSP = (

@@ -60,7 +60,7 @@ class Dashboard:
 
         from foundry.dashboard.app import DashboardSettings, create_app
         from foundry.dashboard.readonly import ReadOnlyLedger
-        from foundry.dashboard.serve_stats import serve_target
+        from foundry.server.stats_client import serve_target
 
         serve = serve_target(
             options.serve_url,

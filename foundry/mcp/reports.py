@@ -5,20 +5,13 @@ foundry.local.prefix_store) with the server's config, and returns the dict the c
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from foundry.errors import FoundryError, UsageError
 
 if TYPE_CHECKING:
     from foundry.mcp.settings import ServerSettings
-
-SERVE_TIMEOUT_S = 5.0
-SERVE_MAX_BYTES = 4 * 1024 * 1024  # a stats page is a few KB; anything far larger is not one
 
 
 def costs(
@@ -104,51 +97,21 @@ def cache_stats(
 
 
 def serve_stats(url: str, api_key: str | None, *, allow_remote: bool) -> dict[str, Any]:
-    """GET <url>/cache/stats. Loopback only unless the user started the server with
-    --allow-remote-serve: a tool call must not make this server a probe of other hosts."""
-    from foundry.config import is_loopback_host
+    """GET <url>/cache/stats, through the client the dashboard uses. Loopback only unless the
+    user started the server with --allow-remote-serve: a tool call must not make this server
+    a probe of other hosts."""
+    from foundry.server.stats_client import fetch_stats, serve_target
 
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(
-            f"serve_url {url!r} is not an http(s) URL", "give the base URL foundry serve printed"
-        )
-    if not allow_remote and not is_loopback_host(parts.hostname):
-        raise UsageError(
-            f"serve_url {url!r} is not on this machine (loopback)",
-            "foundry mcp reads only a serve on 127.0.0.1, ::1 or localhost unless started "
-            "with --allow-remote-serve",
-        )
-    target = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}/cache/stats"
-    request = urllib.request.Request(target, headers={"accept": "application/json"})
-    if api_key:
-        request.add_header("x-api-key", api_key)
-    # No proxy (a proxy would see loopback traffic) and no redirect (it could lead anywhere).
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect)
-    try:
-        with opener.open(request, timeout=SERVE_TIMEOUT_S) as response:
-            body = response.read(SERVE_MAX_BYTES + 1)
-    except urllib.error.HTTPError as exc:
-        raise FoundryError(
-            f"{target} answered HTTP {exc.code}",
-            "give the serve's --api-key as api_key" if exc.code == 401 else "check serve_url",
-        ) from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        raise FoundryError(
-            f"cannot reach foundry serve at {target} ({reason})", "is `foundry serve` running?"
-        ) from None
-    if len(body) > SERVE_MAX_BYTES:
-        raise FoundryError(f"{target} answered more than 4 MB", "check serve_url")
-    try:
-        data = json.loads(body)
-    except ValueError:
-        raise FoundryError(f"{target} did not answer JSON", "check serve_url") from None
-    if not isinstance(data, dict):
-        raise FoundryError(f"{target} did not answer a JSON object", "check serve_url")
-    return data
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None  # the 3xx is then raised as an HTTPError
+    target = serve_target(
+        url,
+        allow_remote=allow_remote,
+        api_key=api_key,
+        option="serve_url",
+        remote_hint="foundry mcp reads only a serve on 127.0.0.1, ::1 or localhost unless "
+        "started with --allow-remote-serve",
+    )
+    status, body = fetch_stats(target)
+    if status != 200:
+        raise FoundryError(body["error"], body["hint"])
+    stats: dict[str, Any] = body["stats"]
+    return stats

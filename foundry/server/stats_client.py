@@ -1,11 +1,11 @@
-"""A running `foundry serve`'s /cache/stats, fetched by the dashboard's server (the page
-only ever talks to its own origin, so its Content-Security-Policy can stay `connect-src
-'self'`).
+"""A running `foundry serve`'s /cache/stats, read as a client: by `foundry dashboard`'s
+server (the page only ever talks to its own origin, so its Content-Security-Policy can stay
+`connect-src 'self'`) and by `foundry mcp`'s cache_stats tool.
 
-The address is checked once at start-up: loopback only unless --allow-remote-serve, since
-the dashboard would otherwise relay a page's request to any host it can reach. Redirects
-are never followed (http.client, not urllib: a loopback server must not bounce the fetch
-elsewhere), and the answer is capped in size and time.
+The address is checked first: loopback only unless the operator allowed remote ones, since
+the caller would otherwise relay a request to any host it can reach. Redirects are never
+followed and no proxy is used (http.client, not urllib: a loopback server must not bounce
+the fetch elsewhere), and the answer is capped in size and time.
 """
 
 from __future__ import annotations
@@ -34,27 +34,30 @@ class ServeTarget:
         return f"{self.url}/cache/stats"
 
 
-def serve_target(url: str, *, allow_remote: bool, api_key: str | None = None) -> ServeTarget:
-    """The checked --serve-url; UsageError for a malformed or (without the flag) remote one."""
+def serve_target(
+    url: str,
+    *,
+    allow_remote: bool,
+    api_key: str | None = None,
+    option: str = "--serve-url",
+    remote_hint: str = "add --allow-remote-serve to let the dashboard fetch from another host",
+) -> ServeTarget:
+    """The checked address (`option` names it in errors); UsageError for a malformed or
+    (unless allowed) remote one."""
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(
-            f"--serve-url {url!r} is not an http:// address", f"e.g. {DEFAULT_SERVE_URL}"
-        )
+        raise UsageError(f"{option} {url!r} is not an http:// address", f"e.g. {DEFAULT_SERVE_URL}")
     if parts.path not in ("", "/") or parts.query or parts.username:
         raise UsageError(
-            f"--serve-url {url!r} must be only scheme, host and port",
-            f"e.g. {DEFAULT_SERVE_URL}; the dashboard asks for /cache/stats itself",
+            f"{option} {url!r} must be only scheme, host and port",
+            f"e.g. {DEFAULT_SERVE_URL}; /cache/stats is asked for by foundry itself",
         )
     try:
         parts.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError:
-        raise UsageError(f"--serve-url {url!r} has a bad port", "use 1 to 65535") from None
+        raise UsageError(f"{option} {url!r} has a bad port", "use 1 to 65535") from None
     if not allow_remote and not is_loopback_host(parts.hostname):
-        raise UsageError(
-            f"--serve-url {url} is not on this machine",
-            "add --allow-remote-serve to let the dashboard fetch from another host",
-        )
+        raise UsageError(f"{option} {url!r} is not on this machine (loopback)", remote_hint)
     return ServeTarget(f"{parts.scheme}://{parts.netloc}", api_key)
 
 
