@@ -385,6 +385,7 @@ class BuildRun:
                 f"the end of the build could not be recorded: {exc}; the next foundry run marks "
                 "it abandoned, and it can be resumed"
             )
+        self.events.build_finished(status, error)
         if unexpected is not None:
             raise unexpected
         return BuildResult(build_id, status, summary or {}, session.phases, session.total, error)

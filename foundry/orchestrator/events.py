@@ -29,6 +29,7 @@ class Events:
     def test_run(self, iteration: int, result: CommandResult) -> None: ...
     def note(self, message: str) -> None: ...
     def warning(self, message: str) -> None: ...
+    def build_finished(self, status: str, error: str | None) -> None: ...
     def close(self) -> None: ...
 
 
@@ -87,6 +88,9 @@ class Fanout(Events):
 
     def warning(self, message: str) -> None:
         self._tell("warning", message)
+
+    def build_finished(self, status: str, error: str | None) -> None:
+        self._tell("build_finished", status, error)
 
     def close(self) -> None:
         self._tell("close")

@@ -12,8 +12,7 @@ sees only the build's events (foundry.orchestrator.events), so:
 * a tool call's span starts at the previous request or tool call of its phase (the loop
   runs the calls one after another, then reports each), a test run's at its end minus its
   measured duration;
-* the build's status and error are read from its ledger row when the build closes (the
-  row is written before the events close).
+* the build's status and error come with build_finished, told once the ledger has them.
 
 Export is batched on the SDK's thread; close() flushes for at most FLUSH_TIMEOUT_S, so a
 collector that is down or never answers cannot hold up the end of a build.
@@ -75,6 +74,8 @@ class TraceRecorder(Events):
         self.mark_ns = self.started_ns  # where the phase's next tool call began
         self.pending: tuple[str, int, int] | None = None  # a request: phase, turn, start
         self.held: tuple[Span, str, int | None, int] | None = None  # a request span, its end
+        # (status, error) once the build has ended; (None, None) if it never says (a crash).
+        self.ended: tuple[str | None, str | None] = (None, None)
 
     @classmethod
     def from_environment(cls, endpoint: str) -> TraceRecorder:
@@ -268,26 +269,23 @@ class TraceRecorder(Events):
 
     # -- the end -------------------------------------------------------------------------
 
+    def build_finished(self, status: str, error: str | None) -> None:
+        self.ended = (status, error)
+
     def close(self) -> None:
         self._release()
         session = self.session
-        row: dict[str, Any] = {}
-        if session is not None:
-            try:
-                row = session.ledger.build(session.build_id) or {}
-            except Exception:  # the trace ends without the status rather than not at all
-                row = {}
+        status, error = self.ended
         if self.phase is not None and session is not None and self.phase_name is not None:
             self._end_phase(session.stats(self.phase_name).status)
         else:
             self._end_phase(None)
         if self.root is not None:
-            status = row.get("status")
             total = session.total if session is not None else None
             self.root.set_attributes(
                 _attributes(
                     foundry__build__status=status,
-                    foundry__build__error=row.get("error"),
+                    foundry__build__error=error,
                     foundry__build__requests=total.requests if total else None,
                     foundry__build__cost_usd=total.cost_usd if total else None,
                 )
