@@ -214,14 +214,13 @@ class Launcher:
         directory another build holds is refused now, not in the child's log), and a
         metered backend's own check (its key, its server's port). A local engine's check
         may pull a model for minutes, so the child does that and says so in its log."""
-        from foundry.backends.registry import is_local
         from foundry.orchestrator.plan import HeldWorkdir
 
         try:
             held = HeldWorkdir.take(prepared.plan.workdir)
             if held is not None:
                 held.release()  # the child takes it again; it refuses a second build itself
-            if not is_local(prepared.backend.name):
+            if not prepared.backend.local:  # the backend says what it is; no name list
                 prepared.backend.check()
             return confirmation(prepared)
         finally:
