@@ -16,30 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from foundry.errors import LedgerError
-from foundry.ledger.files import BUSY_TIMEOUT_MS, classify, unreadable
-
-
-def _decode_text(data: bytes) -> str:
-    # As the ledger's own connections do: a damaged byte reads as U+FFFD, never a 500.
-    return data.decode("utf-8", errors="replace")
-
-
-def connect_readonly(path: Path) -> sqlite3.Connection:
-    """A read-only connection to an existing file (SQLite refuses to create it)."""
-    try:
-        conn = sqlite3.connect(
-            f"{path.resolve().as_uri()}?mode=ro",
-            uri=True,
-            timeout=BUSY_TIMEOUT_MS / 1000,
-            isolation_level=None,  # autocommit: no read transaction is left open between polls
-            check_same_thread=False,
-        )
-    except sqlite3.DatabaseError as exc:
-        raise LedgerError(
-            f"cannot open the ledger {path} read-only: {exc}", "check the path and its permissions"
-        ) from None
-    conn.text_factory = _decode_text
-    return conn
+from foundry.ledger.files import classify, connect_readonly, unreadable
 
 
 class ReadOnlyLedger:

@@ -84,3 +84,22 @@ def connect(path: Path) -> sqlite3.Connection:
             f"cannot open the ledger {path}: {exc}", "check the path and its permissions"
         ) from None
     return conn
+
+
+def connect_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection to an existing ledger file (SQLite refuses to create it, and
+    refuses every write to it): for a reader that must change nothing, `foundry dashboard`."""
+    try:
+        conn = sqlite3.connect(
+            f"{path.resolve().as_uri()}?mode=ro",
+            uri=True,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,  # autocommit: no read transaction is left open between polls
+            check_same_thread=False,
+        )
+    except sqlite3.DatabaseError as exc:
+        raise LedgerError(
+            f"cannot open the ledger {path} read-only: {exc}", "check the path and its permissions"
+        ) from None
+    conn.text_factory = _decode_text
+    return conn
