@@ -18,7 +18,7 @@ from typing import Any
 
 from foundry.backends.base import Message, ToolChoice, ToolSpec
 from foundry.local.chat import ClientRequest
-from foundry.server.output_format import output_schema
+from foundry.server.schemas import MAX_SCHEMA_DEPTH, nesting_depth, output_schema
 from foundry.usage import Usage
 
 ERROR_TYPES = {
@@ -72,11 +72,6 @@ SYSTEM_SEPARATOR = "\n\n"
 # ("cc_version=2.1.197.ffc"): as prompt text it would make every request's prefix differ
 # after a few tokens, so it is dropped, as it is not part of the prompt.
 BILLING_HEADER = "x-anthropic-billing-header:"
-# A tool's input schema becomes a constrained-decoding grammar. Its construction is linear
-# in the schema now (30 nested objects, 61 levels: llguidance compiles it in about 10 ms),
-# but a client must not send absurd depth all the same: deeper schemas are refused. Real
-# ones stay under 10 objects deep; each object is two levels here.
-MAX_SCHEMA_DEPTH = 64
 
 
 class ApiError(Exception):
@@ -100,19 +95,6 @@ def error_body(error_type: str, message: str) -> dict[str, Any]:
     # A message that quotes a client's lone surrogate could not be encoded as the reply.
     message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return {"type": "error", "error": {"type": error_type, "message": message}}
-
-
-def nesting_depth(value: Any) -> int:
-    """How many levels of objects and lists `value` has (iteratively: it may be deep)."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            deepest = max(deepest, depth)
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
-    return deepest
 
 
 def invalid(message: str) -> ApiError:
