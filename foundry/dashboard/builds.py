@@ -14,7 +14,7 @@ import sqlite3
 from typing import Any
 
 from foundry.errors import UsageError
-from foundry.ledger.builds import BUILD_STATUSES, BuildRecords
+from foundry.ledger.builds import BUILD_STATUSES, BuildRecords, phase_names
 from foundry.ledger.progress import read_progress
 
 PER_PAGE = 50
@@ -166,7 +166,7 @@ def build_detail(conn: sqlite3.Connection, build_id: str) -> dict[str, Any] | No
     except ValueError:
         summary = None  # a damaged summary is shown as none, not a 500
     for key in ("phases", "phases_done"):
-        build[key] = [part for part in (build[key] or "").split(",") if part]
+        build[key] = list(phase_names(build[key]))
     cursor = conn.execute(
         "SELECT attempt, started_at, finished_at, status, error FROM build_attempts"
         " WHERE build_id = ? ORDER BY attempt",
@@ -192,7 +192,7 @@ def live_state(conn: sqlite3.Connection, build_id: str) -> dict[str, Any]:
     return {
         "status": row[0],
         "finished_at": row[1],
-        "phases_done": [part for part in (row[2] or "").split(",") if part],
+        "phases_done": list(phase_names(row[2])),
         "progress": read_progress(conn, build_id),
         "totals": _Totals(conn).build_totals(build_id),
     }

@@ -66,7 +66,8 @@ def _settings(value: str | None) -> dict[str, Any]:
     return settings if isinstance(settings, dict) else {}
 
 
-def _names(value: str | None) -> tuple[str, ...]:
+def phase_names(value: str | None) -> tuple[str, ...]:
+    """A builds row's `phases` or `phases_done` (comma-separated) as names."""
     return tuple(part for part in (value or "").split(",") if part)
 
 
@@ -186,7 +187,7 @@ class BuildRecords:
             row = self.conn.execute(
                 "SELECT phases_done FROM builds WHERE id = ?", [build_id]
             ).fetchone()
-            done = _names(row[0] if row else None)
+            done = phase_names(row[0] if row else None)
             if phase not in done:
                 self.conn.execute(
                     "UPDATE builds SET phases_done = ? WHERE id = ?",
@@ -256,8 +257,8 @@ class BuildRecords:
                 model=row[4],
                 workdir=row[5],
                 status=row[6],
-                phases=_names(row[7]),
-                phases_done=_names(row[8]),
+                phases=phase_names(row[7]),
+                phases_done=phase_names(row[8]),
                 attempts=int(row[9]),
                 settings=_settings(row[10]),
                 started_at=row[11] or "",

@@ -53,7 +53,7 @@ def resolve(launcher: Launcher, asked: str) -> str:
 
 
 def snapshot(launcher: Launcher, build_id: str) -> BuildStatus:
-    from foundry.ledger.builds import RESUMABLE
+    from foundry.ledger.builds import RESUMABLE, phase_names
 
     db = ledger_file(launcher)
     child = launcher.child(build_id)
@@ -70,7 +70,7 @@ def snapshot(launcher: Launcher, build_id: str) -> BuildStatus:
         return _not_on_ledger(build_id, child, process)
     summary = _json(row.get("summary_json"))
     status = str(row["status"])
-    done = _names(row.get("phases_done"))
+    done = list(phase_names(row.get("phases_done")))
     live = Progress(**_progress_fields(progress)) if progress else None
     snapshot = BuildStatus(
         id=build_id,
@@ -83,7 +83,7 @@ def snapshot(launcher: Launcher, build_id: str) -> BuildStatus:
         workdir=row.get("workdir"),
         backend=row.get("backend"),
         model=row.get("model"),
-        phases_requested=_names(row.get("phases")),
+        phases_requested=list(phase_names(row.get("phases"))),
         phases_done=done,
         current_phase=live.phase if live and status == "running" else None,
         attempts=int(row.get("attempts") or 0),
@@ -203,7 +203,3 @@ def _json(value: str | None) -> dict[str, Any] | None:
     except ValueError:
         return None
     return parsed if isinstance(parsed, dict) else None
-
-
-def _names(value: str | None) -> list[str]:
-    return [part for part in (value or "").split(",") if part]
