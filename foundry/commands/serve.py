@@ -3,7 +3,6 @@ saying how to use it → serving until Ctrl-C or SIGTERM → the cache summary."
 
 from __future__ import annotations
 
-import importlib.util
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -105,7 +104,7 @@ def _banner(opened: OpenServer, keyed: bool) -> None:
         f"  hits:     curl {opened.url}/cache/stats   (foundry -v serve logs HIT/MISS lines)",
         "  stop:     Ctrl-C",
     ]
-    if importlib.util.find_spec("prometheus_client") is not None:  # else serve has no /metrics
+    if opened.runner.has_metrics:
         lines.insert(-1, f"  metrics:  {opened.url}/metrics   (Prometheus; docs/metrics.md)")
     console.stdout.print("\n".join(lines), highlight=False, soft_wrap=True)
     console.stdout.file.flush()

@@ -46,8 +46,10 @@ class Runner:
 
         self.service = service
         self.sock = sock
+        app = create_app(service)
+        self.has_metrics = app.state.metrics is not None  # prometheus_client is installed
         config = uvicorn.Config(
-            create_app(service),
+            app,
             log_config=None,  # foundry's logger speaks for the server
             access_log=False,
             lifespan="off",
