@@ -162,6 +162,34 @@ def test_served_conversations_taking_turns_come_back_from_memory(gguf, tmp_path)
     assert len(build.cache_state()["entries"]) == 1
 
 
+def test_a_parked_conversation_survives_another_reading_its_prefix(gguf, tmp_path) -> None:
+    """A, a side request X, then B (sharing A's system prompt) and A again: B starts from
+    A's parked state, cut to what they share, and A stays parked whole, so its next turn is
+    a memory hit on its whole previous prompt, not a disk hit on the system prefix."""
+    b = backend(gguf, config(tmp_path))
+    b.serve_with(l1_entries=3, memory_budget_bytes=None)
+    a_turn = request(messages=conversation("Build a todo app", 2))
+    b.complete(a_turn)
+    a_prompt = b.count_request_tokens(a_turn)
+    side = ModelRequest(
+        "tiny",
+        "Write a title.",
+        [],
+        [Message("user", [{"type": "text", "text": "todo"}])],
+        max_tokens=4,
+        temperature=0.0,
+    )
+    b.complete(side)
+    b.complete(request(messages=conversation("Write a haiku about caches", 2)))
+    assert b.last_cache_event["source"] == "memory"  # B read A's system prompt
+    again = request(messages=conversation("Build a todo app", 3))
+    back = b.complete(again)
+    assert b.last_cache_event["source"] == "memory", b.last_cache_event
+    assert back.usage.cache_read_tokens >= a_prompt, (back.usage, a_prompt)
+    assert back.usage.input_tokens < 40
+    assert_context_is_exact(b)
+
+
 def test_a_cancelled_request_leaves_the_context_exact(gguf, tmp_path) -> None:
     import threading
 

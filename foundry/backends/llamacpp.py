@@ -198,7 +198,7 @@ class LlamaCppBackend(LocalBackend):
         if limit is not None and len(engine.tokens) * engine.kv_bytes_per_token() > limit:
             return
         started = time.perf_counter()
-        self._parked.put(list(engine.tokens), engine.save_state())
+        self._parked.put(list(engine.tokens), engine.save_state(), self._prompt_length)
         log.debug(
             "parked a %d-token conversation in %.0f ms",
             len(engine.tokens),
@@ -239,9 +239,15 @@ class LlamaCppBackend(LocalBackend):
         best = max(common, parked_common if parked else 0)
         disk = next((p for p in reversed(points) if p > best and self._saved(tokens[:p])), None)
         if parked is not None and disk is None:
-            # Out of the pool before the context's conversation is parked, so parking never
-            # evicts it; the context holds what is reusable of it from here on.
-            self._parked.take(parked, len(parked.tokens), copy_allowed=False)
+            if parked_common >= (parked.prompt_length or len(parked.tokens)):
+                # Its client's next turn (the whole prompt kept, at most the reply differs):
+                # out of the pool before the context's conversation is parked, so parking
+                # never evicts it; the context holds what is reusable of it from here on.
+                self._parked.take(parked, len(parked.tokens), copy_allowed=False)
+            else:
+                # Only its prefix is read (another client sharing its system prompt): its
+                # state is loaded, not moved, so it stays parked whole for its own client.
+                self._parked.lend(parked)
         # Park the conversation in the context when this request would cut into its prompt
         # (another client's, or an edited history); a client's own next turn, which keeps
         # the whole previous prompt and diverges only inside the reply, is not parked.

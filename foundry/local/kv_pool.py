@@ -65,6 +65,7 @@ class KVEntry:
     tokens: list[int]
     cache: list[Any]
     nbytes: int
+    prompt_length: int | None = None  # the prompt it was made for (the rest is its reply)
     hits: int = 0
     created: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
@@ -139,7 +140,15 @@ class KVPool:
         del entry.tokens[common:]
         return Taken(entry.cache, entry.tokens, "trimmed")
 
-    def put(self, tokens: list[int], cache: list[Any]) -> None:
+    def lend(self, entry: KVEntry) -> None:
+        """`entry` is read without being handed over (a copy of its prefix is made from it):
+        it counts as used and stays in the pool, now the most recently used."""
+        entry.hits += 1
+        entry.last_used = time.monotonic()
+        self._entries.remove(entry)
+        self._entries.append(entry)
+
+    def put(self, tokens: list[int], cache: list[Any], prompt_length: int | None = None) -> None:
         """Keep a request's cache. Entries it extends are dropped, then the least recently used
         ones while over the entry or byte bound (the new one is kept even if alone too big:
         the memory guard decided it may exist)."""
@@ -150,7 +159,7 @@ class KVPool:
             for e in self._entries
             if not (len(e.tokens) <= len(tokens) and tokens[: len(e.tokens)] == e.tokens)
         ]
-        self._entries.append(KVEntry(tokens, cache, self.measure(cache)))
+        self._entries.append(KVEntry(tokens, cache, self.measure(cache), prompt_length))
         while len(self._entries) > self.max_entries:
             self._evict_oldest()
         while self.max_bytes is not None and self.nbytes > self.max_bytes and len(self) > 1:
