@@ -187,7 +187,8 @@ def test_prune_removes_stale_temp_files_and_unknown_files(store) -> None:
 def test_corrupt_metadata_is_a_miss_not_a_crash(loaded, store, identity) -> None:
     from mlx_lm.models.cache import save_prompt_cache
 
-    from foundry.local.prefix_store import FORMAT_VERSION, kv_checksum
+    from foundry.local.mlx_codec import kv_checksum
+    from foundry.local.prefix_store import FORMAT_VERSION
 
     prefix = TOKENS[:12]
     path = store.path_for(cache_key(identity, prefix))
@@ -256,7 +257,7 @@ def test_a_manifest_with_wrong_typed_fields_is_read_around(loaded, store, identi
 def test_the_checksum_of_a_copied_view_is_that_of_its_bytes() -> None:
     # A prefix copied out of a longer cache is a strided view: it must checksum (and save)
     # like the contiguous array it stands for, not fail with a BufferError.
-    from foundry.local.prefix_store import kv_checksum
+    from foundry.local.mlx_codec import kv_checksum
     from foundry.local.runtime import import_mlx
 
     mx = import_mlx()

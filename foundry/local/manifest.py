@@ -252,16 +252,26 @@ class Manifest:
         return list(skipped)
 
     def add(self, key: str, fields: dict[str, Any]) -> None:
+        self.add_many({key: fields})
+
+    def add_many(self, added: dict[str, dict[str, Any]]) -> None:
         now = utc_now()
         with self._locked() as entries:
-            entries[key] = {**fields, "created_at": now, "last_used_at": now, "hits": 0}
+            for key, fields in added.items():
+                entries[key] = {**fields, "created_at": now, "last_used_at": now, "hits": 0}
 
     def touch(self, key: str, fields: dict[str, Any]) -> None:
-        """Count a hit; re-adds an entry a lost manifest forgot, so prune keeps its file."""
+        self.touch_many({key: fields})
+
+    def touch_many(self, used: dict[str, dict[str, Any]]) -> None:
+        """Count a hit on each; re-adds an entry a lost manifest forgot, so prune keeps its
+        file."""
+        now = utc_now()
         with self._locked() as entries:
-            entry = entries.setdefault(key, {**fields, "created_at": utc_now(), "hits": 0})
-            entry["last_used_at"] = utc_now()
-            entry["hits"] = int(entry.get("hits", 0)) + 1
+            for key, fields in used.items():
+                entry = entries.setdefault(key, {**fields, "created_at": now, "hits": 0})
+                entry["last_used_at"] = now
+                entry["hits"] = int(entry.get("hits", 0)) + 1
 
     def remove(self, keys: list[str]) -> None:
         if not keys:

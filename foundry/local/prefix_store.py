@@ -15,13 +15,12 @@ import logging
 import os
 import time
 import uuid
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from foundry.config import FoundryConfig, prefix_cache_dir
 from foundry.errors import CacheStoreError
@@ -35,7 +34,7 @@ from foundry.local.manifest import (
     remove_file,
     unknown_files,
 )
-from foundry.local.runtime import import_mlx
+from foundry.local.mlx_codec import MlxCodec
 
 log = logging.getLogger(__name__)
 # 2: the file carries a CRC-32 of its KV data, checked on every load (files of version 1
@@ -68,59 +67,6 @@ class Lookup:
     @property
     def hit(self) -> bool:
         return self.cache is not None
-
-
-def kv_checksum(cache: list[Any]) -> str:
-    """CRC-32 of every KV array's bytes, in order: ~4 GB/s, a few tens of ms for a 6k-token
-    prefix (a cryptographic hash would cost more than loading the file)."""
-    mx = import_mlx()
-    from mlx.utils import tree_flatten
-
-    crc = 0
-    # Nested states (quantized caches keep tuples) flattened; numbers some caches keep
-    # beside their arrays left out. A view (a copied prefix) is made contiguous first.
-    leaves = cast("list[tuple[str, Any]]", tree_flatten([layer.state for layer in cache]))
-    for _, value in leaves:
-        if isinstance(value, mx.array):
-            crc = zlib.crc32(memoryview(mx.contiguous(value)), crc)
-    return f"{crc:08x}"
-
-
-class MlxCodec:
-    """How the store reads and writes its payload: here mlx-lm prompt caches (a list of
-    per-layer KV caches) as safetensors files. Another engine brings its own codec with the
-    same five methods; keys, identity, token checks, locks and limits stay the store's."""
-
-    @staticmethod
-    def read(path: Path) -> tuple[Any, dict[str, str]]:
-        mx = import_mlx()
-        from mlx_lm.models.cache import load_prompt_cache
-
-        cache, meta = load_prompt_cache(str(path), return_metadata=True)
-        mx.eval([layer.state for layer in cache])  # force the read: truncation fails here
-        return cache, meta
-
-    @staticmethod
-    def write(path: Path, cache: Any, metadata: dict[str, str]) -> None:
-        from mlx_lm.models.cache import save_prompt_cache
-
-        save_prompt_cache(str(path), cache, metadata)
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
-
-    @staticmethod
-    def checksum(cache: Any) -> str:
-        import_mlx().eval([layer.state for layer in cache])
-        return kv_checksum(cache)
-
-    @staticmethod
-    def nbytes(cache: Any) -> int:
-        return sum(getattr(layer, "nbytes", 0) for layer in cache)
-
-    @staticmethod
-    def holds(cache: Any, n_tokens: int) -> bool:
-        """Whether the payload's KV length is `n_tokens`."""
-        return {getattr(layer, "offset", n_tokens) for layer in cache} == {n_tokens}
 
 
 def tokens_digest(tokens: list[int]) -> str:
@@ -195,10 +141,12 @@ class PrefixCacheStore:
         """Whether a file for exactly these tokens exists (cheap: no read, no verification)."""
         return regular_size(self.path_for(cache_key(identity, tokens))) is not None
 
-    def load(self, identity: PrefixIdentity, tokens: list[int]) -> Lookup:
+    def load(self, identity: PrefixIdentity, tokens: list[int], *, record: bool = True) -> Lookup:
+        """The verified payload of exactly `tokens`; a hit is counted in the manifest unless
+        `record` is off (a caller loading many entries counts them at once: record_hits)."""
         key = cache_key(identity, tokens)
         lookup = self._load(key, identity, tokens)
-        if lookup.hit:
+        if lookup.hit and record:
             self.manifest.touch(key, self._entry(identity, tokens, lookup.size))
         else:
             log.info(
@@ -208,6 +156,10 @@ class PrefixCacheStore:
                 lookup.reason,
             )
         return lookup
+
+    def record_hits(self, hits: list[tuple[str, PrefixIdentity, list[int], int]]) -> None:
+        """Count a hit on each (key, identity, tokens, size) in one manifest write."""
+        self.manifest.touch_many({k: self._entry(i, t, n) for k, i, t, n in hits})
 
     def _load(self, key: str, identity: PrefixIdentity, tokens: list[int]) -> Lookup:
         path = self.path_for(key)
@@ -277,12 +229,31 @@ class PrefixCacheStore:
     ) -> int:
         """Save `cache` (exactly `tokens` long) under its key; returns bytes written, 0 if not.
         `prefill_ms`, the measured cost of computing it, is what a later hit saves."""
+        return self.save_many([(identity, tokens, cache, prefill_ms)])
+
+    def save_many(self, items: list[tuple[PrefixIdentity, list[int], Any, float | None]]) -> int:
+        """Save each (identity, tokens, payload, prefill_ms), then record them all in one
+        manifest write and apply the limits once, sparing what was just saved; returns the
+        bytes written (a payload that cannot be saved is skipped, and logged)."""
+        clean_temps(self.dir)
+        saved: dict[str, dict[str, Any]] = {}
+        for identity, tokens, cache, prefill_ms in items:
+            size = self._write(identity, tokens, cache, prefill_ms)
+            if size:
+                saved[cache_key(identity, tokens)] = self._entry(identity, tokens, size)
+        if saved:
+            self.manifest.add_many(saved)
+            self.enforce_limits(keep=set(saved))
+        return sum(entry["size_bytes"] for entry in saved.values())
+
+    def _write(
+        self, identity: PrefixIdentity, tokens: list[int], cache: Any, prefill_ms: float | None
+    ) -> int:
         key = cache_key(identity, tokens)
         estimate = self.codec.nbytes(cache)
         if estimate > min(self.memory_budget_bytes, self.max_bytes):
             log.info("prefix cache not saved: %d bytes is over the store's limits", estimate)
             return 0
-        clean_temps(self.dir)
         temp = self.dir / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}.safetensors"
         metadata = {
             "foundry_prefix_cache": FORMAT_VERSION,
@@ -302,8 +273,6 @@ class PrefixCacheStore:
             temp.unlink(missing_ok=True)
             log.warning("prefix cache not saved: %s", exc)
             return 0
-        self.manifest.add(key, self._entry(identity, tokens, size))
-        self.enforce_limits(keep=key)
         return size
 
     @staticmethod
@@ -369,14 +338,17 @@ class PrefixCacheStore:
         self.manifest.remove([r["key"] for r in chosen])
         return chosen
 
-    def enforce_limits(self, *, keep: str | None = None, now: float | None = None) -> list[dict]:
+    def enforce_limits(
+        self, *, keep: set[str] | frozenset[str] = frozenset(), now: float | None = None
+    ) -> list[dict]:
         """Drop entries past the TTL, then least recently used ones until under max_bytes."""
         now = time.time() if now is None else now
         rows = self.entries()
         expired = [
             r
             for r in rows
-            if now - last_used_epoch(r.get("last_used_at"), now) > self.ttl_s and r["key"] != keep
+            if now - last_used_epoch(r.get("last_used_at"), now) > self.ttl_s
+            and r["key"] not in keep
         ]
         live = sorted(
             (r for r in rows if r not in expired), key=lambda r: r.get("last_used_at", "")
@@ -386,7 +358,7 @@ class PrefixCacheStore:
         for row in live:
             if total <= self.max_bytes:
                 break
-            if row["key"] == keep:
+            if row["key"] in keep:
                 continue
             evicted.append(row)
             total -= row.get("size_bytes", 0)
