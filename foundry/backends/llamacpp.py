@@ -62,6 +62,9 @@ class LlamaCppBackend(LocalBackend):
         self._parked = KVPool(0, measure=len)
         self._prompt_length = 0  # the prompt of the request the context last ran
         self._gguf: Path | None = None  # found and checked by check(), loaded by _load()
+        self._blocks = False  # the store keeps states as token blocks (kv_blocks)
+        self._persist = False  # `foundry serve`: conversations saved after each request
+        self._saver: Any = None  # ConversationSaver, started on first use
 
     def serve_with(
         self, *, l1_entries: int, memory_budget_bytes: int | None, output_cap: int | None = None
@@ -71,6 +74,7 @@ class LlamaCppBackend(LocalBackend):
         )
         kept = l1_entries - 1 if self.reuse_conversation else 0  # the context holds one
         self._parked = KVPool(max(kept, 0), measure=len)
+        self._persist = self.reuse_conversation
         self._size_parking()
 
     def _size_parking(self) -> None:
@@ -137,6 +141,7 @@ class LlamaCppBackend(LocalBackend):
     def _load(self) -> None:
         from foundry.local.chat import ChatRenderer
         from foundry.local.engine import bounded_window
+        from foundry.local.kv_blocks import BlockStore, probe_layout
         from foundry.local.llamacpp_chat import GgufChatTokenizer
         from foundry.local.llamacpp_engine import LlamaCppModel
         from foundry.local.llamacpp_models import resolve_gguf, state_identity
@@ -161,12 +166,17 @@ class LlamaCppBackend(LocalBackend):
         self._context_window = min(window or self._loaded.n_ctx, self._loaded.n_ctx)
         self._renderer = ChatRenderer(GgufChatTokenizer(self._loaded))
         self._identity = state_identity(self._loaded, self._open_store(StateCodec()))
+        if self._store is not None and (layout := probe_layout(self._loaded)) is not None:
+            self._store = BlockStore(self._store, layout)
+            self._blocks = True
         self._size_parking()
 
     def _grammar_tokenizer(self) -> Any:
         return self._loaded.grammar_tokenizer()
 
     def close(self) -> None:
+        if self._saver is not None:
+            self._saver.close()  # what it was writing lands whole
         self._parked.clear()
         if self._loaded is not None:
             self._loaded.close()
@@ -237,7 +247,7 @@ class LlamaCppBackend(LocalBackend):
         if parked_common <= common:
             parked = None
         best = max(common, parked_common if parked else 0)
-        disk = next((p for p in reversed(points) if p > best and self._saved(tokens[:p])), None)
+        disk = self._on_disk(tokens, points, best) if store_on else None
         if parked is not None and disk is None:
             if parked_common >= (parked.prompt_length or len(parked.tokens)):
                 # Its client's next turn (the whole prompt kept, at most the reply differs):
@@ -308,6 +318,33 @@ class LlamaCppBackend(LocalBackend):
         )
         self._prompt_length = len(tokens)
         return len(engine.tokens), event
+
+    def _on_disk(self, tokens: list[int], points: list[int], best: int) -> int | None:
+        """The longest prefix of the prompt on disk that is longer than `best`: as blocks, any
+        length (a breakpoint, or a conversation saved after its request); whole, a point."""
+        if self._blocks:
+            stored = int(self._store.stored_length(self._identity, tokens, len(tokens) - 1))
+            return stored if stored > best else None
+        return next((p for p in reversed(points) if p > best and self._saved(tokens[:p])), None)
+
+    def _keep(self) -> None:
+        """`foundry serve`: hand the conversation's state to the background saver, so a
+        restarted server finds it on disk (only its blocks not stored yet are written)."""
+        if not (self._persist and self._blocks):
+            return
+        engine = self._loaded
+        tokens = list(engine.tokens)
+        if not tokens or self._store.has(self._identity, tokens):
+            return
+        if self._saver is None:
+            from foundry.local.conversation_saver import ConversationSaver
+
+            self._saver = ConversationSaver(self._save_conversation)
+        self._saver.submit((tokens, self._prompt_length), engine.save_state())
+
+    def _save_conversation(self, held: tuple[list[int], int], state: Any) -> int:
+        tokens, prompt = held
+        return int(self._store.save(self._identity, tokens, state, prefixes=(prompt,)))
 
     # -- one generation ----------------------------------------------------------------------
 

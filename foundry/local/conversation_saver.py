@@ -1,0 +1,74 @@
+"""Saving served conversations to the prefix store in the background, so a restarted server
+finds them there: after each request, the conversation's state (taken on the model's thread,
+a copy) is handed over here and its new blocks are written while the next request runs.
+
+One writer thread, a short queue (when it falls behind, the oldest waiting state is dropped:
+a later state of the same conversation holds all of it, and a parked one was handed over
+when its own request ended), and a flush at exit, so a server stopped by Ctrl-C or SIGTERM
+leaves what it was writing on disk, whole.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+WAITING_MAX = 2
+
+
+class ConversationSaver:
+    def __init__(self, save: Callable[[Any, Any], int]) -> None:
+        self._save = save
+        self._waiting: deque[tuple[Any, Any]] = deque(maxlen=WAITING_MAX)
+        self._wake = threading.Condition()
+        self._busy = False
+        self._closed = False
+        self.saved_bytes = 0
+        self._thread = threading.Thread(target=self._work, name="conversation-saver", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    def submit(self, what: Any, state: Any) -> None:
+        """Queue `save(what, state)`: `what` says which tokens `state` holds."""
+        with self._wake:
+            if self._closed:
+                return
+            self._waiting.append((what, state))
+            self._wake.notify_all()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything handed over is written; False if `timeout` passed first."""
+        with self._wake:
+            return self._wake.wait_for(lambda: not self._waiting and not self._busy, timeout)
+
+    def close(self) -> None:
+        """Write what is waiting, then stop the thread."""
+        with self._wake:
+            if self._closed:
+                return
+            self._closed = True
+            self._wake.notify_all()
+        self._thread.join()
+        atexit.unregister(self.close)
+
+    def _work(self) -> None:
+        while True:
+            with self._wake:
+                self._wake.wait_for(lambda: self._waiting or self._closed)
+                if not self._waiting:
+                    return  # closed, and nothing left to write
+                what, state = self._waiting.popleft()
+                self._busy = True
+            try:
+                self.saved_bytes += int(self._save(what, state))
+            except Exception:  # a save is optional: the conversation is still in memory
+                log.exception("could not save a conversation")
+            finally:
+                with self._wake:
+                    self._busy = False
+                    self._wake.notify_all()

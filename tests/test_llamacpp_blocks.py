@@ -1,0 +1,152 @@
+"""llama.cpp states stored as token blocks, on a tiny random-weight GGUF: a state cut into
+blocks and put back together is the same KV cache, sessions sharing a system prompt store it
+once, and a restarted server finds its conversations on disk."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+from foundry.backends.base import Message, ModelRequest
+from tests.test_llamacpp_backend import (
+    READ,
+    assert_context_is_exact,
+    backend,
+    config,
+    conversation,
+    gguf,  # noqa: F401  (the module's fixture)
+    request,
+)
+
+pytestmark = pytest.mark.llamacpp
+COMMON = "You are a careful build orchestrator who reads before writing. " * 32
+
+
+def model(gguf_path):  # noqa: F811
+    from foundry.local.llamacpp_engine import LlamaCppModel
+
+    return LlamaCppModel(gguf_path, "tiny", n_ctx=2048)
+
+
+def test_a_state_cut_into_blocks_and_put_together_is_the_same_cache(gguf) -> None:  # noqa: F811
+    from foundry.local.llamacpp_layout import ParsedState, assemble
+
+    m = model(gguf)
+    tokens = [int(t) for t in np.random.default_rng(7).integers(10, min(400, m.n_vocab), size=900)]
+    m.feed(tokens[:600])
+    m.trim(250)  # cells given back and filled again, as a served context's are
+    m.feed(tokens[250:900])
+    expected = m.feed([5])
+    m.trim(900)
+    parsed = ParsedState(m.save_state(), 900)
+    cuts = [0, 256, 512, 768, 900]
+    blocks = [(b - a, parsed.block(a, b)) for a, b in zip(cuts, cuts[1:], strict=False)]
+    state = assemble(parsed.layout, blocks)
+    m.trim(0)
+    assert m.load_state(state, tokens[:900])
+    np.testing.assert_array_equal(m.feed([5]), expected)
+    m.close()
+
+
+def test_cells_out_of_position_order_are_put_in_order(gguf) -> None:  # noqa: F811
+    """llama.cpp writes cells in buffer order, which after trims need not be position order:
+    a block holds positions, wherever their cells sat."""
+    from foundry.local.llamacpp_layout import CELL, ParsedState
+
+    m = model(gguf)
+    m.feed([20 + i % 30 for i in range(40)])
+    raw = bytes(m.save_state())
+    m.close()
+    parsed = ParsedState(raw, 40)
+    layout = parsed.layout
+    order = np.random.default_rng(3).permutation(40)  # cell i now holds position order[i]
+    head = 16  # magic, sequence id, streams, cell count
+    cells = np.frombuffer(raw[head : head + 40 * CELL.itemsize], dtype=CELL).copy()[order]
+    shuffled = bytearray(raw[:head] + cells.tobytes())
+    at = head + 40 * CELL.itemsize
+    shuffled += raw[at : at + 8]
+    at += 8
+    for _, row in layout.keys:
+        rows = np.frombuffer(raw[at + 12 : at + 12 + 40 * row], np.uint8).reshape(40, row)
+        shuffled += raw[at : at + 12] + rows[order].tobytes()
+        at += 12 + 40 * row
+    for _, row, width in layout.values:
+        element = row // width
+        columns = np.frombuffer(raw[at + 12 : at + 12 + 40 * row], np.uint8)
+        columns = columns.reshape(width, 40, element)[:, order, :]
+        shuffled += raw[at : at + 12] + columns.tobytes()
+        at += 12 + 40 * row
+    assert at == len(raw)
+    assert ParsedState(bytes(shuffled), 40).block(0, 40) == parsed.block(0, 40)
+
+
+def test_states_it_cannot_cut_are_refused(gguf) -> None:  # noqa: F811
+    from foundry.local.llamacpp_layout import ParsedState
+
+    m = model(gguf)
+    m.feed(list(range(20, 30)))
+    raw = bytes(m.save_state())
+    m.close()
+    for broken, why in [
+        (raw[:-1], "truncated"),
+        (raw + b"\0", "left over"),
+        (struct.pack("<I", 1) + raw[4:], "sequence 0"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            ParsedState(broken, 10)
+    with pytest.raises(ValueError, match="cells for"):
+        ParsedState(raw, 11)
+
+
+def session_request(session: str, text: str = "Build a todo app") -> ModelRequest:
+    """A client's first request: a long shared system prompt ending in its own session's
+    details, with the breakpoint after them (as Claude Code's system prompt does)."""
+    system = f"{COMMON}Session {session}: working directory /home/u/{session}."
+    messages = [Message("user", [{"type": "text", "text": text}])]
+    return ModelRequest("tiny", system, [READ], messages, max_tokens=4, temperature=0.0)
+
+
+def store_bytes(tmp_path) -> int:
+    return sum(p.stat().st_size for p in (tmp_path / "store").glob("*.safetensors"))
+
+
+def test_sessions_sharing_a_system_prompt_store_it_once(gguf, tmp_path) -> None:  # noqa: F811
+    cfg = config(tmp_path)
+    first = backend(gguf, cfg)
+    one = first.complete(session_request("alpha"))
+    assert one.usage.cache_write_5m_tokens > 1000
+    after_one = store_bytes(tmp_path)
+    per_token = first._loaded.kv_bytes_per_token()
+    second = backend(gguf, cfg)  # another process: nothing in memory, the store on disk
+    two = second.complete(session_request("beta"))
+    prompt = two.usage.total_input_tokens
+    shared = two.usage.cache_read_tokens
+    assert second.last_cache_event["source"] == "store"
+    assert shared >= 1024  # the full blocks of the shared system prompt, read from disk
+    growth = store_bytes(tmp_path) - after_one
+    # Only the second session's own tokens (from the block it diverges in) are added.
+    assert 0 < growth <= (prompt - shared) * per_token * 1.1 + 64 * 1024, (growth, after_one)
+    assert growth < after_one / 3
+    assert two.content == backend(gguf, cfg).complete(session_request("beta")).content
+    assert_context_is_exact(second)
+
+
+def test_a_restarted_server_finds_its_conversations(gguf, tmp_path) -> None:  # noqa: F811
+    cfg = config(tmp_path)
+    before = backend(gguf, cfg)
+    before.serve_with(l1_entries=2, memory_budget_bytes=None)
+    for turns in (2, 3):
+        before.complete(request(messages=conversation("Build a todo app", turns)))
+    previous = request(messages=conversation("Build a todo app", 3))
+    previous_prompt = before.count_request_tokens(previous)
+    before.close()  # a stop: what the background saver was writing lands whole
+    after = backend(gguf, cfg)
+    after.serve_with(l1_entries=2, memory_budget_bytes=None)
+    nxt = request(messages=conversation("Build a todo app", 4))
+    back = after.complete(nxt)
+    assert after.last_cache_event["source"] == "store"
+    assert back.usage.cache_read_tokens >= previous_prompt, (back.usage, previous_prompt)
+    assert back.usage.input_tokens < 40
+    assert_context_is_exact(after)
