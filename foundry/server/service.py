@@ -17,6 +17,7 @@ from typing import Any
 from foundry.backends.base import FailedAttempt, ModelResponse
 from foundry.errors import BackendError
 from foundry.local.chat import ClientRequest
+from foundry.server.cache_log import cache_line, cold_prefill_line
 from foundry.server.context import Trimmed, fit
 from foundry.server.disk_budget import BudgetedStore, DiskBudget
 from foundry.server.protocol import ApiError, ParsedRequest, new_message_id
@@ -294,36 +295,13 @@ class ServeService:
             self._record(prepared, Usage(), status="error", error_class="server_error")
             job.post("error", exc)
             return
-        event = self.backend.last_cache_event
-        self.stats.record_run(response.usage, event.get("source"))
-        self._record(prepared, response.usage, stop_reason=response.stop_reason)
-        self._log_cache(prepared, response.usage, event)
-        job.post("done", (response, self.backend.last_stop_sequence))
-
-    def _log_cache(self, prepared: Prepared, usage: Usage, event: dict[str, Any]) -> None:
+        event, usage = self.backend.last_cache_event, response.usage
+        self.stats.record_run(usage, event.get("source"))
+        self._record(prepared, usage, stop_reason=response.stop_reason)
         if usage.cache_write_tokens:
-            log.info(
-                "cold prefill done: %d tokens in %.1f s, saved to the prefix store (%s)",
-                event.get("prefilled", 0),
-                event.get("prefill_s", 0.0),
-                prepared.request_id,
-            )
-        source = event.get("source")
-        verdict = {"memory": "HIT memory", "store": "HIT disk"}.get(
-            source or "", f"MISS ({event.get('reason', 'no cached prefix')})"
-        )
-        log.info(
-            "%s: %d of %d prompt tokens reused, %d saved to disk, %d prefilled; "
-            "ttft %.0f ms, %d output tokens (%s)",
-            verdict,
-            usage.cache_read_tokens,
-            usage.total_input_tokens,
-            usage.cache_write_tokens,
-            usage.input_tokens,
-            usage.ttft_ms or 0.0,
-            usage.output_tokens,
-            prepared.request_id,
-        )
+            log.info("%s", cold_prefill_line(event, prepared.request_id))
+        log.info("%s", cache_line(usage, event, prepared.request_id))
+        job.post("done", (response, self.backend.last_stop_sequence))
 
     def _record(
         self,
