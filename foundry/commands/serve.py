@@ -91,6 +91,7 @@ def serve(
     opened.runner.run()
     stats = opened.runner.service.close()
     console.stdout.print("\n".join(summary_lines(stats["since_start"], stats)), highlight=False)
+    opened.runner.exit_if_worker_stuck()
 
 
 def _banner(opened: OpenServer, keyed: bool) -> None:

@@ -7,7 +7,9 @@ not async and one model holds one KV cache at a time, so requests never run conc
 A job talks to the asyncio side through its event queue: the worker thread posts
 ("plan", dict), ("text", str), ("done", response) or ("error", exception) with
 call_soon_threadsafe. Cancelling a job sets its flag: a waiting job is dropped, a running
-one stops at the backend's next decode step.
+one stops at the backend's next decode step (or prefill chunk). A job is answered and recorded
+once (`Job.settle`): by the worker when its run ends, or by a shutdown that stops waiting for
+a step the engine cannot interrupt.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 RECENT_RUNS = 20  # run times kept for the retry-after estimate
+SHUTTING_DOWN = "the server is shutting down; send the request again once it is back up"
 
 
 class QueueFull(Exception):
@@ -51,6 +54,8 @@ class Job:
     cancel_reason: str = "the client disconnected"
     submitted: float = field(default_factory=time.monotonic)
     started: float | None = None
+    _settled: bool = field(default=False, repr=False)
+    _settle_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def post(self, kind: str, value: Any) -> None:
         """From the worker thread: hand an event to the request's coroutine."""
@@ -62,6 +67,12 @@ class Job:
         if not self.cancel.is_set():
             self.cancel_reason = reason
             self.cancel.set()
+
+    def settle(self) -> bool:
+        """Claim the job's answer and ledger row: True once, for whoever asks first."""
+        with self._settle_lock:
+            first, self._settled = not self._settled, True
+            return first
 
 
 class RequestQueue:
@@ -85,6 +96,15 @@ class RequestQueue:
     def busy(self) -> bool:
         return self._running is not None
 
+    @property
+    def running(self) -> Job | None:
+        return self._running
+
+    @property
+    def worker_alive(self) -> bool:
+        """The worker thread is still there (after close: stuck inside an engine's step)."""
+        return self._thread.is_alive()
+
     def retry_after(self, ahead: int) -> int:
         """Seconds until `ahead` jobs have likely run, from recent run times (at least 1)."""
         typical = sorted(self._recent)[len(self._recent) // 2] if self._recent else 5.0
@@ -93,7 +113,7 @@ class RequestQueue:
     def submit(self, job: Job) -> None:
         with self._lock:
             if self._closed:
-                raise JobCancelled("the server is shutting down")
+                raise JobCancelled(SHUTTING_DOWN)
             if len(self._waiting) >= self.max_waiting and self._running is not None:
                 self.rejected += 1
                 raise QueueFull(len(self._waiting), self.retry_after(len(self._waiting) + 1))
@@ -108,21 +128,31 @@ class RequestQueue:
                 self._waiting.remove(job)
                 job.post("error", JobCancelled(reason))
 
-    def cancel_all(self, reason: str) -> None:
-        """Shutting down: no new jobs; waiting ones end now, the running one at its next step."""
+    def cancel_all(self, reason: str) -> list[Job]:
+        """Shutting down: no new jobs; waiting ones end now, the running one at its next step.
+        Returns the waiting jobs it ended (answered, not recorded: never run)."""
         with self._lock:
             self._closed = True
-            for job in list(self._waiting):
+            dropped = [job for job in self._waiting if job.settle()]
+            for job in dropped:
                 job.request_cancel(reason)
                 job.post("error", JobCancelled(reason))
             self._waiting.clear()
             if self._running is not None:
                 self._running.request_cancel(reason)
             self._lock.notify_all()
+            return dropped
 
-    def close(self, timeout: float = 30.0) -> None:
-        self.cancel_all("the server is shutting down")
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no job runs; False if one still does after `timeout` seconds."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self._running is None, timeout)
+
+    def close(self, timeout: float = 30.0) -> bool:
+        """Stop taking jobs and wait for the worker; False if it is still inside a job."""
+        self.cancel_all(SHUTTING_DOWN)
         self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def _work(self) -> None:
         while True:
@@ -145,3 +175,4 @@ class RequestQueue:
                 self._recent.append(time.monotonic() - job.started)
                 with self._lock:
                     self._running = None
+                    self._lock.notify_all()  # wait_idle

@@ -1,9 +1,11 @@
 """Running the app on uvicorn: the listening socket, a clean stop, and who may listen where.
 
 foundry binds the socket itself, so a port in use is one clear error instead of uvicorn's
-log and exit. On Ctrl-C or SIGTERM the service stops taking work and cancels the running
-request (it ends at its next decode step and its ledger row is written) before uvicorn
-closes the connections; the caller then prints the summary.
+log and exit. On Ctrl-C or SIGTERM the service stops taking work (foundry.server.shutdown):
+queued requests are answered at once, the running one is cancelled at its next step or,
+when the engine is inside a step it cannot leave, answered and recorded after a second;
+uvicorn then closes the connections and the caller prints the summary. A model still inside
+such a step is not waited for: the process ends (exit_if_worker_stuck).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -24,6 +27,7 @@ from foundry.server.listen import base_url, bind
 from foundry.server.service import ServeService
 
 GRACEFUL_S = 10.0  # how long uvicorn waits for open connections after a stop
+log = logging.getLogger(__name__)
 
 
 def check_exposure(host: str, api_key: str | None) -> None:
@@ -60,10 +64,11 @@ class Runner:
 
         class Server(uvicorn.Server):
             def handle_exit(self, sig: int, frame: Any) -> None:
-                # Stop the model first: a streaming request then ends at its next decode
-                # step instead of holding the shutdown up to the graceful timeout. The
-                # signal is not re-raised afterwards (uvicorn's default), so the summary
-                # and the ledger are written and the command exits normally.
+                # Stop the model first: queued requests are answered now and the running
+                # one within about a second (shutdown.GRACE_S), so no connection holds the
+                # shutdown up to the graceful timeout. The signal is not re-raised
+                # afterwards (uvicorn's default), so the summary and the ledger are written
+                # and the command exits with status 0.
                 runner.service.begin_shutdown()
                 runner.stopped_by = signal.Signals(sig).name
                 if self.should_exit and sig == signal.SIGINT:
@@ -93,6 +98,20 @@ class Runner:
         self.server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def exit_if_worker_stuck(self) -> None:
+        """After service.close: if the model's worker is still inside an engine step (a
+        llama.cpp prefill chunk runs to its end), its request is already answered and
+        recorded, and the ledger closed. Waiting would take as long as the step; a normal
+        exit would free the model under it (a segfault, seen with llama.cpp). So the process
+        ends here, its output flushed, with status 0."""
+        if not self.service.queue.worker_alive:
+            return
+        log.info("exiting without waiting for the model's current step to end")
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(0)
 
 
 def default_memory_budget() -> int:

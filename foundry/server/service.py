@@ -21,9 +21,10 @@ from foundry.server.cache_log import cache_line, cold_prefill_line
 from foundry.server.context import Trimmed, fit
 from foundry.server.disk_budget import BudgetedStore, DiskBudget
 from foundry.server.protocol import ApiError, ParsedRequest, new_message_id
-from foundry.server.queue import Job, RequestQueue
+from foundry.server.queue import SHUTTING_DOWN, Job, JobCancelled, RequestQueue
 from foundry.server.response_cache import RecordedReply, ResponseCache
 from foundry.server.session import ServeSession
+from foundry.server.shutdown import GRACE_S, Stop
 from foundry.server.stats import ServeStats
 from foundry.timestamps import utc_now
 from foundry.usage import Usage
@@ -67,6 +68,7 @@ class Prepared:
     message_id: str = field(default_factory=new_message_id)
     request_id: str = field(default_factory=lambda: f"req_local_{uuid.uuid4().hex[:24]}")
     client: str = LOOPBACK  # whose disk budget its prefix saves are charged to
+    plan: dict[str, Any] | None = None  # the backend's cache plan, once made
     started_at: str = field(default_factory=utc_now)
     received: float = field(default_factory=time.monotonic)
 
@@ -90,8 +92,6 @@ def api_error_for(exc: BaseException) -> ApiError:
         status = STATUS_FOR_CLASS.get(exc.error_class)
         if status is not None:
             return ApiError(status, exc.message)
-    from foundry.server.queue import JobCancelled
-
     if isinstance(exc, JobCancelled):
         return ApiError(529, exc.reason)
     return ApiError(500, "the local model failed on this request; the server log says why")
@@ -116,6 +116,7 @@ class ServeService:
         self.tool_tag: str = backend.tool_call_tag
         self.queue = RequestQueue(self._run, settings.queue_size)
         self.shutting_down = False
+        self._stop: Stop | None = None
         self.disk_budget: DiskBudget | None = None
         store = getattr(backend, "_store", None)
         if settings.disk_write_bytes_per_hour is not None and store is not None:
@@ -238,6 +239,11 @@ class ServeService:
         self.stats.record_error(error_class)
         self._record(prepared, Usage(), status="error", error_class=error_class)
 
+    def record_cancelled(self, prepared: Prepared, usage: Usage) -> None:
+        """A running request a shutdown ended without waiting for the engine's word."""
+        self.stats.record_error("cancelled", usage)
+        self._record(prepared, usage, status="cancelled", error_class="cancelled")
+
     # -- the worker thread -------------------------------------------------------------------
 
     def _run(self, job: Job) -> None:
@@ -256,6 +262,7 @@ class ServeService:
                     plan["cache_write"],
                     prepared.request_id,
                 )
+            prepared.plan = plan
             job.post("plan", plan)
 
         try:
@@ -268,6 +275,8 @@ class ServeService:
                     on_plan=on_plan,
                 )
         except BackendError as exc:
+            if not job.settle():  # a shutdown stopped waiting for it: answered and recorded
+                return
             usage = failures[-1].usage if failures else Usage()
             cancelled = exc.error_class == "cancelled"
             self.stats.record_error(exc.error_class, usage)
@@ -285,6 +294,8 @@ class ServeService:
             job.post("error", exc)
             return
         except Exception as exc:  # a bug or an mlx failure outside the backend's handling
+            if not job.settle():
+                return
             log.error(
                 "request %s failed: %s",
                 prepared.request_id,
@@ -294,6 +305,8 @@ class ServeService:
             self.stats.record_error("server_error")
             self._record(prepared, Usage(), status="error", error_class="server_error")
             job.post("error", exc)
+            return
+        if not job.settle():  # finished just as a shutdown gave up on it: already answered
             return
         event, usage = self.backend.last_cache_event, response.usage
         self.stats.record_run(usage, event.get("source"))
@@ -359,15 +372,21 @@ class ServeService:
             },
         }
 
-    def begin_shutdown(self, reason: str = "the server is shutting down") -> None:
-        """Stop taking work: waiting requests end now, the running one at its next step."""
-        self.shutting_down = True
-        self.queue.cancel_all(reason)
+    def begin_shutdown(self, reason: str = SHUTTING_DOWN) -> Stop:
+        """Stop taking work (foundry.server.shutdown): waiting requests are answered now, the
+        running one at its next step, or after shutdown.GRACE_S if that step lasts longer."""
+        if self._stop is None:
+            self.shutting_down = True
+            self._stop = Stop(self, reason)
+        return self._stop
 
     def close(self) -> dict[str, Any]:
-        """Wait for the worker, then close the session's ledger row; returns the stats."""
-        self.begin_shutdown()
-        self.queue.close()
+        """Stop (begin_shutdown), wait for the requests to be answered and recorded, then
+        close the session's ledger row; returns the stats. The worker may still be inside
+        an engine step afterwards (queue.worker_alive): its request is settled."""
+        stop = self.begin_shutdown()
+        stop.wait()
+        self.queue.close(timeout=0 if stop.gave_up else GRACE_S)
         stats = self.cache_stats(paths=True)
         if self.session is not None:
             try:
