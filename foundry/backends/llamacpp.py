@@ -174,6 +174,9 @@ class LlamaCppBackend(LocalBackend):
     def _grammar_tokenizer(self) -> Any:
         return self._loaded.grammar_tokenizer()
 
+    def flush_saves(self, timeout: float) -> bool:
+        return self._saver is None or bool(self._saver.flush(timeout))
+
     def close(self) -> None:
         if self._saver is not None:
             self._saver.close()  # what it was writing lands whole

@@ -282,6 +282,10 @@ class LocalBackend:
         self._store = PrefixCacheStore.from_config(self.config, codec=codec)
         return Path(self._store.dir) / "file-hashes.json"
 
+    def flush_saves(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for saves running in the background; False if cut short."""
+        return True
+
     def close(self) -> None:
         self._rendered = None
         self._loaded = self._renderer = None

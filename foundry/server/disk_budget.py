@@ -139,11 +139,16 @@ class BudgetedStore:
         self._budget = budget
 
     def save(
-        self, identity: Any, tokens: list[int], cache: Any, prefill_ms: float | None = None
+        self,
+        identity: Any,
+        tokens: list[int],
+        cache: Any,
+        prefill_ms: float | None = None,
+        **options: Any,
     ) -> int:
         if not self._budget.allow(int(self._store.codec.nbytes(cache))):
             return 0
-        size = int(self._store.save(identity, tokens, cache, prefill_ms=prefill_ms))
+        size = int(self._store.save(identity, tokens, cache, prefill_ms=prefill_ms, **options))
         self._budget.charge(size)
         return size
 

@@ -30,6 +30,7 @@ from foundry.timestamps import utc_now
 from foundry.usage import Usage
 
 log = logging.getLogger(__name__)
+SAVES_FLUSH_S = 10.0  # how long a stop waits for the conversations being saved to disk
 CLAUDE_PREFIX = "claude-"
 # The backend's error classes that are the client's doing or the server's load, not a fault.
 STATUS_FOR_CLASS = {"context_too_long": 400, "overloaded": 529, "cancelled": 529}
@@ -387,6 +388,7 @@ class ServeService:
         stop = self.begin_shutdown()
         stop.wait()
         self.queue.close(timeout=0 if stop.gave_up else GRACE_S)
+        self.backend.flush_saves(SAVES_FLUSH_S)  # the conversations saved so far, on disk whole
         stats = self.cache_stats(paths=True)
         if self.session is not None:
             try:
