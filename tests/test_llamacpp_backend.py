@@ -402,3 +402,17 @@ def test_a_bare_gguf_name_is_looked_up_in_the_models_dir_only(gguf, tmp_path, mo
     shutil.copy(gguf, models_dir() / "kept.gguf")
     assert llamacpp_models.find_gguf("kept.gguf") == models_dir() / "kept.gguf"
     assert llamacpp_models.find_gguf("kept") == models_dir() / "kept.gguf"
+
+
+def test_saved_prefill_time_is_never_scaled_up_from_a_shorter_prefix(gguf, tmp_path) -> None:
+    """/cache/stats' saved time: the measured prefix's cost covers what it measured; past
+    it, tokens count at the fastest prefill rate seen (a 150-token title request's cost,
+    scaled 120x, once claimed minutes for an 18k-token conversation read back)."""
+    b = backend(gguf, config(tmp_path))
+    b._prefix_cost = (150, 600.0)  # a short prefix, measured at 4 ms a token
+    b._prefill_rate = 2000.0  # the fastest prefill measured: 0.5 ms a token
+    saved = b._saved_ms({"reused": 18_150, "load_ms": 100.0}, None)
+    assert saved == pytest.approx(600.0 + 18_000 / 2000.0 * 1000 - 100.0)
+    assert b._saved_ms({"reused": 75, "load_ms": 0.0}, None) == pytest.approx(300.0)
+    b._prefix_cost, b._prefill_rate = None, None
+    assert b._saved_ms({"reused": 500, "load_ms": 0.0}, None) is None  # nothing measured

@@ -295,14 +295,22 @@ class LocalBackend:
     def _stop_requested(self) -> bool:
         return self._cancel is not None and self._cancel.is_set()
 
-    def _cost_ms(self, tokens: int) -> float | None:
-        """What computing the first `tokens` of a prompt costs, from the measured prefix."""
+    def _cost_ms(self, tokens: int, fallback_rate: float | None = None) -> float | None:
+        """What computing the first `tokens` of a prompt costs: the measured prefix's cost for
+        the part it covers, and past its end the fastest prefill rate measured (a low bound:
+        later tokens attend to more). A short prefix's cost is never scaled up to a long
+        one: a title request's 150 tokens said nothing of an 18k-token prompt's price."""
         if not tokens:
             return 0.0
+        covered, measured = 0, 0.0
         if self._prefix_cost is not None:
             length, ms = self._prefix_cost
-            return ms * tokens / length
-        return tokens / self._prefill_rate * 1000 if self._prefill_rate else None
+            covered = min(tokens, length)
+            measured = ms * covered / length
+        rate = self._prefill_rate or fallback_rate
+        if covered == tokens:
+            return measured
+        return measured + (tokens - covered) / rate * 1000 if rate else None
 
     def _saved(self, tokens: list[int]) -> bool:
         return bool(self._store.has(self._identity, tokens))
@@ -471,17 +479,12 @@ class LocalBackend:
         )
 
     def _saved_ms(self, event: dict[str, Any], fallback_rate: float | None) -> float | None:
-        """Prefill time the reused tokens saved, net of loading them. Scaled from the measured
-        cost of the prefix: conservative, as later tokens cost more (they attend to more).
-        Dividing by this request's own rate instead overstated it up to 2x, since a few
-        tokens appended to a long prefix prefill far slower than the prefix's average."""
-        reused = event["reused"]
-        if not reused:
-            return 0.0
-        if self._prefix_cost is not None:
-            tokens, ms = self._prefix_cost
-            return max(ms * reused / tokens - event.get("load_ms", 0.0), 0.0)
-        return reused / fallback_rate * 1000 if fallback_rate else None
+        """Prefill time the reused tokens saved, net of loading them (_cost_ms: from what was
+        measured, never scaled past it). Dividing by this request's own rate instead
+        overstated it up to 2x, since a few tokens appended to a long prefix prefill far
+        slower than the prefix's average."""
+        cost = self._cost_ms(event["reused"], fallback_rate)
+        return None if cost is None else max(cost - event.get("load_ms", 0.0), 0.0)
 
     def complete(
         self,
