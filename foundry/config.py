@@ -148,6 +148,19 @@ class LlamaCppConfig(LocalEngineConfig):
     # None: a fair share of the cores among foundry's llama.cpp processes (cpu_share.py).
     threads: int | None = Field(default=None, gt=0)
     kv_type: Literal["f16", "q8_0", "f32"] = "f16"
+    # "auto": off on the CPU (measured: decode and a warm turn slower with it, prefill about
+    # the same; bench/flash_attention_bench.py), on where the KV type needs it (q8_0's V).
+    flash_attn: Literal["auto", "on", "off"] = "auto"
+
+    @field_validator("flash_attn")
+    @classmethod
+    def _v_cache_needs_it(cls, value: str, info: Any) -> str:
+        if value == "off" and info.data.get("kv_type") == "q8_0":
+            raise ValueError(
+                'kv_type "q8_0" needs flash attention (llama.cpp quantizes V only with it): '
+                'set flash_attn to "auto" or "on", or kv_type to "f16"'
+            )
+        return value
 
 
 COMMAND_PHASES = ("scout", "architect", "builder", "test")  # the phases that run commands

@@ -163,3 +163,24 @@ def test_the_state_file_reads_back_exactly_and_a_bad_one_is_refused(gguf, tmp_pa
         bad.write_bytes(broken)
         with pytest.raises((ValueError, OSError)):
             StateCodec.read(bad)
+
+
+def test_a_q8_0_kv_cache_runs_with_flash_attention(tmp_path) -> None:
+    """llama.cpp keeps a quantized V only with flash attention: "auto" turns it on for
+    q8_0 (it stays off for f16 on the CPU, where it measured slower), and turning it off
+    for q8_0 is refused in the config, by name, before any model loads."""
+    from foundry.config import FoundryConfig
+    from foundry.errors import ConfigError
+    from foundry.local.llamacpp_engine import LlamaCppModel
+    from tests.tiny_model import build_tiny_model, write_tiny_gguf
+
+    # q8_0 packs 32 values a block: heads of 32 dimensions (the shared tiny model's are 16).
+    directory = build_tiny_model(tmp_path / "model", num_attention_heads=2, num_key_value_heads=1)
+    gguf = write_tiny_gguf(directory, tmp_path / "heads32.gguf")
+    model = LlamaCppModel(gguf, "tiny", n_ctx=256, kv_type="q8_0")
+    assert model.flash_attn
+    assert model.feed([1, 2, 3]).shape == (model.n_vocab,)
+    model.close()
+    assert not LlamaCppModel(gguf, "tiny", n_ctx=256).flash_attn
+    with pytest.raises((ConfigError, ValueError), match="flash attention"):
+        FoundryConfig.model_validate({"llamacpp": {"kv_type": "q8_0", "flash_attn": "off"}})

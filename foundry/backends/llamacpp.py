@@ -156,6 +156,7 @@ class LlamaCppBackend(LocalBackend):
             n_ctx=settings.max_kv_size,
             kv_type=settings.kv_type,
             threads=settings.threads,
+            flash_attn=settings.flash_attn,
         )
         override = self.config.models.get(self.model)
         window = bounded_window(

@@ -149,6 +149,16 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
+def use_flash_attention(setting: str, kv_type: str) -> bool:
+    """Whether a context runs flash attention. llama-server's `-fa auto` turns it on for the
+    CPU; measured here on the CPU (2 cores, bench/flash_attention_bench.py) it made decode
+    1.33x and a warm turn 2.2x slower for a 0.94x prefill at 3k tokens, so "auto" leaves
+    it off, except for a q8_0 KV cache, whose quantized V llama.cpp keeps only with it."""
+    if setting == "auto":
+        return kv_type == "q8_0"
+    return setting == "on"
+
+
 def sample(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
     if temperature <= 0:
         return int(np.argmax(logits))
@@ -203,10 +213,12 @@ class LlamaCppModel:
         n_ctx: int | None = None,
         kv_type: str = "f16",
         threads: int | None = None,
+        flash_attn: str = "auto",
     ) -> None:
         llama_cpp = import_llama_cpp()
         self._lib = llama_cpp
         self.path, self.name, self.kv_type = path, name, kv_type
+        self.flash_attn = use_flash_attention(flash_attn, kv_type)
         cores = default_threads()
         log = LoadLog(llama_cpp)
         try:
@@ -219,6 +231,7 @@ class LlamaCppModel:
                     n_threads_batch=threads or cores,
                     type_k=KV_TYPES[kv_type],
                     type_v=KV_TYPES[kv_type],
+                    flash_attn=self.flash_attn,
                     verbose=False,
                 )
         except (ValueError, RuntimeError) as exc:  # what llama-cpp-python raises on a bad file

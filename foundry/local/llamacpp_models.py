@@ -77,5 +77,6 @@ def state_identity(model: LlamaCppModel, memo_file: Path | None = None) -> Prefi
         "llama_cpp_python": model.version,
         "n_ctx": model.n_ctx,
         "kv_type": model.kv_type,
+        "flash_attn": model.flash_attn,  # it stores V untransposed: another state layout
     }
     return PrefixIdentity(fields=fields, model=model.name)
