@@ -20,6 +20,7 @@ import importlib.util
 import logging
 import resource
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +34,7 @@ from foundry.local.model_dirs import PULLABLE, Progress
 from foundry.local.runtime import is_apple_silicon
 
 log = logging.getLogger(__name__)
+IDLE_WAIT_S = 1.0  # how long the saver waits for a running request before leaving it be
 
 
 def peak_rss_mb() -> float:
@@ -63,6 +65,7 @@ class LlamaCppBackend(LocalBackend):
         self._prompt_length = 0  # the prompt of the request the context last ran
         self._gguf: Path | None = None  # found and checked by check(), loaded by _load()
         self._blocks = False  # the store keeps states as token blocks (kv_blocks)
+        self._engine_lock = threading.Lock()  # held by a request; the saver copies between
         self._persist = False  # `foundry serve`: conversations saved after each request
         self._saver: Any = None  # ConversationSaver, started on first use
 
@@ -212,7 +215,10 @@ class LlamaCppBackend(LocalBackend):
         if limit is not None and len(engine.tokens) * engine.kv_bytes_per_token() > limit:
             return
         started = time.perf_counter()
-        self._parked.put(list(engine.tokens), engine.save_state(), self._prompt_length)
+        tokens, state = list(engine.tokens), engine.save_state()
+        self._parked.put(tokens, state, self._prompt_length)
+        if self._persist and self._blocks and not self._store.has(self._identity, tokens):
+            self._saver_started().submit((tokens, self._prompt_length), state)
         log.debug(
             "parked a %d-token conversation in %.0f ms",
             len(engine.tokens),
@@ -340,11 +346,37 @@ class LlamaCppBackend(LocalBackend):
         tokens = list(engine.tokens)
         if not tokens or self._store.has(self._identity, tokens):
             return
+        self._saver_started().submit((tokens, self._prompt_length), self._copy_when_idle(tokens))
+
+    def _saver_started(self) -> Any:
         if self._saver is None:
             from foundry.local.conversation_saver import ConversationSaver
 
             self._saver = ConversationSaver(self._save_conversation)
-        self._saver.submit((tokens, self._prompt_length), engine.save_state())
+        return self._saver
+
+    def _copy_when_idle(self, tokens: list[int]) -> Any:
+        """The context's state, copied on the saver's thread once the reply is out (tens of
+        ms per 100 MB, kept off the reply's path); None when the next request took the
+        context first (its own end saves what it holds; a conversation it parks is saved
+        from its parked copy)."""
+
+        def copy() -> Any:
+            if not self._engine_lock.acquire(timeout=IDLE_WAIT_S):
+                return None
+            try:
+                engine = self._loaded
+                return (
+                    engine.save_state() if engine is not None and engine.tokens == tokens else None
+                )
+            finally:
+                self._engine_lock.release()
+
+        return copy
+
+    def complete(self, request: ModelRequest, **options: Any) -> Any:
+        with self._engine_lock:  # the saver copies a state out only between requests
+            return super().complete(request, **options)
 
     def _save_conversation(self, held: tuple[list[int], int], state: Any) -> int:
         tokens, prompt = held

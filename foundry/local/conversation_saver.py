@@ -1,6 +1,7 @@
 """Saving served conversations to the prefix store in the background, so a restarted server
-finds them there: after each request, the conversation's state (taken on the model's thread,
-a copy) is handed over here and its new blocks are written while the next request runs.
+finds them there: after each request, the conversation is handed over here, and its state
+is copied out of the model (while no request runs) and its new blocks written, off the
+path of the reply.
 
 One writer thread, a short queue (when it falls behind, the oldest waiting state is dropped:
 a later state of the same conversation holds all of it, and a parked one was handed over
@@ -34,7 +35,8 @@ class ConversationSaver:
         atexit.register(self.close)
 
     def submit(self, what: Any, state: Any) -> None:
-        """Queue `save(what, state)`: `what` says which tokens `state` holds."""
+        """Queue `save(what, state)`: `what` says which tokens `state` holds. A callable
+        `state` is called on the writer thread for the state (None: nothing to save)."""
         with self._wake:
             if self._closed:
                 return
@@ -65,7 +67,10 @@ class ConversationSaver:
                 what, state = self._waiting.popleft()
                 self._busy = True
             try:
-                self.saved_bytes += int(self._save(what, state))
+                if callable(state):
+                    state = state()
+                if state is not None:
+                    self.saved_bytes += int(self._save(what, state))
             except Exception:  # a save is optional: the conversation is still in memory
                 log.exception("could not save a conversation")
             finally:
