@@ -20,7 +20,6 @@ import importlib.util
 import logging
 import resource
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +33,6 @@ from foundry.local.model_dirs import PULLABLE, Progress
 from foundry.local.runtime import is_apple_silicon
 
 log = logging.getLogger(__name__)
-IDLE_WAIT_S = 1.0  # how long the saver waits for a running request before leaving it be
 
 
 def peak_rss_mb() -> float:
@@ -65,9 +63,8 @@ class LlamaCppBackend(LocalBackend):
         self._prompt_length = 0  # the prompt of the request the context last ran
         self._gguf: Path | None = None  # found and checked by check(), loaded by _load()
         self._blocks = False  # the store keeps states as token blocks (kv_blocks)
-        self._engine_lock = threading.Lock()  # held by a request; the saver copies between
         self._persist = False  # `foundry serve`: conversations saved after each request
-        self._saver: Any = None  # ConversationSaver, started on first use
+        self._keeper: Any = None  # ConversationKeeper, when both hold
 
     def serve_with(
         self, *, l1_entries: int, memory_budget_bytes: int | None, output_cap: int | None = None
@@ -78,6 +75,15 @@ class LlamaCppBackend(LocalBackend):
         kept = l1_entries - 1 if self.reuse_conversation else 0  # the context holds one
         self._parked = KVPool(max(kept, 0), measure=len)
         self._persist = self.reuse_conversation
+        self._start_keeping()
+
+    def _start_keeping(self) -> None:
+        """Served conversations go to disk where the store keeps blocks (serve_with may come
+        before or after the model loads)."""
+        from foundry.local.conversation_saver import ConversationKeeper
+
+        if self._persist and self._blocks and self._keeper is None:
+            self._keeper = ConversationKeeper(lambda: self._store, self._identity)
         self._size_parking()
 
     def _size_parking(self) -> None:
@@ -173,17 +179,18 @@ class LlamaCppBackend(LocalBackend):
         if self._store is not None and (layout := probe_layout(self._loaded)) is not None:
             self._store = BlockStore(self._store, layout)
             self._blocks = True
+        self._start_keeping()
         self._size_parking()
 
     def _grammar_tokenizer(self) -> Any:
         return self._loaded.grammar_tokenizer()
 
     def flush_saves(self, timeout: float) -> bool:
-        return self._saver is None or bool(self._saver.flush(timeout))
+        return self._keeper is None or self._keeper.flush(timeout)
 
     def close(self) -> None:
-        if self._saver is not None:
-            self._saver.close()  # what it was writing lands whole
+        if self._keeper is not None:
+            self._keeper.close()
         self._parked.clear()
         if self._loaded is not None:
             self._loaded.close()
@@ -217,8 +224,8 @@ class LlamaCppBackend(LocalBackend):
         started = time.perf_counter()
         tokens, state = list(engine.tokens), engine.save_state()
         self._parked.put(tokens, state, self._prompt_length)
-        if self._persist and self._blocks and not self._store.has(self._identity, tokens):
-            self._saver_started().submit((tokens, self._prompt_length), state)
+        if self._keeper is not None:
+            self._keeper.parked(tokens, state, self._prompt_length)
         log.debug(
             "parked a %d-token conversation in %.0f ms",
             len(engine.tokens),
@@ -338,49 +345,16 @@ class LlamaCppBackend(LocalBackend):
         return next((p for p in reversed(points) if p > best and self._saved(tokens[:p])), None)
 
     def _keep(self) -> None:
-        """`foundry serve`: hand the conversation's state to the background saver, so a
-        restarted server finds it on disk (only its blocks not stored yet are written)."""
-        if not (self._persist and self._blocks):
-            return
-        engine = self._loaded
-        tokens = list(engine.tokens)
-        if not tokens or self._store.has(self._identity, tokens):
-            return
-        self._saver_started().submit((tokens, self._prompt_length), self._copy_when_idle(tokens))
-
-    def _saver_started(self) -> Any:
-        if self._saver is None:
-            from foundry.local.conversation_saver import ConversationSaver
-
-            self._saver = ConversationSaver(self._save_conversation)
-        return self._saver
-
-    def _copy_when_idle(self, tokens: list[int]) -> Any:
-        """The context's state, copied on the saver's thread once the reply is out (tens of
-        ms per 100 MB, kept off the reply's path); None when the next request took the
-        context first (its own end saves what it holds; a conversation it parks is saved
-        from its parked copy)."""
-
-        def copy() -> Any:
-            if not self._engine_lock.acquire(timeout=IDLE_WAIT_S):
-                return None
-            try:
-                engine = self._loaded
-                return (
-                    engine.save_state() if engine is not None and engine.tokens == tokens else None
-                )
-            finally:
-                self._engine_lock.release()
-
-        return copy
+        """`foundry serve`: the conversation goes to disk in the background, so a restarted
+        server finds it (only its blocks not stored yet are written)."""
+        if self._keeper is not None:
+            self._keeper.after_request(lambda: self._loaded, self._prompt_length)
 
     def complete(self, request: ModelRequest, **options: Any) -> Any:
-        with self._engine_lock:  # the saver copies a state out only between requests
+        if self._keeper is None:
             return super().complete(request, **options)
-
-    def _save_conversation(self, held: tuple[list[int], int], state: Any) -> int:
-        tokens, prompt = held
-        return int(self._store.save(self._identity, tokens, state, prefixes=(prompt,)))
+        with self._keeper.lock:  # a conversation is copied out only between requests
+            return super().complete(request, **options)
 
     # -- one generation ----------------------------------------------------------------------
 
