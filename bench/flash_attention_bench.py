@@ -66,8 +66,10 @@ def main() -> None:
         for flash in (False, True):  # interleaved, so drift hits both alike
             results[flash].append(run_once(path, flash, prompt, turn, args.decode))
     load = os.getloadavg()
-    print(f"model {args.model}, {args.tokens} prompt tokens, {args.turn}-token turn, "
-          f"{args.decode} decoded, {args.rounds} rounds, load {load[0]:.2f}")
+    print(
+        f"model {args.model}, {args.tokens} prompt tokens, {args.turn}-token turn, "
+        f"{args.decode} decoded, {args.rounds} rounds, load {load[0]:.2f}"
+    )
     for key in ("prefill_s", "warm_ttft_s", "decode_s"):
         off = statistics.median(r[key] for r in results[False])
         on = statistics.median(r[key] for r in results[True])
