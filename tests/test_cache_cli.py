@@ -34,6 +34,7 @@ def store(loaded):
 def test_list_and_stats(cli, store) -> None:
     rows = json.loads(cli("cache", "list", "--json").stdout)["entries"]
     assert sorted((r["model"], r["n_tokens"]) for r in rows) == [("other", 12), ("tiny", 10)]
+    assert {r["kind"] for r in rows} == {"prefix"}  # mlx prefixes are stored whole
     assert all(
         r["size_bytes"] > 0 and r["hits"] == 0 and r["created_at"].endswith("Z") for r in rows
     )

@@ -4,6 +4,7 @@ once, and a restarted server finds its conversations on disk."""
 
 from __future__ import annotations
 
+import json
 import struct
 
 import numpy as np
@@ -112,7 +113,7 @@ def store_bytes(tmp_path) -> int:
     return sum(p.stat().st_size for p in (tmp_path / "store").glob("*.safetensors"))
 
 
-def test_sessions_sharing_a_system_prompt_store_it_once(gguf, tmp_path) -> None:  # noqa: F811
+def test_sessions_sharing_a_system_prompt_store_it_once(gguf, tmp_path, cli) -> None:  # noqa: F811
     cfg = config(tmp_path)
     first = backend(gguf, cfg)
     one = first.complete(session_request("alpha"))
@@ -129,6 +130,12 @@ def test_sessions_sharing_a_system_prompt_store_it_once(gguf, tmp_path) -> None:
     # Only the second session's own tokens (from the block it diverges in) are added.
     assert 0 < growth <= (prompt - shared) * per_token * 1.1 + 64 * 1024, (growth, after_one)
     assert growth < after_one / 3
+    settings = tmp_path / "cache_config.json"
+    settings.write_text(json.dumps({"prefix_cache": {"dir": str(tmp_path / "store")}}))
+    listed = json.loads(cli("cache", "list", "--json", "--config", str(settings)).stdout)
+    rows = listed["entries"]
+    assert rows and {r["kind"] for r in rows} == {"block"}
+    assert all(r["n_tokens"] <= 256 for r in rows)
     assert two.content == backend(gguf, cfg).complete(session_request("beta")).content
     assert_context_is_exact(second)
 

@@ -39,7 +39,9 @@ def _mb(size: int) -> str:
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:
     # The identity's fields are what the store matches on; identity_digest stands for them.
-    return {k: v for k, v in row.items() if k != "identity"}
+    # A llama.cpp prefix is stored as 256-token blocks, each an entry naming its parent.
+    kind = "block" if "parent" in (row.get("identity") or {}) else "prefix"
+    return {**{k: v for k, v in row.items() if k != "identity"}, "kind": kind}
 
 
 @app.command("list")
@@ -52,10 +54,11 @@ def list_entries(config: ConfigOption = None, as_json: JsonOption = False) -> No
     if not rows:
         console.info("no saved prefixes")
         return
-    table = Table("key", "model", "tokens", "size", "hits", "last used", "created")
+    table = Table("key", "kind", "model", "tokens", "size", "hits", "last used", "created")
     for r in rows:
         table.add_row(
             r["key"][:12],
+            r["kind"],
             str(r.get("model")),
             f"{r.get('n_tokens', 0):,}",
             _mb(r.get("size_bytes", 0)),
