@@ -213,6 +213,32 @@ def test_a_cancelled_request_leaves_the_context_exact(gguf, tmp_path) -> None:
     assert b.last_cache_event["source"] == "memory" and again.usage.cache_read_tokens > 100
 
 
+def test_a_request_cancelled_mid_prefill_counts_what_it_prefilled(gguf, tmp_path) -> None:
+    """A client gone during a long prefill: its ledger row counts the prompt tokens that
+    were prefilled, not the whole prompt (which used to be counted as if all of it ran)."""
+    import threading
+
+    b = backend(gguf, config(tmp_path, prefix_cache={"enabled": False}))
+    cancel = threading.Event()
+    failures: list = []
+    long_text = " ".join(f"step {i} writes file_{i}.py" for i in range(55))
+
+    def on_prefill(progress) -> None:
+        if progress.done:  # after the first chunk is in
+            cancel.set()
+
+    slow = request(long_text, on_prefill=on_prefill)
+    prompt = b.count_request_tokens(slow)
+    assert prompt > 1200  # three or more 512-token chunks
+    with pytest.raises(BackendError):
+        b.complete(slow, cancel=cancel, on_failed_attempt=failures.append)
+    usage = failures[0].usage
+    assert usage.input_tokens == 512, (failures, prompt)  # the one chunk in before the cancel
+    assert usage.output_tokens == 0 and usage.cache_read_tokens == 0
+    assert len(b._loaded.tokens) == 512
+    assert_context_is_exact(b)
+
+
 def test_tool_calls_are_valid_under_the_constraint(gguf, tmp_path) -> None:
     """Random weights at temperature 1 (the worst case). With one call allowed and bounded
     arguments, every reply is that call; with the build's tools, every whole call validates

@@ -306,7 +306,7 @@ class LlamaCppBackend(LocalBackend):
             with self._store.lock(cache_key(self._identity, tokens[:point])):
                 if self._saved(tokens[:point]):  # another process saved it meanwhile
                     if self._restore(tokens[:point], event) == "hit":
-                        self._prefilled(point - written_to)  # skipped, counted as done
+                        self._prefilled(point - written_to, computed=False)  # read, not computed
                         source, reused = "store", point
                         written_to = point
                         cost = self._prefix_cost[1] if self._prefix_cost else None

@@ -99,6 +99,7 @@ class LocalBackend:
         self._cancel: threading.Event | None = None
         self._on_plan: PlanCallback | None = None
         self._partial: Usage | None = None
+        self._computed = 0
         self._on_prefill: PrefillCallback | None = None  # the running request's listener
         self._meter: PrefillMeter | None = None  # its prefill, counted (foundry.backends.prefill)
         self._rendered: tuple[ModelRequest, Any] | None = None  # the last prompt counted
@@ -333,9 +334,11 @@ class LocalBackend:
                 }
             )
 
-    def _prefilled(self, count: int) -> None:
+    def _prefilled(self, count: int, *, computed: bool = True) -> None:
         """A prefill chunk of `count` tokens is in the cache (the engines call this between
-        chunks only)."""
+        chunks only); not `computed` when another process's saved state supplied them."""
+        if computed:
+            self._computed += count
         if self._meter is not None:
             self._meter.advance(count)
 
@@ -411,7 +414,9 @@ class LocalBackend:
                 if on_text and out:
                     on_text(out)
         except Cancelled:
-            self._partial = self._usage(rendered, event, times, ttft, started, generated)
+            self._partial = self._usage(
+                rendered, event, times, ttft, started, generated, cancelled=True
+            )
             raise
         if ttft is None:
             ttft = time.perf_counter() - started
@@ -457,15 +462,19 @@ class LocalBackend:
         ttft: float | None,
         started: float,
         generated: int,
+        *,
+        cancelled: bool = False,
     ) -> Usage:
         prefilled = event["prefilled"] + event["new_tokens"]
         prefill_s = event["prefill_s"] + times.prefill_s
         rate = prefilled / prefill_s if prefill_s > 0 else None
-        if rate and prefilled >= RATE_SAMPLE_MIN_TOKENS:
+        if rate and prefilled >= RATE_SAMPLE_MIN_TOKENS and not cancelled:
             self._prefill_rate = max(rate, self._prefill_rate or 0.0)
         best_rate = self._prefill_rate or rate
+        # A cancelled request counts the tokens it prefilled, not the prompt it never got to.
+        computed = self._computed if cancelled else len(rendered.tokens) - event["reused"]
         return Usage(
-            input_tokens=len(rendered.tokens) - event["reused"] - event["written"],
+            input_tokens=max(computed - event["written"], 0),
             output_tokens=generated,
             cache_read_tokens=event["reused"],
             cache_write_5m_tokens=event["written"],
@@ -503,6 +512,7 @@ class LocalBackend:
         started_at = utc_now()
         self._ensure_loaded()
         self._cancel, self._on_plan, self._partial = cancel, on_plan, None
+        self._computed = 0  # prompt tokens this request prefilled itself (a cancel counts them)
         self._on_prefill = request.on_prefill
         self.last_stop_sequence = None
 
@@ -553,7 +563,9 @@ class LocalBackend:
             total.peak_memory_mb = self._peak_memory_mb()
         except Cancelled:
             self._after_cancel()
-            failed(CANCELLED, "the request was cancelled", self._partial)
+            # Cancelled before its own prefill began: what the cache points computed.
+            partial = self._partial or Usage(input_tokens=self._computed)
+            failed(CANCELLED, "the request was cancelled", partial)
             raise BackendError(
                 "the request was cancelled", "send it again", error_class=CANCELLED
             ) from None

@@ -232,7 +232,7 @@ class MLXBackend(LocalBackend):
                     if lookup.hit:
                         cache, held, source = lookup.cache, list(tokens[:point]), "store"
                         self._active = (held, cache)
-                        self._prefilled(point - written_to)  # skipped, counted as done
+                        self._prefilled(point - written_to, computed=False)  # read, not computed
                         reused = written_to = point
                         cost = lookup.prefill_ms
                         continue
