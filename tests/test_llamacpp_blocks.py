@@ -156,4 +156,12 @@ def test_a_restarted_server_finds_its_conversations(gguf, tmp_path) -> None:  # 
     assert after.last_cache_event["source"] == "store"
     assert back.usage.cache_read_tokens >= previous_prompt, (back.usage, previous_prompt)
     assert back.usage.input_tokens < 40
+    assert after.flush_saves(30)  # saved in the background once the reply is out
     assert_context_is_exact(after)
+    after.close()
+    again = backend(gguf, cfg)  # and again: the client retries that request, word for word
+    again.serve_with(l1_entries=2, memory_budget_bytes=None)
+    repeated = again.complete(nxt)
+    assert again.last_cache_event["source"] == "store"
+    assert repeated.usage.cache_read_tokens == again.count_request_tokens(nxt) - 1
+    assert repeated.content == back.content

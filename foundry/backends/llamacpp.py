@@ -285,6 +285,8 @@ class LlamaCppBackend(LocalBackend):
         if disk is not None:
             reason = self._restore(tokens[:disk], event)
             common = min(common, len(engine.tokens))  # a state llama.cpp refused emptied it
+            if len(engine.tokens) == len(tokens):  # the whole prompt was on disk: the last
+                engine.trim(len(tokens) - 1)  # token is prefilled again, for its logits
         if reason == "hit":
             source = "store"
         elif parked is not None and disk is None and self._unpark(parked, parked_common, event):
@@ -339,9 +341,9 @@ class LlamaCppBackend(LocalBackend):
     def _on_disk(self, tokens: list[int], points: list[int], best: int) -> int | None:
         """The longest prefix of the prompt on disk that is longer than `best`: as blocks, any
         length (a breakpoint, or a conversation saved after its request); whole, a point."""
-        if self._blocks:
-            stored = int(self._store.stored_length(self._identity, tokens, len(tokens) - 1))
-            return stored if stored > best else None
+        if self._blocks:  # the whole prompt counts: a repeated request's tail is its end
+            stored = int(self._store.stored_length(self._identity, tokens, len(tokens)))
+            return stored if min(stored, len(tokens) - 1) > best else None
         return next((p for p in reversed(points) if p > best and self._saved(tokens[:p])), None)
 
     def _keep(self) -> None:
