@@ -7,6 +7,14 @@
 A tool call arrives as text (`<tool_call>{...}</tool_call>`, or the model's native tags):
 text that may open one is held back, and the calls the backend parsed at the end become
 tool_use blocks. So the streamed text blocks are exactly the text of the final Message.
+
+While a long prefill runs, the stream carries message_start (sent at admission, with the
+real usage) and then only pings. A client's idle watchdog may not count pings: Claude
+Code's does not (its SDK drops `ping`, SSE comments and unknown event names before the
+watchdog sees them), and the events it does count would all be untrue here: a content
+block is part of the reply, and Claude Code adds every message_delta's usage to the
+session's cost. So nothing is invented to look busy; docs/serve.md ("Claude Code's first
+request") has what to do instead: warm the prefix ahead, or raise the client's timeout.
 """
 
 from __future__ import annotations
