@@ -165,3 +165,16 @@ def test_a_restarted_server_finds_its_conversations(gguf, tmp_path) -> None:  # 
     assert again.last_cache_event["source"] == "store"
     assert repeated.usage.cache_read_tokens == again.count_request_tokens(nxt) - 1
     assert repeated.content == back.content
+
+
+def test_a_prefix_over_the_memory_budget_is_a_miss_that_says_so(gguf, tmp_path) -> None:  # noqa: F811
+    """Each block is small, but the state they make is what a restore holds in memory."""
+    backend(gguf, config(tmp_path)).complete(session_request("alpha"))
+    tight = backend(gguf, config(tmp_path))
+    tight.load()
+    # The tiny model's whole prefix is ~300 KB: a budget under it (in bytes; the setting
+    # counts whole MB) stands for a real model's GB-sized state against the default 4 GB.
+    tight._store.store.memory_budget_bytes = 100_000
+    tight.complete(session_request("alpha"))
+    assert tight.last_cache_event["source"] != "store"
+    assert "memory_budget_mb" in tight.last_cache_event["reason"]

@@ -120,6 +120,14 @@ class BlockStore:
         """The state of exactly `tokens`, put together from its blocks, each verified."""
         started = time.perf_counter()
         blocks = list(self._blocks(identity, tokens))
+        needed = len(tokens) * self.layout.token_bytes  # the state put together, in memory
+        budget = self.store.memory_budget_bytes
+        if needed > budget:
+            reason = (
+                f"saved prefix is {needed / 1e6:.0f} MB, over prefix_cache.memory_budget_mb "
+                f"({budget // (1024 * 1024)} MB)"
+            )
+            return Lookup(blocks[-1].key if blocks else "", None, reason)
         pieces: list[tuple[int, Any]] = []
         sizes: list[int] = []
         last = None
