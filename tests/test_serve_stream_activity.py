@@ -2,12 +2,12 @@
 
 Claude Code's stream watchdog (2.1.197) is reset by the Messages API events its SDK hands
 on, and by nothing else: the SDK drops `ping`, SSE comments and event names it does not
-know before the watchdog sees them (docs/serve.md, "Claude Code's patience with a cold
-prefill"). Of the events it does count, the only one that is true before the model's first
-token is message_start, once: foundry sends it at admission, with the real usage. Nothing
-else is made up to look busy: no empty or placeholder text block (it would be part of the
-reply), no thinking, no extra message_delta (Claude Code adds every message_delta's usage
-to the session's cost). The pings that follow are what they are: bytes that keep the
+know before the watchdog sees them (docs/serve.md, "Claude Code's first request: capture,
+warm, work"). Of the events it does count, the only one that is true before the model's
+first token is message_start, once: foundry sends it at admission, with the real usage.
+Nothing else is made up to look busy: no empty or placeholder text block (it would be part
+of the reply), no thinking, no extra message_delta (Claude Code adds every message_delta's
+usage to the session's cost). The pings that follow are what they are: bytes that keep the
 connection, proxies and socket read timeouts alive.
 
 The prefill is made slow (a pause after each 512-token chunk); the model, its KV cache,
