@@ -5,6 +5,7 @@ once, and a restarted server finds its conversations on disk."""
 from __future__ import annotations
 
 import json
+import logging
 import struct
 
 import numpy as np
@@ -113,18 +114,20 @@ def store_bytes(tmp_path) -> int:
     return sum(p.stat().st_size for p in (tmp_path / "store").glob("*.safetensors"))
 
 
-def test_sessions_sharing_a_system_prompt_store_it_once(gguf, tmp_path, cli) -> None:  # noqa: F811
+def test_sessions_sharing_a_system_prompt_store_it_once(gguf, tmp_path, cli, caplog) -> None:  # noqa: F811
     cfg = config(tmp_path)
     first = backend(gguf, cfg)
     one = first.complete(session_request("alpha"))
     assert one.usage.cache_write_5m_tokens > 1000
     after_one = store_bytes(tmp_path)
     per_token = first._loaded.kv_bytes_per_token()
+    caplog.set_level(logging.INFO, logger="foundry.local.prefix_store")
     second = backend(gguf, cfg)  # another process: nothing in memory, the store on disk
     two = second.complete(session_request("beta"))
     prompt = two.usage.total_input_tokens
     shared = two.usage.cache_read_tokens
     assert second.last_cache_event["source"] == "store"
+    assert not [r for r in caplog.records if "prefix cache miss" in r.getMessage()]
     assert shared >= 1024  # the full blocks of the shared system prompt, read from disk
     growth = store_bytes(tmp_path) - after_one
     # Only the second session's own tokens (from the block it diverges in) are added.

@@ -146,8 +146,9 @@ class PrefixCacheStore:
         `record` is off (a caller loading many entries counts them at once: record_hits)."""
         key = cache_key(identity, tokens)
         lookup = self._load(key, identity, tokens)
-        if lookup.hit and record:
-            self.manifest.touch(key, self._entry(identity, tokens, lookup.size))
+        if lookup.hit:
+            if record:
+                self.manifest.touch(key, self._entry(identity, tokens, lookup.size))
         else:
             log.info(
                 "prefix cache miss for %s (%d tokens): %s",
