@@ -320,8 +320,15 @@ class Server:
         return time.perf_counter() - started
 
     def disk_bytes(self) -> int:
+        """What the server keeps on disk, once its background writes have settled."""
         where = self.work / ("store" if self.kind == "foundry" else "slots")
-        return sum(p.stat().st_size for p in where.glob("*") if p.is_file())
+        sizes: list[int] = []
+        for _ in range(60):  # foundry saves a conversation after its reply, in the background
+            sizes.append(sum(p.stat().st_size for p in where.glob("*") if p.is_file()))
+            if len(sizes) >= 4 and len(set(sizes[-4:])) == 1:
+                break
+            time.sleep(0.5)
+        return sizes[-1]
 
 
 def run_sequence(server: Server, main: dict, side: dict, second: dict) -> dict[str, Any]:
@@ -408,6 +415,12 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -
             f"{kind}: disk after the first session {disk['cold'] / 1e6:.1f} MB, "
             f"a second session added {grown / 1e6:.1f} MB"
         )
+    second = results["foundry"][0]["rows"]["second session"]["usage"]
+    own = second.get("input_tokens", 0) + second.get("cache_creation_input_tokens", 0)
+    print(
+        f"foundry's second session: {second.get('cache_read_input_tokens', 0):,} prompt tokens "
+        f"read from the first's, {own:,} of its own prefilled (plus its reply's tokens)"
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
 
