@@ -194,6 +194,7 @@ TUNING = {
     "mlx.kv_dtype",
     "llamacpp.threads",
     "llamacpp.kv_type",
+    "llamacpp.flash_attn",
     "prefix_cache.enabled",
     "prefix_cache.ttl_days",
     *(
