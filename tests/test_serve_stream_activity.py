@@ -172,3 +172,38 @@ def test_the_anthropic_sdk_hands_on_no_event_during_the_prefill(
     assert [n for t, n in seen if t < prefill_ended] == ["message_start"]
     assert seen[1][1] == "content_block_start"
     assert [b.type for b in final.content] == ["text"] and final.content[0].text == REPLY
+
+
+@pytest.mark.llamacpp
+def test_a_client_gone_mid_prefill_leaves_the_whole_prompt_for_its_retry(
+    tiny_model_dir, tmp_path, slow_prefill
+) -> None:
+    """Claude Code gives up on a long cold prefill and asks again at once. The prefill goes
+    on to the end of the prompt without it (the reply does not start), so the retry reads
+    the whole prompt from memory instead of the chunks done when the client left."""
+    model = _model("llamacpp", tiny_model_dir, tmp_path)
+    body = {"model": "claude-sonnet-4-6", "system": SYSTEM, "messages": MESSAGES}
+    with serving(
+        model, tmp_path / "serve", backend="llamacpp", serve={"ping_interval_s": PING_S}
+    ) as served:
+        prompt = served.client().messages.count_tokens(**body).input_tokens
+        with httpx2.stream(
+            "POST",
+            f"{served.url}/v1/messages",
+            json={**body, "max_tokens": 64, "stream": True},
+            headers={"x-api-key": "local"},
+            timeout=60,
+        ) as response:
+            for line in response.iter_lines():
+                if line.startswith("event: message_start"):
+                    break  # the client leaves during the first prefill chunk
+        deadline = time.monotonic() + 30
+        while not served.ledger_rows() or served.service.queue.busy:
+            assert time.monotonic() < deadline, "the cancelled request never ended"
+            time.sleep(0.05)
+        gone = served.ledger_rows()[-1]
+        retry = served.client().messages.create(**body, max_tokens=4)
+    assert len(slow_prefill) >= 3, "the prompt spans several prefill chunks"
+    assert gone["status"] == "cancelled" and gone["output_tokens"] == 0
+    assert gone["input_tokens"] + gone["cache_write_5m_tokens"] == prompt  # all of it ran
+    assert retry.usage.cache_read_input_tokens == prompt - 1

@@ -318,9 +318,7 @@ class LlamaCppBackend(LocalBackend):
                         cost = self._cost_ms(reused)
                 before = len(engine.tokens)
                 started = time.perf_counter()
-                engine.feed(
-                    tokens[before:point], stop=self._stop_requested, progress=self._prefilled
-                )
+                engine.feed(tokens[before:point], stop=self._prefill_stop, progress=self._prefilled)
                 took = time.perf_counter() - started
                 event["prefill_s"] += took
                 event["prefilled"] += point - before
@@ -377,7 +375,7 @@ class LlamaCppBackend(LocalBackend):
             max_tokens=max_tokens,
             temperature=temperature,
             times=times,
-            stop=self._stop_requested,
+            stop=self._prefill_stop,
             constraint=constraint,
             progress=self._prefilled,
         )

@@ -97,6 +97,7 @@ class LocalBackend:
         self.max_repairs = MAX_REPAIRS
         # Set for the running request only: its cancel flag, plan listener and usage so far.
         self._cancel: threading.Event | None = None
+        self._prefill_cancel: threading.Event | None = None
         self._on_plan: PlanCallback | None = None
         self._partial: Usage | None = None
         self._computed = 0
@@ -295,6 +296,15 @@ class LocalBackend:
 
     def _stop_requested(self) -> bool:
         return self._cancel is not None and self._cancel.is_set()
+
+    def _prefill_stop(self) -> bool:
+        """Whether a prefill stops at its next chunk: at `prefill_cancel` where the caller
+        gave one (a server stopping), else at `cancel`. A served client that disconnects
+        sets only `cancel`, so its prompt's prefill goes on to the end and its retry finds
+        all of it in memory; the reply stops at its first step."""
+        if self._prefill_cancel is not None:
+            return self._prefill_cancel.is_set()
+        return self._stop_requested()
 
     def _cost_ms(self, tokens: int, fallback_rate: float | None = None) -> float | None:
         """What computing the first `tokens` of a prompt costs: the measured prefix's cost for
@@ -503,6 +513,7 @@ class LocalBackend:
         on_failed_attempt: AttemptCallback | None = None,
         cancel: threading.Event | None = None,
         on_plan: PlanCallback | None = None,
+        prefill_cancel: threading.Event | None = None,
     ) -> ModelResponse:
         """One request. `cancel`, when set, stops it between two decode steps (or prefill
         chunks) with error_class "cancelled"; `on_plan` hears, before any prefill, how many
@@ -512,6 +523,7 @@ class LocalBackend:
         started_at = utc_now()
         self._ensure_loaded()
         self._cancel, self._on_plan, self._partial = cancel, on_plan, None
+        self._prefill_cancel = prefill_cancel
         self._computed = 0  # prompt tokens this request prefilled itself (a cancel counts them)
         self._on_prefill = request.on_prefill
         self.last_stop_sequence = None
@@ -588,6 +600,7 @@ class LocalBackend:
             ) from exc
         finally:
             self._cancel = self._on_plan = self._on_prefill = self._meter = None
+            self._prefill_cancel = None
             self._end_request()
         content: list[dict[str, Any]] = [{"type": "text", "text": reply.text}] if reply.text else []
         content += [

@@ -242,7 +242,7 @@ class MLXBackend(LocalBackend):
                     self._loaded.model,
                     cache,
                     tokens[before:point],
-                    stop=self._stop_requested,
+                    stop=self._prefill_stop,
                     fed=held.extend,
                     progress=self._prefilled,
                 )
@@ -287,7 +287,7 @@ class MLXBackend(LocalBackend):
             temperature=temperature,
             times=times,
             fed=held.append,
-            stop=self._stop_requested,
+            stop=self._prefill_stop,
             constraint=constraint,
             progress=self._prefilled,
         )

@@ -51,6 +51,9 @@ class Job:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue[tuple[str, Any]] = field(default_factory=asyncio.Queue)
     cancel: threading.Event = field(default_factory=threading.Event)
+    # Set with `cancel` when the server stops; a client leaving sets `cancel` only, and the
+    # prompt's prefill runs to its end, so the client's retry finds it whole in memory.
+    stop_prefill: threading.Event = field(default_factory=threading.Event)
     cancel_reason: str = "the client disconnected"
     submitted: float = field(default_factory=time.monotonic)
     started: float | None = None
@@ -63,10 +66,12 @@ class Job:
         with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
 
-    def request_cancel(self, reason: str) -> None:
+    def request_cancel(self, reason: str, *, prefill_too: bool = True) -> None:
         if not self.cancel.is_set():
             self.cancel_reason = reason
             self.cancel.set()
+        if prefill_too:
+            self.stop_prefill.set()
 
     def settle(self) -> bool:
         """Claim the job's answer and ledger row: True once, for whoever asks first."""
@@ -121,9 +126,10 @@ class RequestQueue:
             self._lock.notify()
 
     def cancel(self, job: Job, reason: str) -> None:
-        """Cancel a job: dropped while it waits, stopped at the next decode step if it runs."""
+        """Cancel a job (its client left): dropped while it waits; if it runs, its prefill
+        goes on to the end of the prompt and the reply stops at its first step."""
         with self._lock:
-            job.request_cancel(reason)
+            job.request_cancel(reason, prefill_too=False)
             if job in self._waiting:
                 self._waiting.remove(job)
                 job.post("error", JobCancelled(reason))

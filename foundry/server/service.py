@@ -274,6 +274,7 @@ class ServeService:
                     on_failed_attempt=failures.append,
                     cancel=job.cancel,
                     on_plan=on_plan,
+                    prefill_cancel=job.stop_prefill,
                 )
         except BackendError as exc:
             if not job.settle():  # a shutdown stopped waiting for it: answered and recorded
