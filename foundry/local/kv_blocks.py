@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -23,7 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from foundry.local.llamacpp_layout import ParsedState, StateLayout, assemble
-from foundry.local.prefix_store import Lookup, PrefixIdentity, cache_key
+from foundry.local.manifest import PAYLOAD, regular_size
+from foundry.local.prefix_store import Lookup, PrefixIdentity, cache_key, prefix_keys
 
 log = logging.getLogger(__name__)
 BLOCK_TOKENS = 256  # a second session re-stores at most this many of the tokens it shares
@@ -91,8 +93,6 @@ class BlockStore:
             parent = key
 
     def _exists(self, block: Block) -> bool:
-        from foundry.local.manifest import regular_size
-
         return regular_size(self.store.path_for(block.key)) is not None
 
     def has(self, identity: PrefixIdentity, tokens: list[int]) -> bool:
@@ -110,9 +110,14 @@ class BlockStore:
                 break
             held, parent = block.end, block.key
         tail_identity = self._identity(identity, parent)
-        for length in range(min(limit - held, self.block_tokens - 1), 0, -1):
-            key = cache_key(tail_identity, tokens[held : held + length])
-            if self._exists(Block(held, held + length, tail_identity, key)):
+        longest = min(limit - held, self.block_tokens - 1)
+        keys = prefix_keys(tail_identity, tokens[held : held + longest])
+        names = set(os.listdir(self.store.dir))  # one listing, not an lstat per length
+        for length in range(longest, 0, -1):
+            key = keys[length - 1]
+            if f"{key}{PAYLOAD}" in names and self._exists(
+                Block(held, held + length, tail_identity, key)
+            ):
                 return held + length
         return held
 
