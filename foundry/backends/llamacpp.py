@@ -76,6 +76,7 @@ class LlamaCppBackend(LocalBackend):
         self._parked = KVPool(max(kept, 0), measure=len)
         self._persist = self.reuse_conversation
         self._start_keeping()
+        self._size_parking()
 
     def _start_keeping(self) -> None:
         """Served conversations go to disk where the store keeps blocks (serve_with may come
@@ -84,7 +85,6 @@ class LlamaCppBackend(LocalBackend):
 
         if self._persist and self._blocks and self._keeper is None:
             self._keeper = ConversationKeeper(lambda: self._store, self._identity)
-        self._size_parking()
 
     def _size_parking(self) -> None:
         """The parked states get the memory budget less the context's own KV buffer, which
