@@ -11,7 +11,9 @@ same GGUF with the same threads, interleaved, each row's time to first token and
    request, a side request, a second session, the first session's next turn, then a
    restart of the server and the first session's turn after it (`--continue`). llama-server
    keeps nothing over a restart unless asked: the bench saves its slot before the stop and
-   restores it after (`/slots/0?action=save|restore`), as a user would have to script.
+   restores it after (`/slots/0?action=save|restore`), as a user would have to script;
+   foundry takes its conversations back from its store as it starts. Both restores are
+   reported, outside the rows.
 3. foundry's prefix store is measured after each row: the disk a second session adds.
 
     python bench/claude_code_bench.py [--rounds 2] [--model smollm2-135m] [--threads 2]
@@ -313,8 +315,13 @@ class Server:
         return spent
 
     def after_restart(self) -> float:
-        if self.kind != "llama-server":
-            return 0.0  # foundry finds its conversations in its store by itself
+        """The time a restarted server spent getting its conversation back (not in rows)."""
+        if self.kind != "llama-server":  # foundry takes them back by itself as it starts
+            host, port = self.url.removeprefix("http://").split(":")
+            connection = http.client.HTTPConnection(host, int(port), timeout=30)
+            connection.request("GET", "/cache/stats", headers={"x-api-key": "local"})
+            stats = json.loads(connection.getresponse().read())
+            return float(stats["l1"].get("taken_back_at_start", {}).get("seconds", 0.0))
         started = time.perf_counter()
         post(self.url, "/slots/0?action=restore", {"filename": "s0"}).read()
         return time.perf_counter() - started
@@ -408,6 +415,8 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -
     restore = statistics.median(r["rows"]["restart"]["restore_s"] for r in results["llama-server"])
     save = statistics.median(r["rows"]["restart"]["save_s"] for r in results["llama-server"])
     print(f"llama-server's scripted slot save {save:.2f} s, restore {restore:.2f} s (not in rows)")
+    taken = statistics.median(r["rows"]["restart"]["restore_s"] for r in results["foundry"])
+    print(f"foundry took its conversations back as it started in {taken:.2f} s (not in rows)")
     for kind in results:
         disk = results[kind][0]["disk"]
         grown = disk["second session"] - disk["cold"]

@@ -143,31 +143,132 @@ def test_sessions_sharing_a_system_prompt_store_it_once(gguf, tmp_path, cli, cap
     assert_context_is_exact(second)
 
 
-def test_a_restarted_server_finds_its_conversations(gguf, tmp_path) -> None:  # noqa: F811
+def served(gguf, cfg, entries=3):  # noqa: F811
+    b = backend(gguf, cfg)
+    b.serve_with(l1_entries=entries, memory_budget_bytes=None)
+    b.load()
+    return b
+
+
+def test_a_restarted_server_takes_its_conversations_back_into_memory(gguf, tmp_path) -> None:  # noqa: F811
+    """Two clients' conversations before a stop are in memory again when the restarted
+    server takes its first request: the newest in the context, the other parked, so both
+    clients' next turns are memory hits on their whole previous prompts."""
     cfg = config(tmp_path)
-    before = backend(gguf, cfg)
-    before.serve_with(l1_entries=2, memory_budget_bytes=None)
+    before = served(gguf, cfg)
     for turns in (2, 3):
         before.complete(request(messages=conversation("Build a todo app", turns)))
-    previous = request(messages=conversation("Build a todo app", 3))
-    previous_prompt = before.count_request_tokens(previous)
+    before.complete(request(messages=conversation("Write a haiku about caches", 2)))
+    prompts = {
+        first: before.count_request_tokens(request(messages=conversation(first, turns)))
+        for first, turns in (("Build a todo app", 3), ("Write a haiku about caches", 2))
+    }
     before.close()  # a stop: what the background saver was writing lands whole
-    after = backend(gguf, cfg)
-    after.serve_with(l1_entries=2, memory_budget_bytes=None)
+    after = served(gguf, cfg)
+    assert after.taken_back["conversations"] == 2, after.taken_back
+    for first, turns in (("Build a todo app", 4), ("Write a haiku about caches", 3)):
+        back = after.complete(request(messages=conversation(first, turns)))
+        assert after.last_cache_event["source"] == "memory", after.last_cache_event
+        assert back.usage.cache_read_tokens >= prompts[first], (back.usage, prompts[first])
+        assert back.usage.input_tokens < 40
+        assert_context_is_exact(after)
+    assert after.flush_saves(30)
+    after.close()
+
+
+def test_without_its_list_a_restart_still_reads_conversations_from_disk(gguf, tmp_path) -> None:  # noqa: F811
+    cfg = config(tmp_path)
+    before = served(gguf, cfg)
+    for turns in (2, 3):
+        before.complete(request(messages=conversation("Build a todo app", turns)))
+    previous = before.count_request_tokens(request(messages=conversation("Build a todo app", 3)))
+    before.close()
+    for listed in (tmp_path / "store").glob("conversations-*.json"):
+        listed.unlink()
+    after = served(gguf, cfg)
+    assert after.taken_back["conversations"] == 0
     nxt = request(messages=conversation("Build a todo app", 4))
     back = after.complete(nxt)
     assert after.last_cache_event["source"] == "store"
-    assert back.usage.cache_read_tokens >= previous_prompt, (back.usage, previous_prompt)
+    assert back.usage.cache_read_tokens >= previous, (back.usage, previous)
     assert back.usage.input_tokens < 40
-    assert after.flush_saves(30)  # saved in the background once the reply is out
+    assert after.flush_saves(30)
     assert_context_is_exact(after)
     after.close()
-    again = backend(gguf, cfg)  # and again: the client retries that request, word for word
-    again.serve_with(l1_entries=2, memory_budget_bytes=None)
+    again = served(gguf, cfg)  # and again: the client retries that request, word for word
     repeated = again.complete(nxt)
-    assert again.last_cache_event["source"] == "store"
+    assert again.last_cache_event["source"] == "memory"  # taken back at start this time
     assert repeated.usage.cache_read_tokens == again.count_request_tokens(nxt) - 1
     assert repeated.content == back.content
+
+
+def test_the_breakpoints_of_a_served_prompt_are_saved_after_its_reply(gguf, tmp_path) -> None:  # noqa: F811
+    """Under `foundry serve` a prompt's cache points are written with the conversation, in
+    the background, not in the middle of its prefill; another process finds them."""
+    cfg = config(tmp_path)
+    server = served(gguf, cfg)
+    first = server.complete(session_request("alpha"))
+    assert server._deferred, "the prompt's breakpoints were saved during its prefill"
+    assert first.usage.cache_write_5m_tokens > 0
+    assert server.flush_saves(30)
+    server.close()
+    other = backend(gguf, cfg)  # not served: reads the breakpoint from the store
+    other.complete(session_request("alpha", "Write a haiku instead"))
+    assert other.last_cache_event["source"] == "store"
+    assert other.last_cache_event["reused"] >= first.usage.cache_write_5m_tokens
+
+
+@pytest.mark.parametrize(
+    "listed",
+    [
+        {"version": 1, "conversations": [{"tokens": [10**9, 5], "prompt_length": 1}]},
+        {"version": 1, "conversations": [{"tokens": [-1], "prompt_length": 0}]},
+        {"version": 1, "conversations": [{"tokens": [True, 5], "prompt_length": 1}]},
+        {"version": 1, "conversations": [{"tokens": [5, 6], "prompt_length": 9}]},
+        {"version": 1, "conversations": "all"},
+        {"version": 2, "conversations": []},
+        [1, 2, 3],
+        "[[[[",
+    ],
+)
+def test_a_forged_conversation_list_restores_nothing(gguf, tmp_path, listed) -> None:  # noqa: F811
+    cfg = config(tmp_path)
+    probe = served(gguf, cfg)
+    name = probe._keeper.served.name
+    probe.close()
+    text = listed if isinstance(listed, str) else json.dumps(listed)
+    (tmp_path / "store" / name).write_text(text)
+    after = served(gguf, cfg)
+    assert after.taken_back["conversations"] == 0
+    after.complete(request())  # and the server works
+    after.close()
+
+
+def test_a_conversation_list_that_is_a_link_or_huge_is_not_read(gguf, tmp_path, caplog) -> None:  # noqa: F811
+    """The list names token ids only, but it is read from a directory others may share:
+    never through a link (it could name any file), never past its size limit."""
+    from foundry.local import served_conversations
+
+    cfg = config(tmp_path)
+    before = served(gguf, cfg)
+    before.complete(request(messages=conversation("Build a todo app", 2)))
+    name = before._keeper.served.name
+    before.close()
+    listed = tmp_path / "store" / name
+    real = tmp_path / "elsewhere.json"
+    listed.rename(real)
+    listed.symlink_to(real)
+    with caplog.at_level(logging.WARNING):
+        assert served(gguf, cfg).taken_back["conversations"] == 0
+    assert name in caplog.text
+    listed.unlink()
+    real.rename(listed)
+    served_conversations.LIST_LIMIT_BYTES, limit = 100, served_conversations.LIST_LIMIT_BYTES
+    try:
+        assert served(gguf, cfg).taken_back["conversations"] == 0
+    finally:
+        served_conversations.LIST_LIMIT_BYTES = limit
+    assert served(gguf, cfg).taken_back["conversations"] == 1  # the same list, read
 
 
 def test_a_prefix_over_the_memory_budget_is_a_miss_that_says_so(gguf, tmp_path) -> None:  # noqa: F811

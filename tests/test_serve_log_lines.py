@@ -93,9 +93,33 @@ def test_the_hit_miss_line_adds_up(engine, tmp_path, caplog) -> None:
     assert hit["reused"] >= miss["prompt"] - 1 and hit["prefilled"] == hit["prompt"] - hit["reused"]
     _matches(hit, warm)
 
-    with serving(model, tmp_path, backend=backend) as served:  # a restart: memory is empty
+    # A restart. llama.cpp's server takes its conversations back into memory as it starts;
+    # without the list of them, or on mlx, the prompt is read from disk.
+    for listed in (tmp_path / "prefix-cache").glob("conversations-*.json"):
+        listed.unlink()
+    with serving(model, tmp_path, backend=backend) as served:
         again = _ask(served, FIRST).usage
         disk = _line(caplog)
     assert disk["verdict"] == "HIT disk"
     assert disk["prompt"] == miss["prompt"] and disk["reused"] >= miss["saved"]
     _matches(disk, again)
+
+
+def test_a_restarted_llamacpp_server_says_its_conversation_came_back_from_memory(
+    tmp_path, caplog, tiny_model_dir, tmp_path_factory
+) -> None:
+    pytest.importorskip("llama_cpp")
+    from tests.tiny_model import write_tiny_gguf
+
+    model = write_tiny_gguf(tiny_model_dir, tmp_path_factory.mktemp("gguf") / "tiny.gguf")
+    caplog.set_level(logging.INFO, logger="foundry")
+    with serving(model, tmp_path, backend="llamacpp") as served:
+        first = _ask(served, FIRST).usage
+    _line(caplog)
+    with serving(model, tmp_path, backend="llamacpp") as served:
+        assert "took back 1 conversation(s)" in caplog.text
+        again = _ask(served, FIRST).usage
+        hit = _line(caplog)
+    assert hit["verdict"] == "HIT memory"
+    assert hit["reused"] == hit["prompt"] - 1 == first.input_tokens + first.cache_creation_input_tokens - 1
+    _matches(hit, again)

@@ -483,11 +483,12 @@ class LocalBackend:
         best_rate = self._prefill_rate or rate
         # A cancelled request counts the tokens it prefilled, not the prompt it never got to.
         computed = self._computed if cancelled else len(rendered.tokens) - event["reused"]
+        written = min(event["written"], computed)  # a cancelled prefill wrote what it computed
         return Usage(
-            input_tokens=max(computed - event["written"], 0),
+            input_tokens=max(computed - written, 0),
             output_tokens=generated,
             cache_read_tokens=event["reused"],
-            cache_write_5m_tokens=event["written"],
+            cache_write_5m_tokens=written,
             ttft_ms=ttft * 1000 if ttft is not None else None,
             duration_ms=(time.perf_counter() - started) * 1000,
             prefill_tokens_per_s=rate,

@@ -20,6 +20,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from foundry.local.served_conversations import ServedConversations
+
 log = logging.getLogger(__name__)
 WAITING_MAX = 2
 SAVER_NICENESS = 19
@@ -27,8 +29,12 @@ IDLE_WAIT_S = 1.0  # how long a copy waits for a running request before leaving 
 
 
 class ConversationSaver:
-    def __init__(self, save: Callable[[Any, Any], int]) -> None:
+    def __init__(
+        self, save: Callable[[Any, Any], int], when_idle: Callable[[], None] | None = None
+    ) -> None:
         self._save = save
+        self._when_idle = when_idle  # run when the queue is empty (before a flush returns)
+        self._poked = False
         self._waiting: deque[tuple[Any, Any]] = deque(maxlen=WAITING_MAX)
         self._wake = threading.Condition()
         self._busy = False
@@ -47,10 +53,18 @@ class ConversationSaver:
             self._waiting.append((what, state))
             self._wake.notify_all()
 
+    def poke(self) -> None:
+        """Run `when_idle` soon, with nothing to save."""
+        with self._wake:
+            self._poked = True
+            self._wake.notify_all()
+
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything handed over is written; False if `timeout` passed first."""
         with self._wake:
-            return self._wake.wait_for(lambda: not self._waiting and not self._busy, timeout)
+            return self._wake.wait_for(
+                lambda: not self._waiting and not self._busy and not self._poked, timeout
+            )
 
     def close(self) -> None:
         """Write what is waiting, then stop the thread."""
@@ -69,16 +83,20 @@ class ConversationSaver:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SAVER_NICENESS)
         while True:
             with self._wake:
-                self._wake.wait_for(lambda: self._waiting or self._closed)
-                if not self._waiting:
+                self._wake.wait_for(lambda: self._waiting or self._poked or self._closed)
+                if not self._waiting and not self._poked:
                     return  # closed, and nothing left to write
-                what, state = self._waiting.popleft()
+                job = self._waiting.popleft() if self._waiting else None
+                self._poked = False
                 self._busy = True
             try:
-                if callable(state):
-                    state = state()
-                if state is not None:
-                    self.saved_bytes += int(self._save(what, state))
+                if job is not None:
+                    what, state = job
+                    state = state() if callable(state) else state
+                    if state is not None:
+                        self.saved_bytes += int(self._save(what, state))
+                if self._when_idle is not None and not self._waiting:
+                    self._when_idle()
             except Exception:  # a save is optional: the conversation is still in memory
                 log.exception("could not save a conversation")
             finally:
@@ -92,9 +110,12 @@ class ConversationKeeper:
     lock a request holds while it runs the model, so a state is copied out only between
     requests (tens of ms per 100 MB, off the reply's path)."""
 
-    def __init__(self, store: Callable[[], Any], identity: Any) -> None:
+    def __init__(
+        self, store: Callable[[], Any], identity: Any, served: ServedConversations | None = None
+    ) -> None:
         self._store = store  # the backend's store as it is now (a server may wrap it)
         self._identity = identity
+        self.served = served  # which conversations a restarted server takes back
         self.lock = threading.Lock()
         self._saver: ConversationSaver | None = None
 
@@ -103,20 +124,35 @@ class ConversationKeeper:
 
     def _saver_started(self) -> ConversationSaver:
         if self._saver is None:
-            self._saver = ConversationSaver(self._save)
+            self._saver = ConversationSaver(
+                self._save, self.served.write if self.served is not None else None
+            )
         return self._saver
 
-    def _save(self, held: tuple[list[int], int], state: Any) -> int:
-        tokens, prompt = held
-        return int(self._store().save(self._identity, tokens, state, prefixes=(prompt,)))
+    def _save(self, held: tuple[list[int], tuple[int, ...]], state: Any) -> int:
+        tokens, prefixes = held
+        return int(self._store().save(self._identity, tokens, state, prefixes=prefixes))
 
-    def after_request(self, engine: Callable[[], Any], prompt_length: int) -> None:
+    def _remember(self, tokens: list[int], prompt_length: int) -> None:
+        if self.served is not None:
+            self.served.note(tokens, prompt_length)
+            self._saver_started().poke()
+
+    def after_request(
+        self, engine: Callable[[], Any], prompt_length: int, points: tuple[int, ...] = ()
+    ) -> None:
         """A request ended: the conversation the context holds is saved once the lock is
-        free; not when the next request took the context first (its own end saves what it
-        holds; a conversation it parks is saved from its parked copy)."""
+        free, with the tail of its prompt and of each cache point in `points` (the prompt's
+        breakpoints, saved here rather than in the middle of its prefill); not when the next
+        request took the context first (its own end saves what it holds; a conversation it
+        parks is saved from its parked copy)."""
         held = engine()
         tokens = list(held.tokens) if held is not None else []
-        if not tokens or self._stored(tokens):
+        if not tokens:
+            return
+        self._remember(tokens, prompt_length)
+        prefixes = tuple(p for p in (*points, prompt_length) if 0 < p <= len(tokens))
+        if all(self._stored(tokens[:p]) for p in (*prefixes, len(tokens))):
             return
 
         def copy() -> Any:
@@ -128,12 +164,12 @@ class ConversationKeeper:
             finally:
                 self.lock.release()
 
-        self._saver_started().submit((tokens, prompt_length), copy)
+        self._saver_started().submit((tokens, prefixes), copy)
 
     def parked(self, tokens: list[int], state: Any, prompt_length: int) -> None:
         """A conversation set aside in memory: saved from that copy, unless it is on disk."""
         if not self._stored(tokens):
-            self._saver_started().submit((tokens, prompt_length), state)
+            self._saver_started().submit((tokens, (prompt_length,)), state)
 
     def flush(self, timeout: float) -> bool:
         return self._saver is None or self._saver.flush(timeout)

@@ -37,9 +37,17 @@ def cache_line(usage: Usage, event: dict[str, Any], request_id: str) -> str:
     )
 
 
-def cold_prefill_line(event: dict[str, Any], request_id: str) -> str:
-    """After a prefill that wrote the prefix store: how long the once-only work took."""
+def cold_prefill_line(event: dict[str, Any], usage: Any, request_id: str) -> str:
+    """After a prefill that wrote the prefix store: how long the once-only work took, and
+    whether the prefix was saved during it or is being saved after the reply (`foundry
+    serve` on llama.cpp saves in the background)."""
+    computed = usage.input_tokens + usage.cache_write_tokens
+    rate = usage.prefill_tokens_per_s
+    took = f" in {computed / rate:.1f} s" if rate else ""
+    saved = (
+        "being saved to the prefix store" if event.get("deferred") else "saved to the prefix store"
+    )
     return (
-        f"cold prefill done: {event.get('prefilled', 0):,} tokens in "
-        f"{event.get('prefill_s', 0.0):.1f} s, saved to the prefix store ({request_id})"
+        f"cold prefill done: {computed:,} tokens{took}, the {usage.cache_write_tokens:,}-token "
+        f"prefix {saved} ({request_id})"
     )

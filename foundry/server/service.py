@@ -314,7 +314,7 @@ class ServeService:
         self.stats.record_run(usage, event.get("source"))
         self._record(prepared, usage, stop_reason=response.stop_reason)
         if usage.cache_write_tokens:
-            log.info("%s", cold_prefill_line(event, prepared.request_id))
+            log.info("%s", cold_prefill_line(event, usage, prepared.request_id))
         log.info("%s", cache_line(usage, event, prepared.request_id))
         job.post("done", (response, self.backend.last_stop_sequence))
 
