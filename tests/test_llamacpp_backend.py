@@ -158,6 +158,11 @@ def test_served_conversations_taking_turns_come_back_from_memory(gguf, tmp_path)
     assert all(e["bytes"] >= e["tokens"] * b._loaded.kv_bytes_per_token() for e in parked)
     b.complete(request(messages=conversation(clients[0], 4)))  # A's own next turn
     assert len(b.cache_state()["entries"]) == 3  # nothing new parked
+    retried = request(messages=conversation(clients[0], 4))
+    again = b.complete(retried)  # the same request word for word: nothing to park either
+    assert len(b.cache_state()["entries"]) == 3 and b.cache_state()["evictions"] == 0
+    assert again.usage.cache_read_tokens == b.count_request_tokens(retried) - 1
+    assert_context_is_exact(b)
     build = backend(gguf, config(tmp_path))  # a build keeps one conversation: nothing parked
     for first in clients[:2]:
         build.complete(request(messages=conversation(first, 2)))

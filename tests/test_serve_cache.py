@@ -360,13 +360,21 @@ def test_trimming_keeps_tool_pairs_whole() -> None:
     assert [b["type"] for b in first[1:]] == ["text"]  # the orphaned tool_result went too
 
 
-def test_a_client_that_gives_up_on_a_whole_reply_cancels_it(
-    tiny_model_dir, tmp_path, script
+@pytest.mark.parametrize("temperature", [None, 1.0])
+def test_a_client_that_gives_up_on_a_whole_reply_and_does_not_retry_cancels_it(
+    tiny_model_dir, tmp_path, script, monkeypatch, temperature
 ) -> None:
+    """Greedy (the default temperature, 0): after the grace a retry would have had; sampled:
+    at once (a retry could not be answered with it)."""
+    from foundry.server import replay
+
+    monkeypatch.setattr(replay, "RETRY_GRACE_S", 0.3)
     script.endless, script.delay_s = True, 0.01
     with serving(tiny_model_dir, tmp_path, mlx={"max_tokens": 100000}) as served:
         script.backend = served.backend
         body = {**_stream_body("no stream"), "stream": False}
+        if temperature is not None:
+            body["temperature"] = temperature
         with pytest.raises(httpx2.ReadTimeout):
             httpx2.post(
                 f"{served.url}/v1/messages", json=body, timeout=httpx2.Timeout(30, read=0.5)
@@ -375,3 +383,28 @@ def test_a_client_that_gives_up_on_a_whole_reply_cancels_it(
         row = served.ledger_rows()[-1]
         assert (row["status"], row["error_class"]) == ("cancelled", "cancelled")
         assert script.after_cancel <= 1
+
+
+def test_the_retry_of_a_whole_reply_whose_client_timed_out_gets_that_reply(
+    tiny_model_dir, tmp_path, script
+) -> None:
+    """Claude Code gives a non-streaming request 300 s, then sends it again. The reply its
+    first attempt left runs on, and the retry, waiting behind it, is answered with it from
+    the response cache: nothing is generated twice."""
+    words = " ".join(f"step{i}" for i in range(60))
+    script.replies, script.delay_s = [words], 0.02  # over a second of decoding
+    with serving(tiny_model_dir, tmp_path) as served:
+        script.backend = served.backend
+        body = {**_stream_body("write the plan", max_tokens=400), "stream": False}
+        url = f"{served.url}/v1/messages"
+        with pytest.raises(httpx2.ReadTimeout):
+            httpx2.post(url, json=body, timeout=httpx2.Timeout(30, read=0.3))
+        retry = httpx2.post(url, json=body, timeout=60)
+        assert retry.status_code == 200, retry.text
+        assert retry.headers.get("x-foundry-cache") == "response"
+        assert retry.json()["content"][0]["text"].split() == words.split()
+        _wait_for(lambda: len(served.ledger_rows()) == 2)
+        ran, replayed = served.ledger_rows()
+    assert script.sampled == ran["output_tokens"] - 1  # the scripted reply, generated once
+    assert ran["status"] == "ok" and ran["output_tokens"] > 0
+    assert replayed["status"] == "ok" and replayed["cache_read_tokens"] > 0

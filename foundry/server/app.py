@@ -6,7 +6,8 @@ routing and streaming responses, which is what FastAPI itself sits on.
 
 A request's HTTP status is decided before its first byte: the model's worker admits it (the
 memory guard passed, the cache plan made) before the stream starts, so a 529 is a real 529
-and message_start carries the real usage. A client that disconnects cancels its request.
+and message_start carries the real usage. A client that disconnects cancels its request,
+except a greedy whole (non-streaming) reply, which waits a while for the client's retry.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Any
 
 import anyio
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -42,19 +42,19 @@ from foundry.server.protocol import (
     parse_request,
 )
 from foundry.server.queue import Job, JobCancelled, QueueFull
+from foundry.server.replay import keep_for_retry, replay_response
 from foundry.server.service import Prepared, ServeService, api_error_for
 from foundry.server.stream import (
+    SSE_HEADERS,
     ContentStream,
     error_event,
     message_end,
     message_start,
     ping,
-    replay_events,
 )
 from foundry.usage import Usage
 
 log = logging.getLogger(__name__)
-SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 class DisconnectWatch:
@@ -101,7 +101,7 @@ async def create_message(request: Request) -> Response:
         prepared = service.begin(parsed)
         reply = service.replay(prepared)
         if reply is not None:
-            return _replay(service, prepared, reply)
+            return replay_response(service, prepared, reply)
         await anyio.to_thread.run_sync(service.fit, prepared)
     except ApiError as exc:
         return error_response(exc)
@@ -131,6 +131,9 @@ async def create_message(request: Request) -> Response:
     if kind == "error":
         watch.close()
         return error_response(api_error_for(value), headers)
+    if kind == "replay":
+        watch.close()
+        return replay_response(service, prepared, value)
     if not prepared.parsed.stream:
         try:
             return await _whole(service, prepared, job, watch, headers)
@@ -148,7 +151,7 @@ async def _admitted(job: Job, watch: DisconnectWatch) -> tuple[str, Any]:
     """Wait until the worker has planned the request (or failed it)."""
     while True:
         event = await next_event(job, watch, timeout=None)
-        if event is not None and event[0] in ("plan", "error"):
+        if event is not None and event[0] in ("plan", "error", "replay"):
             return event
 
 
@@ -159,15 +162,17 @@ async def _whole(
         try:
             event = await next_event(job, watch, timeout=None)
         except JobCancelled:
-            service.queue.cancel(job, "the client disconnected")
+            if prepared.key is None:
+                service.queue.cancel(job, "the client disconnected")
+            else:
+                keep_for_retry(service, job, prepared)
             return Response(status_code=499)
         if event is None or event[0] in ("text", "plan"):
             continue
         kind, value = event
         if kind == "error":
             return error_response(api_error_for(value), headers)
-        response, stop_sequence = value
-        service.remember(prepared, response, response.content, stop_sequence, [])
+        response, stop_sequence = value  # the worker recorded it for replay
         body = message_json(
             prepared.message_id,
             prepared.parsed.model_id,
@@ -223,41 +228,6 @@ async def _events(
     finally:
         if not finished:  # the client went away mid-stream: stop the model
             service.queue.cancel(job, "the client disconnected")
-
-
-def _replay(service: ServeService, prepared: Prepared, reply: Any) -> Response:
-    usage = Usage(cache_read_tokens=prepared.prompt_tokens, output_tokens=reply.output_tokens)
-    headers = {**prepared.headers(), "x-foundry-cache": "response"}
-    # The ledger row is written after the reply has gone out: a replay's whole point is speed.
-    record = BackgroundTask(service.record_replay, prepared, reply)
-    model_id = prepared.parsed.model_id
-    if not prepared.parsed.stream:
-        body = message_json(
-            prepared.message_id,
-            model_id,
-            reply.content,
-            reply.stop_reason,
-            reply.stop_sequence,
-            usage,
-        )
-        return JSONResponse(body, headers=headers, background=record)
-
-    async def events() -> AsyncIterator[bytes]:
-        yield message_start(
-            prepared.message_id, model_id, Usage(cache_read_tokens=usage.cache_read_tokens)
-        )
-        yield ping()
-        for chunk in replay_events(reply.content, reply.text_deltas):
-            yield chunk
-        for chunk in message_end(reply.stop_reason, reply.stop_sequence, usage):
-            yield chunk
-
-    return StreamingResponse(
-        events(),
-        media_type="text/event-stream",
-        headers={**headers, **SSE_HEADERS},
-        background=record,
-    )
 
 
 async def count_tokens(request: Request) -> Response:

@@ -57,6 +57,7 @@ class Job:
     cancel_reason: str = "the client disconnected"
     submitted: float = field(default_factory=time.monotonic)
     started: float | None = None
+    ended: bool = False  # the worker is done with it
     _settled: bool = field(default=False, repr=False)
     _settle_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -134,6 +135,10 @@ class RequestQueue:
                 self._waiting.remove(job)
                 job.post("error", JobCancelled(reason))
 
+    def any_waiting(self, matches: Callable[[Job], bool]) -> bool:
+        with self._lock:
+            return any(matches(job) for job in self._waiting)
+
     def cancel_all(self, reason: str) -> list[Job]:
         """Shutting down: no new jobs; waiting ones end now, the running one at its next step.
         Returns the waiting jobs it ended (answered, not recorded: never run)."""
@@ -180,5 +185,6 @@ class RequestQueue:
             finally:
                 self._recent.append(time.monotonic() - job.started)
                 with self._lock:
+                    job.ended = True
                     self._running = None
                     self._lock.notify_all()  # wait_idle

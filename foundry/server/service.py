@@ -249,6 +249,11 @@ class ServeService:
 
     def _run(self, job: Job) -> None:
         prepared: Prepared = job.payload
+        # A retry that waited behind the run its client left: that run's reply is recorded.
+        if (reply := self.replay(prepared)) is not None:
+            if job.settle():
+                job.post("replay", reply)
+            return
         failures: list[FailedAttempt] = []
         budget = self.disk_budget
         acting = budget.acting_for(prepared.client) if budget else contextlib.nullcontext()
@@ -313,10 +318,13 @@ class ServeService:
         event, usage = self.backend.last_cache_event, response.usage
         self.stats.record_run(usage, event.get("source"))
         self._record(prepared, usage, stop_reason=response.stop_reason)
+        stop_sequence = self.backend.last_stop_sequence
+        if not prepared.parsed.stream:  # recorded here, so a run whose client left counts too
+            self.remember(prepared, response, response.content, stop_sequence, [])
         if usage.cache_write_tokens:
             log.info("%s", cold_prefill_line(event, usage, prepared.request_id))
         log.info("%s", cache_line(usage, event, prepared.request_id))
-        job.post("done", (response, self.backend.last_stop_sequence))
+        job.post("done", (response, stop_sequence))
 
     def _record(
         self,
@@ -344,35 +352,10 @@ class ServeService:
     # -- state and shutdown ------------------------------------------------------------------
 
     def cache_stats(self, *, paths: bool = False) -> dict[str, Any]:
-        """What the caches hold and did. The store's directory only with `paths` (for the
-        operator's summary): a client has no business knowing the server's filesystem."""
-        store = getattr(self.backend, "_store", None)
-        disk = store.stats() if store is not None else {"enabled": False}
-        if not paths:
-            disk.pop("dir", None)
-        if self.disk_budget is not None:
-            disk["writes"] = self.disk_budget.stats()
-        l1 = self.backend.cache_state()
-        engine_memory = l1.pop("engine_memory", {})  # mlx's or llama.cpp's own figures
-        return {
-            "model": self.settings.model_name,
-            "context_window": self.window,
-            "since_start": self.stats.snapshot(),
-            "l1": l1,
-            "l2": self.response_cache.stats() if self.response_cache else {"enabled": False},
-            "disk": disk,
-            "memory": {
-                "kv_bytes_in_memory": l1["bytes"],
-                "budget_bytes": l1["memory_budget_bytes"],
-                **engine_memory,
-            },
-            "queue": {
-                "running": self.queue.busy,
-                "waiting": self.queue.waiting,
-                "max_waiting": self.queue.max_waiting,
-                "rejected": self.queue.rejected,
-            },
-        }
+        """What the caches hold and did (foundry.server.cache_stats)."""
+        from foundry.server.cache_stats import cache_stats
+
+        return cache_stats(self, paths=paths)
 
     def begin_shutdown(self, reason: str = SHUTTING_DOWN) -> Stop:
         """Stop taking work (foundry.server.shutdown): waiting requests are answered now, the

@@ -28,6 +28,8 @@ from foundry.usage import Usage
 
 log = logging.getLogger(__name__)
 
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
 
 def sse(name: str, data: dict[str, Any]) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
