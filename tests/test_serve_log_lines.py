@@ -121,5 +121,6 @@ def test_a_restarted_llamacpp_server_says_its_conversation_came_back_from_memory
         again = _ask(served, FIRST).usage
         hit = _line(caplog)
     assert hit["verdict"] == "HIT memory"
-    assert hit["reused"] == hit["prompt"] - 1 == first.input_tokens + first.cache_creation_input_tokens - 1
+    prompt = first.input_tokens + first.cache_creation_input_tokens
+    assert hit["reused"] == hit["prompt"] - 1 == prompt - 1
     _matches(hit, again)
