@@ -350,18 +350,20 @@ class LlamaCppModel:
         per_layer = int(lib.llama_model_n_head_kv(model)) * (key + value)
         return int(int(lib.llama_model_n_layer(model)) * per_layer * KV_ELEMENT_BYTES[self.kv_type])
 
-    def save_state(self) -> bytearray:
-        """The KV state of the whole sequence, as llama.cpp serialises it (positions included)."""
+    def save_state(self) -> Any:
+        """The KV state of the whole sequence, as llama.cpp serialises it (positions included):
+        a writable buffer (foundry.local.llamacpp_layout.state_buffer)."""
+        from foundry.local.llamacpp_layout import state_buffer
+
         ctx = self.llm.ctx
         size = int(self._lib.llama_state_seq_get_size(ctx, SEQ))
-        data = bytearray(size)
+        data = state_buffer(size)
         buffer = (ctypes.c_uint8 * size).from_buffer(data)
         written = int(self._lib.llama_state_seq_get_data(ctx, buffer, size, SEQ))
-        del buffer  # release the export so the bytearray may be resized
-        del data[written:]
-        return data
+        del buffer  # release the export
+        return data if written == size else memoryview(data)[:written]
 
-    def load_state(self, data: bytearray | memoryview, tokens: list[int]) -> bool:
+    def load_state(self, data: Any, tokens: list[int]) -> bool:
         """Replace the sequence by a saved state holding exactly `tokens`; False (and an empty
         sequence) when llama.cpp refuses it or it holds another number of positions."""
         self.trim(0)
