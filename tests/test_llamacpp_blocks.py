@@ -282,3 +282,35 @@ def test_a_prefix_over_the_memory_budget_is_a_miss_that_says_so(gguf, tmp_path) 
     tight.complete(session_request("alpha"))
     assert tight.last_cache_event["source"] != "store"
     assert "memory_budget_mb" in tight.last_cache_event["reason"]
+
+
+def test_states_in_prefaulted_maps_behave_as_bytearrays(gguf, tmp_path, monkeypatch) -> None:  # noqa: F811
+    """A real model's state (tens of MB) is copied into an anonymous map faulted in at once;
+    the tiny model's are under the threshold, so it is lowered here: parking, loading back,
+    cutting into blocks and restoring all take such a buffer."""
+    import mmap
+
+    from foundry.local import llamacpp_layout
+
+    monkeypatch.setattr(llamacpp_layout, "POPULATE_FROM", 0)
+    m = model(gguf)
+    m.feed([20 + i % 30 for i in range(300)])
+    state = m.save_state()
+    assert isinstance(state, mmap.mmap) and len(state) > 300 * 64
+    expected = m.feed([5])
+    m.trim(0)
+    assert m.load_state(state, [20 + i % 30 for i in range(300)])
+    np.testing.assert_array_equal(m.feed([5]), expected)
+    m.close()
+    cfg = config(tmp_path)
+    server = served(gguf, cfg)
+    server.complete(request(messages=conversation("Build a todo app", 2)))
+    server.complete(request(messages=conversation("Write a haiku about caches", 2)))
+    back = server.complete(request(messages=conversation("Build a todo app", 3)))
+    assert "parked" in server.last_cache_event["reason"] and back.usage.input_tokens < 40
+    assert_context_is_exact(server)
+    server.close()
+    after = served(gguf, cfg)  # taken back from blocks put together in such a buffer
+    assert after.taken_back["conversations"] == 2
+    assert_context_is_exact(after)
+    after.close()

@@ -16,7 +16,6 @@ llama.cpp writes) raises ValueError, and the store keeps such a model's states w
 
 from __future__ import annotations
 
-import contextlib
 import mmap
 import struct
 from dataclasses import dataclass
@@ -25,21 +24,21 @@ import numpy as np
 
 CELL = np.dtype([("pos", "<i4"), ("n_seq", "<u4"), ("seq", "<i4")])
 MAGIC = 0xAF143CD8  # llama-context.cpp's io_magic: the first word of every sequence state
-HUGE_PAGE = 2 * 1024 * 1024
+POPULATE_FROM = 1024 * 1024  # smaller states: a bytearray's few faults do not matter
 
 
 def state_buffer(size: int) -> mmap.mmap | bytearray:
-    """A writable buffer of `size` bytes for a whole state. Faulting in 73 MB of 4 KB pages
-    took 60 ms of an 86 ms state copy here (llama.cpp's own copy, 10 ms); in transparent huge
-    pages, asked for where the kernel allows it, the whole copy took 20 ms. Such a copy sits
-    on a request's path when a conversation is parked."""
-    advice = getattr(mmap, "MADV_HUGEPAGE", None)
-    if size < HUGE_PAGE or advice is None:
+    """A writable buffer of `size` bytes for a whole state. Most of a state copy's time is
+    the kernel faulting in fresh pages one at a time: a 73 MB copy took 61-65 ms into a
+    bytearray and 37-39 ms into an anonymous map faulted in at once (MAP_POPULATE; Linux),
+    first copy included (llama.cpp's own copy is 10 ms of it). Such a copy sits on the next
+    request's path when a conversation is parked. (Huge pages were faster once warm, 20 ms,
+    but the first one in a process stalled 150 ms and parked copies got slower in the
+    bench.)"""
+    populate = getattr(mmap, "MAP_POPULATE", None)
+    if size < POPULATE_FROM or populate is None:
         return bytearray(size)
-    buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    with contextlib.suppress(OSError):  # huge pages off in this kernel: plain pages
-        buffer.madvise(advice)
-    return buffer
+    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
 
 
 def element_type(size: int) -> np.dtype:
