@@ -327,7 +327,6 @@ class LlamaCppBackend(LocalBackend):
             # `foundry serve`: the points are saved with the conversation after the reply, in
             # the background; a save here held the prefill up (~0.3 s per 3k tokens).
             self._deferred, written_to, ahead = tuple(ahead), ahead[-1], []
-            source = "computed" if source == "none" else source
         for point in ahead:
             with self._store.lock(cache_key(self._identity, tokens[:point])):
                 if self._saved(tokens[:point]):  # another process saved it meanwhile
@@ -352,8 +351,8 @@ class LlamaCppBackend(LocalBackend):
                 state = engine.save_state()
                 if self._store.save(self._identity, tokens[:point], state, prefill_ms=cost):
                     written_to = point
-            if source == "none":
-                source = "computed"
+        if source == "none" and (ahead or self._deferred):  # computed to be saved
+            source = "computed"
         event.update(
             source=source,
             reason=reason,

@@ -24,6 +24,7 @@ import numpy as np
 
 from foundry.errors import LocalModelError, install_hint
 from foundry.local.engine import Cancelled, StepTimes, TokenPicker, decode
+from foundry.local.llamacpp_layout import state_buffer
 from foundry.local.llamacpp_threads import ContextThreads
 
 PREFILL_STEP = 512  # tokens per llama_decode call while prefilling (llama.cpp's default batch)
@@ -353,8 +354,6 @@ class LlamaCppModel:
     def save_state(self) -> Any:
         """The KV state of the whole sequence, as llama.cpp serialises it (positions included):
         a writable buffer (foundry.local.llamacpp_layout.state_buffer)."""
-        from foundry.local.llamacpp_layout import state_buffer
-
         ctx = self.llm.ctx
         size = int(self._lib.llama_state_seq_get_size(ctx, SEQ))
         data = state_buffer(size)
